@@ -1,0 +1,33 @@
+"""momentumrnn: MomentumRNN-family recurrent layers for PyTorch.
+
+A cell is a base recurrence (RNN, LSTM, GRU) combined with an optimizer rule
+(momentum, Adam, RMSProp, Nesterov with restart, input-only restart); see
+``momentumrnn.rules`` and ``momentumrnn.recurrences``.
+"""
+
+from .cells import (AdamGRUCell, AdamLSTMCell, AdamRNNCell, MomentumGRUCell, MomentumLSTMCell, MomentumRNNCell,
+                    NesterovLSTMCell, NesterovRNNCell, RecurrentCell, RestartGRUCell, RestartLSTMCell,
+                    RestartRNNCell, RMSPropGRUCell, RMSPropLSTMCell, RMSPropRNNCell)
+from .layers import (AdamGRU, AdamLSTM, AdamRNN, MomentumGRU, MomentumLSTM, MomentumRNN, NesterovLSTM, NesterovRNN,
+                     RecurrentLayer, RestartGRU, RestartLSTM, RestartRNN, RMSPropGRU, RMSPropLSTM, RMSPropRNN)
+from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule, Rule
+from .state import RuleState
+
+__version__ = "0.1.0"
+
+_LAYER_CLASSES = (MomentumRNN, AdamRNN, RMSPropRNN, NesterovRNN, RestartRNN,
+                  MomentumLSTM, AdamLSTM, RMSPropLSTM, NesterovLSTM, RestartLSTM,
+                  MomentumGRU, AdamGRU, RMSPropGRU, RestartGRU)
+_CELL_CLASSES = (MomentumRNNCell, AdamRNNCell, RMSPropRNNCell, NesterovRNNCell, RestartRNNCell,
+                 MomentumLSTMCell, AdamLSTMCell, RMSPropLSTMCell, NesterovLSTMCell, RestartLSTMCell,
+                 MomentumGRUCell, AdamGRUCell, RMSPropGRUCell, RestartGRUCell)
+
+#: Every layer class by ``(recurrence, rule)`` name, e.g. ``LAYERS["lstm", "adam"] is AdamLSTM``.
+LAYERS = {(c.recurrence_type.name, c.rule_type.name): c for c in _LAYER_CLASSES}
+#: Every cell class by ``(recurrence, rule)`` name.
+CELLS = {(c.recurrence_type.name, c.rule_type.name): c for c in _CELL_CLASSES}
+
+__all__ = [c.__name__ for c in _LAYER_CLASSES + _CELL_CLASSES] + [
+    "LAYERS", "CELLS", "RecurrentLayer", "RecurrentCell", "RuleState",
+    "Rule", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule",
+]

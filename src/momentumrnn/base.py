@@ -1,0 +1,78 @@
+"""What cells and layers share: a recurrence, a rule, hyperparameters, initialization."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .hyperparameters import add_hyperparameters, read_hyperparameters, reset_hyperparameters
+from .initialization import INITS, initialize
+from .recurrences import Recurrence, RNNRecurrence
+from .rules import Rule
+
+__all__ = ["RuleModule"]
+
+
+class RuleModule(nn.Module):
+    """Base of every cell and layer: ``recurrence_type`` combined with ``rule_type``.
+
+    Subclasses set the two class attributes; nothing else differs between variants.
+    """
+
+    recurrence_type: ClassVar[type[Recurrence]]
+    rule_type: ClassVar[type[Rule]]
+
+    def _configure(self, *, nonlinearity, init, forget_bias, learnable, hyperparameters,
+                   suffixes, device, dtype) -> None:
+        if self.recurrence_type is RNNRecurrence:
+            self.recurrence = RNNRecurrence(nonlinearity)
+        else:
+            self.recurrence = self.recurrence_type()
+        if self.rule_type.couples_to_hidden and not self.recurrence.additive:
+            raise TypeError(f"{self.rule_type.__name__} needs an additive recurrence, not {self.recurrence.name}")
+        self.rule = self.rule_type()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.init = init
+        self.forget_bias = float(forget_bias)
+        self._suffixes = list(suffixes)
+        values = self.rule_type.validate(hyperparameters)
+        add_hyperparameters(self, self.rule_type, values, learnable, self._suffixes, device, dtype)
+
+    def _weights(self, suffix: str):
+        """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of one layer and direction (biases may be None)."""
+        return tuple(getattr(self, f"{name}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def _weight_groups(self):
+        """Yield ``(suffix, weight_ih, weight_hh, bias_ih, bias_hh)`` per layer and direction."""
+        for suffix in self._suffixes:
+            yield (suffix, *self._weights(suffix))
+
+    def _hyperparameters(self, suffix: str) -> dict:
+        return read_hyperparameters(self, self.rule_type, suffix)
+
+    def reset_parameters(self) -> None:
+        """Re-initialize weights (``init``) and learnable hyperparameters (constructor values)."""
+        for _, weight_ih, weight_hh, bias_ih, bias_hh in self._weight_groups():
+            initialize(weight_ih, weight_hh, bias_ih, bias_hh, self.recurrence, self.hidden_size,
+                       self.init, self.forget_bias)
+        reset_hyperparameters(self, self.rule_type, self._suffixes)
+
+    def _register_weights(self, suffix: str, input_size: int, bias: bool, factory: dict) -> None:
+        rows = self.recurrence.gates * self.hidden_size
+        self.register_parameter("weight_ih" + suffix, nn.Parameter(torch.empty(rows, input_size, **factory)))
+        self.register_parameter("weight_hh" + suffix, nn.Parameter(torch.empty(rows, self.hidden_size, **factory)))
+        if bias:
+            self.register_parameter("bias_ih" + suffix, nn.Parameter(torch.empty(rows, **factory)))
+            self.register_parameter("bias_hh" + suffix, nn.Parameter(torch.empty(rows, **factory)))
+        else:
+            self.register_parameter("bias_ih" + suffix, None)
+            self.register_parameter("bias_hh" + suffix, None)
+
+    def _rule_repr(self) -> str:
+        values = ", ".join(f"{k}={v}" for k, v in self.hyperparameter_values.items())
+        extra = ", learnable=True" if self.learnable else ""
+        return f"{values}{extra}, init={self.init!r}"
+

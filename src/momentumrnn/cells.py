@@ -1,0 +1,179 @@
+"""Per-step cells, mirroring ``torch.nn.RNNCell``/``LSTMCell``/``GRUCell``.
+
+Each cell is the readable reference of its equation: one call is one time step of
+``momentumrnn.step.cell_step``. Because the rule carries state of its own, a cell takes
+and returns it beside ``hx``::
+
+    hx, rule_state = cell(x_t, hx, rule_state)     # rule_state=None: zero state, step 1
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import RuleModule
+from .checks import check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor, zero_rule_state
+from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
+from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
+from .state import RuleState
+from .step import cell_step
+
+__all__ = [
+    "RecurrentCell",
+    "MomentumRNNCell", "AdamRNNCell", "RMSPropRNNCell", "NesterovRNNCell", "RestartRNNCell",
+    "MomentumLSTMCell", "AdamLSTMCell", "RMSPropLSTMCell", "NesterovLSTMCell", "RestartLSTMCell",
+    "MomentumGRUCell", "AdamGRUCell", "RMSPropGRUCell", "RestartGRUCell",
+]
+
+
+class RecurrentCell(RuleModule):
+    """One step of ``recurrence_type`` driven by ``rule_type``.
+
+    Args: ``input_size, hidden_size, bias=True, device=None, dtype=None`` as torch's
+    cells; keyword-only: the rule's hyperparameters (``momentum``, ``step_size``, ``beta``,
+    ``restart``: each rule takes its own), ``learnable``, ``init`` ("torch" or "paper"),
+    ``forget_bias`` (LSTM, paper init). Parameters: ``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh`` with torch's shapes.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                 forget_bias: float = 1.0, **hyperparameters):
+        super().__init__()
+        self.input_size = expect_positive_int("input_size", input_size)
+        self.hidden_size = expect_positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self._configure(nonlinearity=nonlinearity or "tanh", init=init, forget_bias=forget_bias,
+                        learnable=learnable, hyperparameters=hyperparameters, suffixes=[""],
+                        device=device, dtype=dtype)
+        self._register_weights("", self.input_size, self.bias, {"device": device, "dtype": dtype})
+        self.reset_parameters()
+
+    def hyperparameters(self) -> dict:
+        """Hyperparameters in force (tensors for the learnable ones)."""
+        return self._hyperparameters("")
+
+    def forward(self, input: Tensor, hx=None, rule_state: RuleState | None = None):
+        expect_tensor("input", input)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), got {input.dim()}-D "
+                             f"of shape {tuple(input.shape)}")
+        if input.size(-1) != self.input_size:
+            raise ValueError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {input.size(-1)}")
+        expect_like("input", input, self.weight_ih)
+        unbatched = input.dim() == 1
+        if unbatched:
+            input = input.unsqueeze(0)
+        batch = input.size(0)
+        gates = self.recurrence.gates * self.hidden_size
+        if hx is None:
+            state = tuple(input.new_zeros(batch, self.hidden_size) for _ in range(self.recurrence.state_tensors))
+        else:
+            shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
+            state = check_hidden(hx, self.recurrence.state_tensors, shape, self.weight_ih)
+            state = tuple(s.unsqueeze(0) for s in state) if unbatched else state
+        if rule_state is None:
+            rules, steps = zero_rule_state(self.rule_type.state_fields, (batch, gates), (batch,), input)
+        else:
+            shape, steps_shape = ((gates,), ()) if unbatched else ((batch, gates), (batch,))
+            rules, steps = check_rule_state(rule_state, self.rule_type.state_fields, shape, steps_shape, self.weight_ih)
+            if unbatched:
+                rules, steps = {k: v.unsqueeze(0) for k, v in rules.items()}, steps.unsqueeze(0)
+        u = F.linear(input, self.weight_ih, self.bias_ih)
+        state, rules = cell_step(self.recurrence, self.rule, self.hyperparameters(), u, state, rules, steps,
+                                 self.weight_hh, self.bias_hh)
+        steps = steps + 1
+        if unbatched:
+            state = tuple(s.squeeze(0) for s in state)
+            rules, steps = {k: v.squeeze(0) for k, v in rules.items()}, steps.squeeze(0)
+        out_state = RuleState(rules["velocity"], rules.get("second_moment"), steps)
+        return (state if self.recurrence.state_tensors == 2 else state[0]), out_state
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.recurrence.name == "rnn" and self.recurrence.nonlinearity != "tanh":
+            s += f", nonlinearity={self.recurrence.nonlinearity!r}"
+        return f"{s}, {self._rule_repr()}"
+
+
+class _RNNCell(RecurrentCell):
+    """RNN cells take ``nonlinearity`` ("tanh" or "relu") as ``torch.nn.RNNCell`` does."""
+
+    recurrence_type = RNNRecurrence
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None, **kwargs):
+        super().__init__(input_size, hidden_size, bias, device, dtype, nonlinearity=nonlinearity, **kwargs)
+
+
+class MomentumRNNCell(_RNNCell):
+    """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``h_t = tanh(v_t + U h_{t-1} + b_hh)``."""
+    rule_type = MomentumRule
+
+
+class AdamRNNCell(_RNNCell):
+    """Adam rule on the RNN drive (see ``AdamRule``)."""
+    rule_type = AdamRule
+
+
+class RMSPropRNNCell(_RNNCell):
+    """RMSProp rule on the RNN drive (see ``RMSPropRule``)."""
+    rule_type = RMSPropRule
+
+
+class NesterovRNNCell(_RNNCell):
+    """NAG with restart (see ``NesterovRule``); coupled to h."""
+    rule_type = NesterovRule
+
+
+class RestartRNNCell(_RNNCell):
+    """Input-only restarted momentum (see ``RestartRule``)."""
+    rule_type = RestartRule
+
+
+class MomentumLSTMCell(RecurrentCell):
+    """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``gates = v_t + U h_{t-1} + b_hh``; LSTM."""
+    recurrence_type, rule_type = LSTMRecurrence, MomentumRule
+
+
+class AdamLSTMCell(RecurrentCell):
+    """Adam rule on the four gate drives (see ``AdamRule``)."""
+    recurrence_type, rule_type = LSTMRecurrence, AdamRule
+
+
+class RMSPropLSTMCell(RecurrentCell):
+    """RMSProp rule on the four gate drives (see ``RMSPropRule``)."""
+    recurrence_type, rule_type = LSTMRecurrence, RMSPropRule
+
+
+class NesterovLSTMCell(RecurrentCell):
+    """The paper's SRLSTM cell: NAG with scheduled restart (see ``NesterovRule``)."""
+    recurrence_type, rule_type = LSTMRecurrence, NesterovRule
+
+
+class RestartLSTMCell(RecurrentCell):
+    """The authors' Penn Treebank NesterovLSTM: input-only restarted momentum (``RestartRule``)."""
+    recurrence_type, rule_type = LSTMRecurrence, RestartRule
+
+
+class MomentumGRUCell(RecurrentCell):
+    """Momentum on the three GRU input drives (see ``MomentumRule``, ``GRURecurrence``)."""
+    recurrence_type, rule_type = GRURecurrence, MomentumRule
+
+
+class AdamGRUCell(RecurrentCell):
+    """Adam rule on the three GRU input drives."""
+    recurrence_type, rule_type = GRURecurrence, AdamRule
+
+
+class RMSPropGRUCell(RecurrentCell):
+    """RMSProp rule on the three GRU input drives."""
+    recurrence_type, rule_type = GRURecurrence, RMSPropRule
+
+
+class RestartGRUCell(RecurrentCell):
+    """Input-only restarted momentum on the three GRU input drives."""
+    recurrence_type, rule_type = GRURecurrence, RestartRule

@@ -1,0 +1,88 @@
+"""Argument checks that name the argument, what was expected and what came."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = ["expect_tensor", "expect_shape", "expect_like", "expect_positive_int", "zero_rule_state",
+           "check_hidden", "check_rule_state"]
+
+
+def expect_tensor(name: str, value) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def expect_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
+def expect_like(name: str, tensor: Tensor, reference: Tensor) -> None:
+    """``tensor`` must share the parameters' floating dtype and device."""
+    if tensor.dtype != reference.dtype:
+        raise TypeError(f"{name} must have dtype {reference.dtype} (the module's parameters), got {tensor.dtype}")
+    if tensor.device != reference.device:
+        raise ValueError(f"{name} must be on device {reference.device} (the module's parameters), got {tensor.device}")
+
+
+def expect_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return int(value)
+
+
+def zero_rule_state(fields: tuple[str, ...], shape: tuple[int, ...], steps_shape: tuple[int, ...],
+                    like: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Zero rule-state tensors of ``shape`` for ``fields`` and a zero step counter."""
+    state = {field: like.new_zeros(shape) for field in fields}
+    return state, torch.zeros(steps_shape, dtype=torch.long, device=like.device)
+
+
+def check_hidden(hx, state_tensors: int, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, ...]:
+    """Validate ``hx``: a tensor ``h`` (RNN, GRU) or a tuple ``(h, c)`` (LSTM) of ``shape``."""
+    if state_tensors == 2:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM, got {type(hx).__name__}")
+        names = ("h_0", "c_0")
+    else:
+        hx = (hx,)
+        names = ("hx",)
+    for name, tensor in zip(names, hx):
+        expect_tensor(name, tensor)
+        expect_shape(name, tensor, shape)
+        expect_like(name, tensor, like)
+    return tuple(hx)
+
+
+def check_rule_state(rule_state, fields: tuple[str, ...], shape: tuple[int, ...],
+                     steps_shape: tuple[int, ...], like: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Validate a carried ``RuleState``; return its tensors as a dict and the step counter."""
+    from .state import RuleState
+
+    if not isinstance(rule_state, RuleState):
+        raise TypeError(f"rule_state must be a momentumrnn.RuleState, got {type(rule_state).__name__}")
+    state = {}
+    for field in ("velocity", "second_moment"):
+        tensor = getattr(rule_state, field)
+        if field not in fields:
+            if tensor is not None:
+                raise ValueError(f"rule_state.{field} must be None for this rule, got a tensor")
+            continue
+        expect_tensor(f"rule_state.{field}", tensor)
+        expect_shape(f"rule_state.{field}", tensor, shape)
+        expect_like(f"rule_state.{field}", tensor, like)
+        state[field] = tensor
+    steps = expect_tensor("rule_state.steps", rule_state.steps)
+    expect_shape("rule_state.steps", steps, steps_shape)
+    if steps.dtype != torch.long:
+        raise TypeError(f"rule_state.steps must have dtype torch.int64, got {steps.dtype}")
+    if steps.device != like.device:
+        raise ValueError(f"rule_state.steps must be on device {like.device}, got {steps.device}")
+    return state, steps

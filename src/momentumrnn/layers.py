@@ -1,0 +1,324 @@
+"""Multi-layer, bidirectional layers with ``torch.nn.RNN``/``LSTM``/``GRU``'s contract.
+
+Same constructor arguments, parameter names and shapes (``weight_ih_l0``,
+``bias_hh_l1_reverse``, ...), input and output shapes, ``batch_first``, unbatched input
+and ``PackedSequence``. The rule state (velocity, second moment, step counter) starts at
+zero on every call unless carried explicitly::
+
+    out, hx = layer(x)                                        # torch's convention
+    out, hx, rs = layer(x, hx, return_rule_state=True)        # also return the rule state
+    out, hx, rs = layer(x2, hx, rule_state=rs, return_rule_state=True)   # continue it
+
+Per layer and direction the input drive ``u_t = W x_t + b_ih`` of all time steps is one
+matrix multiply; the rule and the recurrence then run step by step (``impl="reference"``).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from .base import RuleModule
+from .checks import (check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
+                     zero_rule_state)
+from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
+from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
+from .state import RuleState
+from .step import cell_step
+
+__all__ = [
+    "RecurrentLayer",
+    "MomentumRNN", "AdamRNN", "RMSPropRNN", "NesterovRNN", "RestartRNN",
+    "MomentumLSTM", "AdamLSTM", "RMSPropLSTM", "NesterovLSTM", "RestartLSTM",
+    "MomentumGRU", "AdamGRU", "RMSPropGRU", "RestartGRU",
+]
+
+#: Computation paths a layer can take. "auto" picks the fastest exact one available.
+IMPLS = ("auto", "reference")
+
+
+class RecurrentLayer(RuleModule):
+    """A stack of ``recurrence_type`` cells driven by ``rule_type``, over whole sequences.
+
+    Args: ``input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None`` exactly as torch's layers.
+    Keyword-only: the rule's hyperparameters (``momentum``, ``step_size``, ``beta``,
+    ``restart``: each rule takes its own, defaults are the paper's pixel-MNIST settings),
+    ``learnable`` (momentum and step size become trainable, one scalar per layer and
+    direction), ``init`` ("torch" or "paper"), ``forget_bias`` (LSTM, paper init),
+    ``impl`` (computation path, see ``IMPLS``).
+
+    Every layer applies its rule to its own input drive; the reverse direction runs its
+    own rule over each sequence's reversed valid steps.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, nonlinearity: str | None = None, learnable: bool = False,
+                 init: str = "torch", forget_bias: float = 1.0, impl: str = "auto", **hyperparameters):
+        super().__init__()
+        self.input_size = expect_positive_int("input_size", input_size)
+        self.hidden_size = expect_positive_int("hidden_size", hidden_size)
+        self.num_layers = expect_positive_int("num_layers", num_layers)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout acts between layers: with num_layers=1 it does nothing", stacklevel=2)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.impl = impl
+        directions = 2 if self.bidirectional else 1
+        suffixes = [f"_l{layer}{'_reverse' if d else ''}" for layer in range(num_layers) for d in range(directions)]
+        self._configure(nonlinearity=nonlinearity or "tanh", init=init, forget_bias=forget_bias,
+                        learnable=learnable, hyperparameters=hyperparameters, suffixes=suffixes,
+                        device=device, dtype=dtype)
+        for index, suffix in enumerate(suffixes):
+            layer_input = self.input_size if index < directions else self.hidden_size * directions
+            self._register_weights(suffix, layer_input, self.bias, {"device": device, "dtype": dtype})
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Weights per layer and direction, as ``torch.nn.LSTM.all_weights``."""
+        return [[w for w in group[1:] if w is not None] for group in self._weight_groups()]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against cuDNN-backed torch layers."""
+
+    def hyperparameters(self, layer: int = 0, reverse: bool = False) -> dict:
+        """Hyperparameters in force for one layer and direction (tensors where learnable)."""
+        return self._hyperparameters(f"_l{layer}{'_reverse' if reverse else ''}")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
+        x, lengths, packed, unbatched = self._time_major(input)
+        steps_in_call, batch = x.size(0), x.size(1)
+        stacks = self.num_layers * self.num_directions
+        gates = self.recurrence.gates * self.hidden_size
+        like = self.weight_ih_l0
+
+        if hx is None:
+            hidden = tuple(x.new_zeros(stacks, batch, self.hidden_size) for _ in range(self.recurrence.state_tensors))
+        else:
+            shape = (stacks, self.hidden_size) if unbatched else (stacks, batch, self.hidden_size)
+            hidden = check_hidden(hx, self.recurrence.state_tensors, shape, like)
+            hidden = tuple(h.unsqueeze(1) for h in hidden) if unbatched else hidden
+        if rule_state is None:
+            rules, steps = zero_rule_state(self.rule_type.state_fields, (stacks, batch, gates), (batch,), x)
+        else:
+            shape, steps_shape = ((stacks, gates), ()) if unbatched else ((stacks, batch, gates), (batch,))
+            rules, steps = check_rule_state(rule_state, self.rule_type.state_fields, shape, steps_shape, like)
+            if unbatched:
+                rules, steps = {k: v.unsqueeze(1) for k, v in rules.items()}, steps.unsqueeze(0)
+
+        mask = None
+        if lengths is not None:
+            mask = torch.arange(steps_in_call, device=x.device)[:, None] < lengths.to(x.device)[None, :]
+
+        final_states, final_rules = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                suffix = self._suffixes[index]
+                weight_ih, weight_hh, bias_ih, bias_hh = self._weights(suffix)
+                u = F.linear(layer_input, weight_ih, bias_ih)          # all time steps at once
+                if direction == 1:
+                    u = reverse_sequences(u, lengths)
+                output, state, rule_out = self._run_reference(
+                    u, weight_hh, bias_hh, self._hyperparameters(suffix),
+                    tuple(h[index] for h in hidden), {k: v[index] for k, v in rules.items()}, steps, mask)
+                if direction == 1:
+                    output = reverse_sequences(output, lengths)
+                outputs.append(output)
+                final_states.append(state)
+                final_rules.append(rule_out)
+            layer_input = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+
+        hidden_out = tuple(torch.stack([s[i] for s in final_states]) for i in range(self.recurrence.state_tensors))
+        rules_out = {k: torch.stack([r[k] for r in final_rules]) for k in rules}
+        steps_out = steps + (lengths.to(steps.device) if lengths is not None else steps_in_call)
+
+        output = layer_input
+        if packed is not None:
+            output = pack_like(output, packed, lengths)
+        elif unbatched:
+            output = output.squeeze(1)
+            hidden_out = tuple(h.squeeze(1) for h in hidden_out)
+            rules_out, steps_out = {k: v.squeeze(1) for k, v in rules_out.items()}, steps_out.squeeze(0)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        result = (output, hidden_out if self.recurrence.state_tensors == 2 else hidden_out[0])
+        if return_rule_state:
+            result += (RuleState(rules_out["velocity"], rules_out.get("second_moment"), steps_out),)
+        return result
+
+    def _time_major(self, input):
+        """Return ``(x, lengths, packed, unbatched)`` with x shaped (time, batch, features)."""
+        if isinstance(input, PackedSequence):
+            x, lengths = pad_packed_sequence(input)                # original batch order
+            self._check_features(x)
+            return x, lengths, input, False
+        expect_tensor("input", input)
+        if input.dim() not in (2, 3):
+            raise ValueError(f"input must be 2-D (unbatched: time, input_size) or 3-D (batched), got "
+                             f"{input.dim()}-D of shape {tuple(input.shape)}")
+        self._check_features(input)
+        unbatched = input.dim() == 2
+        if unbatched:
+            x = input.unsqueeze(1)
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input
+        if x.size(0) == 0:
+            raise ValueError(f"input must have at least one time step, got shape {tuple(input.shape)}")
+        return x, None, None, unbatched
+
+    def _check_features(self, x: Tensor) -> None:
+        if x.size(-1) != self.input_size:
+            raise ValueError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {x.size(-1)}")
+        expect_like("input", x, self.weight_ih_l0)
+
+    def _run_reference(self, u, weight_hh, bias_hh, hp, state, rules, steps, mask):
+        """The per-step path: ``cell_step`` at every time step; padded steps change nothing."""
+        outputs = []
+        for t in range(u.size(0)):
+            new_state, new_rules = cell_step(self.recurrence, self.rule, hp, u[t], state, rules, steps,
+                                             weight_hh, bias_hh)
+            if mask is None:
+                state, rules, steps = new_state, new_rules, steps + 1
+            else:
+                keep = mask[t].unsqueeze(-1)
+                state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
+                rules = {k: torch.where(keep, new_rules[k], rules[k]) for k in rules}
+                steps = steps + mask[t].long()
+            outputs.append(state[0])
+        return torch.stack(outputs), state, rules
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.recurrence.name == "rnn" and self.recurrence.nonlinearity != "tanh":
+            s += f", nonlinearity={self.recurrence.nonlinearity!r}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return f"{s}, {self._rule_repr()}"
+
+
+def reverse_sequences(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of a (time, batch, ...) tensor within its own length."""
+    if lengths is None:
+        return x.flip(0)
+    time = torch.arange(x.size(0), device=x.device)[:, None]
+    lengths = lengths.to(x.device)[None, :]
+    index = torch.where(time < lengths, lengths - 1 - time, time)
+    return x.gather(0, index[..., None].expand_as(x))
+
+
+def pack_like(output: Tensor, packed: PackedSequence, lengths: Tensor) -> PackedSequence:
+    """Pack a padded (time, batch, ...) output with the batch layout of ``packed``."""
+    if packed.sorted_indices is not None:
+        output = output.index_select(1, packed.sorted_indices)
+        lengths = lengths[packed.sorted_indices.cpu()]
+    valid = torch.arange(output.size(0))[:, None] < lengths[None, :]
+    data = output[valid.to(output.device)]              # row-major over (time, batch): packed order
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+
+
+class _RNNLayer(RecurrentLayer):
+    """RNN layers take ``nonlinearity`` fourth, as ``torch.nn.RNN`` does."""
+
+    recurrence_type = RNNRecurrence
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype, nonlinearity=nonlinearity, **kwargs)
+
+
+class MomentumRNN(_RNNLayer):
+    """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``h_t = tanh(v_t + U h_{t-1} + b_hh)``."""
+    rule_type = MomentumRule
+
+
+class AdamRNN(_RNNLayer):
+    """Adam rule (``AdamRule``) on the RNN drive."""
+    rule_type = AdamRule
+
+
+class RMSPropRNN(_RNNLayer):
+    """RMSProp rule (``RMSPropRule``) on the RNN drive."""
+    rule_type = RMSPropRule
+
+
+class NesterovRNN(_RNNLayer):
+    """NAG with scheduled restart (``NesterovRule``), coupled to h."""
+    rule_type = NesterovRule
+
+
+class RestartRNN(_RNNLayer):
+    """Input-only restarted momentum (``RestartRule``)."""
+    rule_type = RestartRule
+
+
+class MomentumLSTM(RecurrentLayer):
+    """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``gates = v_t + U h_{t-1} + b_hh``; LSTM."""
+    recurrence_type, rule_type = LSTMRecurrence, MomentumRule
+
+
+class AdamLSTM(RecurrentLayer):
+    """Adam rule (``AdamRule``) on the four gate drives."""
+    recurrence_type, rule_type = LSTMRecurrence, AdamRule
+
+
+class RMSPropLSTM(RecurrentLayer):
+    """RMSProp rule (``RMSPropRule``) on the four gate drives."""
+    recurrence_type, rule_type = LSTMRecurrence, RMSPropRule
+
+
+class NesterovLSTM(RecurrentLayer):
+    """The paper's SRLSTM: NAG with scheduled restart (``NesterovRule``), coupled to h."""
+    recurrence_type, rule_type = LSTMRecurrence, NesterovRule
+
+
+class RestartLSTM(RecurrentLayer):
+    """The authors' Penn Treebank NesterovLSTM: input-only restarted momentum (``RestartRule``)."""
+    recurrence_type, rule_type = LSTMRecurrence, RestartRule
+
+
+class MomentumGRU(RecurrentLayer):
+    """Momentum on the three GRU input drives (``MomentumRule``, ``GRURecurrence``)."""
+    recurrence_type, rule_type = GRURecurrence, MomentumRule
+
+
+class AdamGRU(RecurrentLayer):
+    """Adam rule on the three GRU input drives."""
+    recurrence_type, rule_type = GRURecurrence, AdamRule
+
+
+class RMSPropGRU(RecurrentLayer):
+    """RMSProp rule on the three GRU input drives."""
+    recurrence_type, rule_type = GRURecurrence, RMSPropRule
+
+
+class RestartGRU(RecurrentLayer):
+    """Input-only restarted momentum on the three GRU input drives."""
+    recurrence_type, rule_type = GRURecurrence, RestartRule

@@ -1,0 +1,30 @@
+"""One time step of a cell: a base recurrence combined with an optimizer rule."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .recurrences import Recurrence
+from .rules import Rule
+
+__all__ = ["cell_step"]
+
+
+def cell_step(recurrence: Recurrence, rule: Rule, hp: dict, u: Tensor, state: tuple[Tensor, ...],
+              rule_state: dict[str, Tensor], steps: Tensor, weight_hh: Tensor, bias_hh: Tensor | None):
+    """Advance one step.
+
+    ``u = W x_t + b_ih`` is the input drive, ``state`` is ``(h,)`` or ``(h, c)``,
+    ``steps`` the number of steps already taken (so this is step ``k = steps + 1``).
+    With ``r_t = U h_{t-1} + b_hh``: an input-only rule gives ``d_t`` and the cell sees
+    ``recurrence.step(d_t, r_t)``; a coupled rule builds the pre-activation from ``u_t``
+    and ``r_t`` itself. Returns the new ``state`` and ``rule_state``.
+    """
+    recurrent = F.linear(state[0], weight_hh, bias_hh)
+    k = steps + 1
+    if rule.couples_to_hidden:
+        pre, rule_state = rule.preactivation(u, recurrent, rule_state, hp, k)
+        return recurrence.activate(pre, state), rule_state
+    drive, rule_state = rule.drive(u, rule_state, hp, k)
+    return recurrence.step(drive, recurrent, state), rule_state
