@@ -1,0 +1,141 @@
+"""Bad input gets a clear error naming the argument, with what was expected and what came."""
+
+import pytest
+import torch
+
+import momentumrnn as mrnn
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\), got 1.0"),
+    ({"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\), got -0.1"),
+    ({"momentum": float("nan")}, ValueError, "momentum must be a number"),
+    ({"momentum": "0.5"}, TypeError, "momentum must be a real number"),
+    ({"step_size": 0.0}, ValueError, r"step_size must be a finite number > 0, got 0.0"),
+    ({"step_size": -1}, ValueError, "step_size must be a finite number > 0"),
+    ({"step_size": float("inf")}, ValueError, "step_size must be a finite number > 0"),
+    ({"beta": 0.5}, TypeError, "MomentumRule takes hyperparameters .* got unexpected \\['beta'\\]"),
+])
+def test_momentum_hyperparameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        mrnn.MomentumLSTM(2, 3, **kwargs)
+
+
+@pytest.mark.parametrize("cls,kwargs,error,match", [
+    (mrnn.AdamLSTM, {"beta": 1.0}, ValueError, r"beta must be in \[0, 1\), got 1.0"),
+    (mrnn.RMSPropGRU, {"beta": -0.5}, ValueError, r"beta must be in \[0, 1\)"),
+    (mrnn.RMSPropLSTM, {"momentum": 0.5}, TypeError, "got unexpected \\['momentum'\\]"),
+    (mrnn.NesterovLSTM, {"restart": -1}, ValueError, r"restart must be >= 0 \(0 = never restart\), got -1"),
+    (mrnn.NesterovRNN, {"restart": 2.5}, TypeError, "restart must be a non-negative int"),
+    (mrnn.RestartGRU, {"restart": True}, TypeError, "restart must be a non-negative int"),
+    (mrnn.MomentumLSTM, {"init": "xavier"}, ValueError, "init must be one of \\('torch', 'paper'\\), got 'xavier'"),
+    (mrnn.MomentumLSTM, {"impl": "cuda"}, ValueError, "impl must be one of"),
+    (mrnn.MomentumLSTM, {"dropout": 1.5}, ValueError, r"dropout must be a number in \[0, 1\], got 1.5"),
+    (mrnn.MomentumLSTM, {"num_layers": 0}, ValueError, "num_layers must be > 0, got 0"),
+    (mrnn.MomentumRNN, {"nonlinearity": "sigmoid"}, ValueError, "nonlinearity must be 'tanh' or 'relu'"),
+    (mrnn.MomentumLSTM, {"momentum": 0.0, "learnable": True}, ValueError, r"learnable momentum must start in \(0, 1\)"),
+])
+def test_constructor_arguments(cls, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        cls(2, 3, **kwargs)
+
+
+def test_sizes_must_be_positive_ints():
+    with pytest.raises(ValueError, match="hidden_size must be > 0, got 0"):
+        mrnn.MomentumGRU(2, 0)
+    with pytest.raises(TypeError, match="input_size must be an int, got float 2.0"):
+        mrnn.MomentumGRUCell(2.0, 3)
+
+
+@pytest.fixture
+def lstm():
+    return mrnn.MomentumLSTM(3, 4, num_layers=2)
+
+
+def test_input_rank(lstm):
+    with pytest.raises(ValueError, match=r"input must be 2-D \(unbatched.*got 4-D of shape \(1, 2, 3, 3\)"):
+        lstm(torch.randn(1, 2, 3, 3))
+    with pytest.raises(ValueError, match="got 1-D"):
+        lstm(torch.randn(3))
+
+
+def test_input_features(lstm):
+    with pytest.raises(ValueError, match=r"input.size\(-1\) must equal input_size: expected 3, got 5"):
+        lstm(torch.randn(7, 2, 5))
+
+
+def test_input_type_dtype_and_length(lstm):
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got list"):
+        lstm([[1.0, 2.0, 3.0]])
+    with pytest.raises(TypeError, match="input must have dtype torch.float32 .* got torch.float64"):
+        lstm(torch.randn(7, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least one time step"):
+        lstm(torch.randn(0, 2, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_input_device(lstm):
+    with pytest.raises(ValueError, match="input must be on device cpu"):
+        lstm(torch.randn(7, 2, 3, device="cuda"))
+
+
+def test_device_mismatch_is_named_for_hidden_state(lstm):
+    h = torch.zeros(2, 2, 4, device="meta")
+    with pytest.raises(ValueError, match="h_0 must be on device cpu .* got meta"):
+        lstm(torch.randn(7, 2, 3), (h, h))
+
+
+def test_hidden_shapes(lstm):
+    x = torch.randn(7, 2, 3)
+    good = torch.zeros(2, 2, 4)
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 2, 4\), got \(1, 2, 4\)"):
+        lstm(x, (torch.zeros(1, 2, 4), good))
+    with pytest.raises(ValueError, match=r"c_0 must have shape \(2, 2, 4\), got \(2, 3, 4\)"):
+        lstm(x, (good, torch.zeros(2, 3, 4)))
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\) for an LSTM, got Tensor"):
+        lstm(x, good)
+    with pytest.raises(TypeError, match="h_0 must have dtype torch.float32"):
+        lstm(x, (good.double(), good))
+    gru = mrnn.MomentumGRU(3, 4)
+    with pytest.raises(ValueError, match=r"hx must have shape \(1, 2, 4\), got \(1, 2, 5\)"):
+        gru(x, torch.zeros(1, 2, 5))
+    with pytest.raises(ValueError, match=r"hx must have shape \(1, 4\)"):
+        gru(torch.randn(7, 3), torch.zeros(1, 2, 4))
+
+
+def test_rule_state_checks(lstm):
+    x = torch.randn(7, 2, 3)
+    _, _, rs = lstm(x, return_rule_state=True)
+    with pytest.raises(TypeError, match="rule_state must be a momentumrnn.RuleState, got tuple"):
+        lstm(x, rule_state=tuple(rs))
+    with pytest.raises(ValueError, match=r"rule_state.velocity must have shape \(2, 3, 16\), got \(2, 2, 16\)"):
+        lstm(torch.randn(7, 3, 3), rule_state=rs)
+    with pytest.raises(ValueError, match="rule_state.second_moment must be None for this rule"):
+        lstm(x, rule_state=rs._replace(second_moment=rs.velocity))
+    with pytest.raises(TypeError, match="rule_state.steps must have dtype torch.int64, got torch.float32"):
+        lstm(x, rule_state=rs._replace(steps=rs.steps.float()))
+    adam = mrnn.AdamLSTM(3, 4, num_layers=2)
+    with pytest.raises(TypeError, match="rule_state.second_moment must be a torch.Tensor, got NoneType"):
+        adam(x, rule_state=rs)
+
+
+def test_cell_checks():
+    cell = mrnn.MomentumLSTMCell(3, 4)
+    with pytest.raises(ValueError, match=r"input must be 1-D \(unbatched\) or 2-D"):
+        cell(torch.randn(2, 2, 3))
+    with pytest.raises(ValueError, match="expected 3, got 2"):
+        cell(torch.randn(2, 2))
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 4\), got \(4,\)"):
+        cell(torch.randn(2, 3), (torch.zeros(4), torch.zeros(4)))
+
+
+def test_gru_rejects_coupled_rule():
+    from momentumrnn.layers import RecurrentLayer
+    from momentumrnn.recurrences import GRURecurrence
+    from momentumrnn.rules import NesterovRule
+
+    class NesterovGRU(RecurrentLayer):
+        recurrence_type, rule_type = GRURecurrence, NesterovRule
+
+    with pytest.raises(TypeError, match="NesterovRule needs an additive recurrence, not gru"):
+        NesterovGRU(2, 3)
