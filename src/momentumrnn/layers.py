@@ -29,7 +29,7 @@ from .checks import (check_hidden, check_rule_state, expect_like, expect_positiv
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
-from .step import cell_step
+from .step import cell_step, masked
 
 __all__ = [
     "RecurrentLayer",
@@ -195,18 +195,22 @@ class RecurrentLayer(RuleModule):
         expect_like("input", x, self.weight_ih_l0)
 
     def _run_reference(self, u, weight_hh, bias_hh, hp, state, rules, steps, mask):
-        """The per-step path: ``cell_step`` at every time step; padded steps change nothing."""
+        """The per-step path. Input-only rules make all drives first (``Rule.drives``), then
+        the recurrence loops; the coupled rule runs ``cell_step`` at every step. Padded
+        steps of packed sequences change no state."""
         outputs = []
+        if not self.rule.couples_to_hidden:
+            drives, rules = self.rule.drives(u, rules, hp, steps, mask)
         for t in range(u.size(0)):
-            new_state, new_rules = cell_step(self.recurrence, self.rule, hp, u[t], state, rules, steps,
-                                             weight_hh, bias_hh)
-            if mask is None:
-                state, rules, steps = new_state, new_rules, steps + 1
+            keep = None if mask is None else mask[t]
+            if self.rule.couples_to_hidden:
+                new_state, new_rules = cell_step(self.recurrence, self.rule, hp, u[t], state, rules, steps,
+                                                 weight_hh, bias_hh)
+                rules = masked(keep, new_rules, rules)
+                steps = steps + (1 if keep is None else keep.long())
             else:
-                keep = mask[t].unsqueeze(-1)
-                state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
-                rules = {k: torch.where(keep, new_rules[k], rules[k]) for k in rules}
-                steps = steps + mask[t].long()
+                new_state = self.recurrence.step(drives[t], F.linear(state[0], weight_hh, bias_hh), state)
+            state = masked(keep, new_state, state)
             outputs.append(state[0])
         return torch.stack(outputs), state, rules
 

@@ -78,6 +78,21 @@ class Rule:
         """Return ``(pre_t, new_state)`` from ``u_t`` and ``recurrent = U h_{t-1} + b_hh``."""
         raise NotImplementedError
 
+    def drives(self, u: Tensor, state: dict[str, Tensor], hp: dict, steps: Tensor, mask: Tensor | None = None):
+        """All time steps of an input-only rule at once: ``u`` (T, B, G*H) -> ``d`` (T, B, G*H)
+        and the final state. ``steps`` (B,) counts steps already taken; where ``mask``
+        (T, B) is False the state is left unchanged. Step by step here."""
+        from .step import masked
+
+        out = []
+        for t in range(u.size(0)):
+            d, new_state = self.drive(u[t], state, hp, steps + 1)
+            keep = None if mask is None else mask[t]
+            state = masked(keep, new_state, state)
+            steps = steps + (1 if keep is None else keep.long())
+            out.append(d)
+        return torch.stack(out), state
+
     @classmethod
     def validate(cls, hyperparameters: dict) -> dict:
         """Check names and ranges; return the full set with defaults filled in."""
