@@ -10,6 +10,7 @@ from .cells import (AdamGRUCell, AdamLSTMCell, AdamRNNCell, MomentumGRUCell, Mom
                     RestartRNNCell, RMSPropGRUCell, RMSPropLSTMCell, RMSPropRNNCell)
 from .layers import (AdamGRU, AdamLSTM, AdamRNN, MomentumGRU, MomentumLSTM, MomentumRNN, NesterovLSTM, NesterovRNN,
                      RecurrentLayer, RestartGRU, RestartLSTM, RestartRNN, RMSPropGRU, RMSPropLSTM, RMSPropRNN)
+from .gradients import GradientNorms, gradient_norms
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule, Rule
 from .state import RuleState
 
@@ -28,6 +29,6 @@ LAYERS = {(c.recurrence_type.name, c.rule_type.name): c for c in _LAYER_CLASSES}
 CELLS = {(c.recurrence_type.name, c.rule_type.name): c for c in _CELL_CLASSES}
 
 __all__ = [c.__name__ for c in _LAYER_CLASSES + _CELL_CLASSES] + [
-    "LAYERS", "CELLS", "RecurrentLayer", "RecurrentCell", "RuleState",
+    "LAYERS", "CELLS", "gradient_norms", "GradientNorms", "RecurrentLayer", "RecurrentCell", "RuleState",
     "Rule", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule",
 ]
