@@ -33,6 +33,7 @@ __all__ = [
     "RMSPropRule",
     "NesterovRule",
     "RestartRule",
+    "PlainRule",
     "restart_coefficient",
 ]
 
@@ -195,3 +196,20 @@ class RestartRule(Rule):
         coefficient = restart_coefficient(k, hp["restart"], u.dtype)
         v = coefficient * state["velocity"] + hp["step_size"] * u
         return v, {"velocity": v}
+
+
+class PlainRule(Rule):
+    """No rule: ``d_t = u_t``, the plain cell (one gradient-descent step in the paper's
+    reading). Carries no state; the orthogonal RNN without momentum (DTRIV) uses it."""
+
+    name = "none"
+    defaults = {}
+    learnable = ()
+    state_fields = ()
+    neutral = {}
+
+    def drive(self, u, state, hp, k):
+        return u, state
+
+    def drives(self, u, state, hp, steps, mask=None):
+        return u, state
