@@ -213,8 +213,9 @@ class OrthogonalRNN(RecurrentLayer):
         drives, rules = self.rule.drives(u, rules, hp, steps, mask)
         recurrent_t = weight_hh.t()
         outputs = []
-        for t in range(u.size(0)):
-            pre = torch.addmm(drives[t], state[0], recurrent_t)
+        # unbind, not drives[t]: the backward of T selects would zero-fill T full-size tensors
+        for t, drive in enumerate(drives.unbind(0)):
+            pre = torch.addmm(drive, state[0], recurrent_t)
             new_state = self.recurrence.activate(pre, state, bias)
             state = masked(None if mask is None else mask[t], new_state, state)
             outputs.append(state[0])
