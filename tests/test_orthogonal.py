@@ -216,6 +216,21 @@ def test_u_is_computed_once_per_forward_not_per_step(monkeypatch):
     assert len(calls) == 4                     # one per layer and direction, for 30 time steps
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_no_per_step_indexing_in_the_graph(rule):
+    """``x[t]`` per time step makes backward zero-fill T full-size tensors: O(T^2) time."""
+    out, _ = make(rule, 2, 3, 2, bidirectional=True)(torch.randn(20, 2, 2))
+    seen, stack, selects = set(), [out.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        selects += type(node).__name__.startswith("SelectBackward")
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    assert selects < 20                        # 4 stacks x 20 steps would be 80
+
+
 def test_split_orthogonal_parameters():
     model = torch.nn.ModuleDict({"a": mrnn.OrthogonalRNN(2, 4, 2, bidirectional=True),
                                  "b": mrnn.AdamOrthogonalRNN(8, 3, learnable=True),
