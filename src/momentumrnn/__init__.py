@@ -2,7 +2,8 @@
 
 A cell is a base recurrence (RNN, LSTM, GRU) combined with an optimizer rule
 (momentum, Adam, RMSProp, Nesterov with restart, input-only restart); see
-``momentumrnn.rules`` and ``momentumrnn.recurrences``.
+``momentumrnn.rules`` and ``momentumrnn.recurrences``. Orthogonal RNNs (DTRIV) with the
+same rules are in ``momentumrnn.orthogonal``.
 """
 
 from .cells import (AdamGRUCell, AdamLSTMCell, AdamRNNCell, MomentumGRUCell, MomentumLSTMCell, MomentumRNNCell,
@@ -11,7 +12,10 @@ from .cells import (AdamGRUCell, AdamLSTMCell, AdamRNNCell, MomentumGRUCell, Mom
 from .layers import (AdamGRU, AdamLSTM, AdamRNN, MomentumGRU, MomentumLSTM, MomentumRNN, NesterovLSTM, NesterovRNN,
                      RecurrentLayer, RestartGRU, RestartLSTM, RestartRNN, RMSPropGRU, RMSPropLSTM, RMSPropRNN)
 from .gradients import GradientNorms, gradient_norms
-from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule, Rule
+from .orthogonal import (ORTHOGONAL_LAYERS, AdamOrthogonalRNN, MomentumOrthogonalRNN, OrthogonalRNN,
+                         ParameterGroups, RestartOrthogonalRNN, RMSPropOrthogonalRNN, register_trivialization,
+                         split_orthogonal_parameters, trivialization_step)
+from .rules import AdamRule, MomentumRule, NesterovRule, PlainRule, RestartRule, RMSPropRule, Rule
 from .state import RuleState
 
 __version__ = "0.1.0"
@@ -30,5 +34,8 @@ CELLS = {(c.recurrence_type.name, c.rule_type.name): c for c in _CELL_CLASSES}
 
 __all__ = [c.__name__ for c in _LAYER_CLASSES + _CELL_CLASSES] + [
     "LAYERS", "CELLS", "gradient_norms", "GradientNorms", "RecurrentLayer", "RecurrentCell", "RuleState",
-    "Rule", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule",
+    "Rule", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule", "PlainRule",
+    "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN", "RestartOrthogonalRNN",
+    "ORTHOGONAL_LAYERS", "ParameterGroups", "split_orthogonal_parameters", "trivialization_step",
+    "register_trivialization",
 ]

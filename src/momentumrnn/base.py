@@ -23,6 +23,8 @@ class RuleModule(nn.Module):
 
     recurrence_type: ClassVar[type[Recurrence]]
     rule_type: ClassVar[type[Rule]]
+    #: Names ``init`` accepts (subclasses with their own initializations replace it).
+    valid_inits: ClassVar[tuple[str, ...]] = INITS
 
     def _configure(self, *, nonlinearity, init, forget_bias, learnable, hyperparameters,
                    suffixes, device, dtype) -> None:
@@ -33,8 +35,8 @@ class RuleModule(nn.Module):
         if self.rule_type.couples_to_hidden and not self.recurrence.additive:
             raise TypeError(f"{self.rule_type.__name__} needs an additive recurrence, not {self.recurrence.name}")
         self.rule = self.rule_type()
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if init not in self.valid_inits:
+            raise ValueError(f"init must be one of {self.valid_inits}, got {init!r}")
         self.init = init
         self.forget_bias = float(forget_bias)
         self._suffixes = list(suffixes)

@@ -166,7 +166,7 @@ class RecurrentLayer(RuleModule):
             output = output.transpose(0, 1)
         result = (output, hidden_out if self.recurrence.state_tensors == 2 else hidden_out[0])
         if return_rule_state:
-            result += (RuleState(rules_out["velocity"], rules_out.get("second_moment"), steps_out),)
+            result += (RuleState(rules_out.get("velocity"), rules_out.get("second_moment"), steps_out),)
         return result
 
     def _time_major(self, input):

@@ -33,6 +33,7 @@ __all__ = [
     "RMSPropRule",
     "NesterovRule",
     "RestartRule",
+    "PlainRule",
     "restart_coefficient",
 ]
 
@@ -85,8 +86,9 @@ class Rule:
         from .step import masked
 
         out = []
-        for t in range(u.size(0)):
-            d, new_state = self.drive(u[t], state, hp, steps + 1)
+        # unbind, not u[t]: the backward of T selects zero-fills T full-size tensors (O(T^2))
+        for t, u_t in enumerate(u.unbind(0)):
+            d, new_state = self.drive(u_t, state, hp, steps + 1)
             keep = None if mask is None else mask[t]
             state = masked(keep, new_state, state)
             steps = steps + (1 if keep is None else keep.long())
@@ -195,3 +197,20 @@ class RestartRule(Rule):
         coefficient = restart_coefficient(k, hp["restart"], u.dtype)
         v = coefficient * state["velocity"] + hp["step_size"] * u
         return v, {"velocity": v}
+
+
+class PlainRule(Rule):
+    """No rule: ``d_t = u_t``, the plain cell (one gradient-descent step in the paper's
+    reading). Carries no state; the orthogonal RNN without momentum (DTRIV) uses it."""
+
+    name = "none"
+    defaults = {}
+    learnable = ()
+    state_fields = ()
+    neutral = {}
+
+    def drive(self, u, state, hp, k):
+        return u, state
+
+    def drives(self, u, state, hp, steps, mask=None):
+        return u, state

@@ -15,12 +15,12 @@ class RuleState(NamedTuple):
     For a layer, ``velocity`` and ``second_moment`` are ``(num_layers * num_directions,
     batch, G * hidden_size)`` (G = 4 for LSTM, 3 for GRU, 1 for RNN), laid out like
     ``h_n``; for a cell they are ``(batch, G * hidden_size)``. ``second_moment`` is None
-    except for Adam and RMSProp. ``steps`` (int64, ``(batch,)``) counts the time steps
-    each sequence has taken, which the restarted rules need. Unbatched inputs drop the
-    batch dimension.
+    except for Adam and RMSProp; ``velocity`` is None for the plain rule (``PlainRule``).
+    ``steps`` (int64, ``(batch,)``) counts the time steps each sequence has taken, which
+    the restarted rules need. Unbatched inputs drop the batch dimension.
     """
 
-    velocity: Tensor
+    velocity: Tensor | None
     second_moment: Tensor | None
     steps: Tensor
 

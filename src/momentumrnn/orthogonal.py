@@ -1,0 +1,305 @@
+"""Orthogonal RNNs (DTRIV / expRNN) and their momentum, Adam, RMSProp and restart variants.
+
+PAPER.md section 2: ``h_t = modReLU(U h_{t-1} + d_t)`` where ``d_t`` is the rule's drive
+made from ``u_t = W x_t`` (W without bias), ``U`` is orthogonal and
+``modReLU(z) = sign(z) relu(|z| + b)`` with a learnable bias ``b`` per unit.
+
+``U`` is kept orthogonal by PyTorch's own ``torch.nn.utils.parametrizations.orthogonal``
+with the matrix exponential and dynamic trivialization: ``U = B exp(A)`` with ``A``
+skew-symmetric (the trained parameter) and ``B`` a stored orthogonal base. Changing the
+base (``B <- U``, ``A <- 0``) every K optimizer steps is the DTRIV algorithm; K = 1 is
+close to Riemannian gradient descent, K = ``math.inf`` never changes the base (the
+trivialization ``U = B_0 exp(A)`` with the initial matrix as base, as the authors' DTRIV
+with ``K="infty"``). The layer cannot see optimizer steps, so the user tells it::
+
+    layer.trivialization_step()                     # after each optimizer.step(), or
+    register_trivialization(optimizer_orth, model)  # once: an optimizer step hook does it
+
+``U`` is computed once per forward call (per layer and direction), not once per time step.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import orthogonal
+
+from .hyperparameters import reset_hyperparameters
+from .layers import RecurrentLayer
+from .recurrences import Recurrence
+from .rules import AdamRule, MomentumRule, PlainRule, RestartRule, RMSPropRule
+from .step import masked
+
+__all__ = [
+    "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN",
+    "RestartOrthogonalRNN", "ORTHOGONAL_LAYERS", "SKEW_INITS", "ModReLURecurrence", "modrelu",
+    "skew_symmetric_init", "ParameterGroups", "split_orthogonal_parameters", "trivialization_step",
+    "register_trivialization",
+]
+
+#: Skew-symmetric initializations of the recurrent matrix (the authors' ``--init``).
+SKEW_INITS = ("cayley", "henaff")
+
+
+def modrelu(z: Tensor, bias: Tensor) -> Tensor:
+    """``sign(z) relu(|z| + b)``; ``bias`` broadcasts over the last dimension."""
+    return torch.sign(z) * torch.relu(z.abs() + bias)
+
+
+class ModReLURecurrence(Recurrence):
+    """``h_t = modReLU(d_t + U h_{t-1}; b)``. The bias ``b`` belongs to each layer and
+    direction, so it is passed in: ``step(drive, recurrent, state, bias)``."""
+
+    name = "modrelu"
+    gates = 1
+
+    def step(self, drive, recurrent, state, bias):
+        return self.activate(drive + recurrent, state, bias)
+
+    def activate(self, pre, state, bias):
+        return (modrelu(pre, bias),)
+
+
+def skew_symmetric_init(hidden_size: int, init: str, *, device=None, dtype=None) -> Tensor:
+    """A block-diagonal skew-symmetric ``A_0`` (H x H) of the authors' setup.
+
+    ``A_0`` has ``H // 2`` blocks ``[[0, a_i], [-a_i, 0]]`` on its diagonal (a trailing
+    zero row and column when H is odd), so ``exp(A_0)`` rotates pairs of units by the
+    angles ``a_i``. ``"henaff"``: ``a_i ~ U(-pi, pi)``. ``"cayley"``: ``a_i = -tan(t_i / 2)``
+    with ``t_i ~ U(0, pi/2)``, i.e. ``-sqrt((1 - cos t_i) / (1 + cos t_i))``.
+    """
+    if init not in SKEW_INITS:
+        raise ValueError(f"init must be one of {SKEW_INITS}, got {init!r}")
+    blocks = hidden_size // 2
+    if init == "henaff":
+        angles = torch.empty(blocks, device=device, dtype=dtype).uniform_(-math.pi, math.pi)
+    else:
+        angles = -torch.tan(torch.empty(blocks, device=device, dtype=dtype).uniform_(0.0, math.pi / 2) / 2)
+    skew = torch.zeros(hidden_size, hidden_size, device=device, dtype=dtype)
+    rows = torch.arange(blocks, device=device) * 2
+    skew[rows, rows + 1] = angles
+    skew[rows + 1, rows] = -angles
+    return skew
+
+
+def _check_trivialization(value) -> int | float:
+    expected = ("trivialization (K) must be a positive int (change the base every K optimizer steps) "
+                "or math.inf (never change it)")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{expected}, got {type(value).__name__} {value!r}")
+    if isinstance(value, numbers.Integral):
+        if value < 1:
+            raise ValueError(f"{expected}, got {value}")
+        return int(value)
+    if value == math.inf:
+        return math.inf
+    raise ValueError(f"{expected}, got {value!r}")
+
+
+def _reorthogonalize(matrix: Tensor) -> Tensor:
+    """The Q factor of ``matrix = QR`` with ``diag(R) > 0``: for a matrix that rounding has
+    moved slightly off the orthogonal group, an orthogonal matrix within that distance."""
+    q, r = torch.linalg.qr(matrix)
+    return q * torch.sgn(r.diagonal()).unsqueeze(-2)
+
+
+class OrthogonalRNN(RecurrentLayer):
+    """Orthogonal RNN with modReLU (the paper's DTRIV), over whole sequences.
+
+    ``h_t = modReLU(U h_{t-1} + d_t)``, ``d_t`` the rule's output from ``u_t = W x_t``
+    (here the plain rule: ``d_t = u_t``). Per layer and direction: ``weight_ih_l{k}``
+    (``W``, H x input, no bias), ``weight_hh_l{k}`` (``U``, H x H, orthogonal through
+    ``torch.nn.utils.parametrizations.orthogonal``; the trained tensor is
+    ``parametrizations.weight_hh_l{k}.original``), ``bias_modrelu_l{k}`` (``b``, H).
+
+    Args: ``input_size, hidden_size, num_layers=1``; keyword-only ``batch_first``,
+    ``dropout``, ``bidirectional``, ``device``, ``dtype`` as torch's layers;
+    ``trivialization`` K (positive int or ``math.inf``, default ``math.inf``: never change
+    the base); ``init`` ("cayley", default, or "henaff": the skew-symmetric ``A_0`` with
+    ``U_0 = exp(A_0)^T``; ``W`` is Kaiming-normal for relu, ``b ~ U(-0.01, 0.01)``, as the
+    authors); ``learnable`` and the rule's hyperparameters as the other layers.
+
+    Input, output, ``hx``, ``PackedSequence``, unbatched input and the carried rule state
+    (``rule_state=``, ``return_rule_state=True``) follow ``RecurrentLayer``; the hidden
+    state is ``h`` only. Save with ``state_dict()`` (torch cannot pickle parametrized modules).
+    """
+
+    recurrence_type = ModReLURecurrence
+    rule_type = PlainRule
+    valid_inits = SKEW_INITS
+    #: Hyperparameter defaults of this layer where the paper gives orthogonal-RNN settings.
+    orthogonal_defaults: ClassVar[dict] = {}
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 trivialization: int | float = math.inf, init: str = "cayley", learnable: bool = False,
+                 **hyperparameters):
+        if self.rule_type.couples_to_hidden:
+            raise TypeError(f"{type(self).__name__}: the orthogonal layers take input-only rules, "
+                            f"not {self.rule_type.__name__}")
+        trivialization = _check_trivialization(trivialization)
+        super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
+                         device, dtype, learnable=learnable, init=init, impl="reference",
+                         **{**self.orthogonal_defaults, **hyperparameters})
+        self.trivialization = trivialization
+
+    # ------------------------------------------------------------ parameters
+    def _register_weights(self, suffix: str, input_size: int, bias: bool, factory: dict) -> None:
+        hidden = self.hidden_size
+        self.register_parameter("weight_ih" + suffix, nn.Parameter(torch.empty(hidden, input_size, **factory)))
+        self.register_parameter("weight_hh" + suffix, nn.Parameter(torch.eye(hidden, **factory)))
+        self.register_parameter("bias_modrelu" + suffix, nn.Parameter(torch.empty(hidden, **factory)))
+        orthogonal(self, "weight_hh" + suffix, orthogonal_map="matrix_exp", use_trivialization=True)
+
+    def _weights(self, suffix: str):
+        """``(W, U, None, b)``: ``U`` is computed here, once per forward and direction."""
+        return (getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix), None,
+                getattr(self, "bias_modrelu" + suffix))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-draw ``W``, ``U_0 = exp(A_0)^T`` (a new base, ``A = 0``) and ``b``; learnable
+        hyperparameters back to the constructor's values."""
+        for suffix in self._suffixes:
+            weight_ih = getattr(self, "weight_ih" + suffix)
+            nn.init.kaiming_normal_(weight_ih, nonlinearity="relu")
+            # exp in float64 on the CPU: torch's float32 matrix_exp is orthogonal to ~1e-5 only.
+            skew = skew_symmetric_init(self.hidden_size, self.init, dtype=torch.float64)
+            # The authors compute h_{t-1} B with B = exp(A_0); as U h_{t-1} that is U_0 = B^T.
+            initial = torch.linalg.matrix_exp(skew).mT.to(device=weight_ih.device, dtype=weight_ih.dtype)
+            setattr(self, "weight_hh" + suffix, initial.contiguous())
+            getattr(self, "bias_modrelu" + suffix).uniform_(-0.01, 0.01)
+        reset_hyperparameters(self, self.rule_type, self._suffixes)
+        self.steps_since_base_change = 0
+        self.base_changes = 0
+
+    def orthogonal_parameters(self) -> list[nn.Parameter]:
+        """The trained tensors behind every ``U`` (one per layer and direction)."""
+        return [self.parametrizations["weight_hh" + suffix].original for suffix in self._suffixes]
+
+    # ------------------------------------------------------- trivialization
+    @torch.no_grad()
+    def change_base(self) -> None:
+        """Change the base now: ``B <- U`` and ``A <- 0`` (U itself does not change).
+
+        The new base is re-orthogonalized (QR) first, so rounding errors of ``exp(A)`` never
+        accumulate over many changes of base (the authors project every 100 changes).
+        """
+        for suffix in self._suffixes:
+            name = "weight_hh" + suffix
+            setattr(self, name, _reorthogonalize(getattr(self, name)))
+        self.steps_since_base_change = 0
+        self.base_changes += 1
+
+    def trivialization_step(self) -> bool:
+        """Count one optimizer step; change the base when K steps have passed since the
+        last change. Call it after every ``optimizer.step()`` (or use
+        ``register_trivialization``). Returns whether the base changed."""
+        self.steps_since_base_change += 1
+        if self.steps_since_base_change >= self.trivialization:
+            self.change_base()
+            return True
+        return False
+
+    # ------------------------------------------------------------- forward
+    def _run_reference(self, u, weight_hh, bias, hp, state, rules, steps, mask):
+        """The input-side rule over all time steps at once (``Rule.drives``), then the
+        recurrence loops: ``h_t = modReLU(d_t + U h_{t-1}; b)``. Here ``weight_hh`` is the
+        orthogonal ``U`` and ``bias`` the modReLU bias (``_weights``)."""
+        drives, rules = self.rule.drives(u, rules, hp, steps, mask)
+        recurrent_t = weight_hh.t()
+        outputs = []
+        # unbind, not drives[t]: the backward of T selects would zero-fill T full-size tensors
+        for t, drive in enumerate(drives.unbind(0)):
+            pre = torch.addmm(drive, state[0], recurrent_t)
+            new_state = self.recurrence.activate(pre, state, bias)
+            state = masked(None if mask is None else mask[t], new_state, state)
+            outputs.append(state[0])
+        return torch.stack(outputs), state, rules
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return ", ".join(part for part in (s, f"trivialization={self.trivialization}", self._rule_repr().lstrip(", "))
+                         if part)
+
+
+class MomentumOrthogonalRNN(OrthogonalRNN):
+    """The paper's MomentumDTRIV: ``v_t = mu v_{t-1} + s W x_t``; ``h_t = modReLU(U h_{t-1} + v_t)``.
+    Defaults mu 0.6, s 0.9 (the authors' permuted-MNIST setting at H = 170)."""
+    rule_type = MomentumRule
+    orthogonal_defaults = {"momentum": 0.6, "step_size": 0.9}
+
+
+class AdamOrthogonalRNN(OrthogonalRNN):
+    """Adam rule (``AdamRule``) on ``W x_t``: ``d_t = v_t / sqrt(m_t + 1e-16)``."""
+    rule_type = AdamRule
+
+
+class RMSPropOrthogonalRNN(OrthogonalRNN):
+    """RMSProp rule (``RMSPropRule``, Adam with mu = 0) on ``W x_t``."""
+    rule_type = RMSPropRule
+
+
+class RestartOrthogonalRNN(OrthogonalRNN):
+    """The authors' NesterovDTRIV: input-only restarted momentum (``RestartRule``),
+    ``v_t = ((k'-1)/(k'+2)) v_{t-1} + s W x_t``."""
+    rule_type = RestartRule
+
+
+#: The orthogonal layers by rule name, e.g. ``ORTHOGONAL_LAYERS["momentum"] is MomentumOrthogonalRNN``.
+ORTHOGONAL_LAYERS = {c.rule_type.name: c for c in (OrthogonalRNN, MomentumOrthogonalRNN, AdamOrthogonalRNN,
+                                                   RMSPropOrthogonalRNN, RestartOrthogonalRNN)}
+
+
+# ------------------------------------------------------------------ helpers
+class ParameterGroups(NamedTuple):
+    """A model's parameters split for the two-optimizer recipe."""
+
+    orthogonal: list[nn.Parameter]
+    other: list[nn.Parameter]
+
+
+def _orthogonal_layers(model: nn.Module) -> list[OrthogonalRNN]:
+    return [m for m in model.modules() if isinstance(m, OrthogonalRNN)]
+
+
+def split_orthogonal_parameters(model: nn.Module) -> ParameterGroups:
+    """Split ``model.parameters()`` into the tensors behind the orthogonal matrices of its
+    orthogonal layers and everything else (``W``, modReLU biases, learnable
+    hyperparameters, other modules)::
+
+        orth, other = split_orthogonal_parameters(model)
+        optimizer = torch.optim.RMSprop(other, lr=7e-4)
+        optimizer_orth = torch.optim.RMSprop(orth, lr=2e-4)
+    """
+    layers = _orthogonal_layers(model)
+    if not layers:
+        raise ValueError(f"split_orthogonal_parameters: {type(model).__name__} contains no orthogonal layer "
+                         f"(one of {sorted(c.__name__ for c in ORTHOGONAL_LAYERS.values())})")
+    orth = {id(p): p for layer in layers for p in layer.orthogonal_parameters()}
+    other = [p for p in model.parameters() if id(p) not in orth]
+    return ParameterGroups(list(orth.values()), other)
+
+
+def trivialization_step(model: nn.Module) -> int:
+    """``trivialization_step()`` on every orthogonal layer of ``model`` (call it after each
+    optimizer step); returns how many layers changed their base."""
+    return sum(layer.trivialization_step() for layer in _orthogonal_layers(model))
+
+
+def register_trivialization(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """Call ``trivialization_step(model)`` after every ``optimizer.step()`` (a step post
+    hook; register it on one optimizer only, normally the one for the orthogonal
+    parameters). Returns the hook's handle (``handle.remove()`` undoes it)."""
+    if not _orthogonal_layers(model):
+        raise ValueError(f"register_trivialization: {type(model).__name__} contains no orthogonal layer")
+    return optimizer.register_step_post_hook(lambda opt, args, kwargs: trivialization_step(model))
