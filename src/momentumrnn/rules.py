@@ -85,8 +85,8 @@ class Rule:
         from .step import masked
 
         out = []
-        for t in range(u.size(0)):
-            d, new_state = self.drive(u[t], state, hp, steps + 1)
+        for t, u_t in enumerate(u.unbind(0)):        # unbind: linear-time backward (not u[t])
+            d, new_state = self.drive(u_t, state, hp, steps + 1)
             keep = None if mask is None else mask[t]
             state = masked(keep, new_state, state)
             steps = steps + (1 if keep is None else keep.long())
