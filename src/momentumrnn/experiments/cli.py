@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.runs, args.out))
             return 0
         return _list()
+    except KeyboardInterrupt:
+        print(f"momentumrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ConfigError, RunError, CheckpointError, DataError, FileNotFoundError) as error:
         print(f"momentumrnn {args.command}: error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1

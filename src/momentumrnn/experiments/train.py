@@ -5,7 +5,8 @@ Read top to bottom, ``train`` is the whole story:
 1. resolve the device, build the task's data (in memory) and the model, seed everything;
 2. start a fresh run directory, or resume the latest checkpoint of an existing one;
 3. loop over epochs; each epoch visits the training set in a seeded permutation of its
-   own, so a run resumed mid-epoch sees exactly the batches an uninterrupted run sees;
+   own (full batches only), so a run resumed mid-epoch sees exactly the batches an
+   uninterrupted run sees;
 4. validate at the end of each epoch (or every ``eval_every`` steps), keep the weights
    with the best validation metric, checkpoint every epoch and every
    ``checkpoint_every`` steps;
@@ -216,7 +217,7 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     if resume:
         if not has_checkpoint(run_dir):
             raise RunError(f"cannot resume {run_dir}: it has no checkpoint "
-                           f"({run_dir / 'checkpoints' / 'latest'} does not exist)")
+                           f"({run_dir / 'checkpoints' / 'latest'} does not exist); delete the folder to start again")
     elif (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists():
         raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +236,7 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     optimizer = build_optimizer(config, model.parameters())
     metric, mode = task.selection
     n_train, batch_size = task.size("train"), config["batch_size"]
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    steps_per_epoch = max(n_train // batch_size, 1)    # full batches only; the rest differs every epoch
     print_ = fingerprint(config)
 
     progress = {"step": 0, "epoch": 0, "position": 0, "train_time": 0.0, "window": {}, "window_examples": 0,
@@ -311,6 +312,8 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
         log.write(row)
         progress["window"], progress["window_examples"], progress["window_time"] = {}, 0, 0.0
 
+    if not resume:
+        checkpoint()                                   # step 0: a run can always be resumed
     stop = None
     model.train()
     with StopSignals() as signals:
