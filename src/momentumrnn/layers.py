@@ -199,17 +199,21 @@ class RecurrentLayer(RuleModule):
         the recurrence loops; the coupled rule runs ``cell_step`` at every step. Padded
         steps of packed sequences change no state."""
         outputs = []
+        # unbind, not u[t]: indexing in a loop makes backward add a full-size zero gradient
+        # per step (quadratic in sequence length); unbind's backward is one stack.
+        inputs = u.unbind(0)
         if not self.rule.couples_to_hidden:
             drives, rules = self.rule.drives(u, rules, hp, steps, mask)
-        for t in range(u.size(0)):
+            inputs = drives.unbind(0)
+        for t, u_t in enumerate(inputs):
             keep = None if mask is None else mask[t]
             if self.rule.couples_to_hidden:
-                new_state, new_rules = cell_step(self.recurrence, self.rule, hp, u[t], state, rules, steps,
+                new_state, new_rules = cell_step(self.recurrence, self.rule, hp, u_t, state, rules, steps,
                                                  weight_hh, bias_hh)
                 rules = masked(keep, new_rules, rules)
                 steps = steps + (1 if keep is None else keep.long())
             else:
-                new_state = self.recurrence.step(drives[t], F.linear(state[0], weight_hh, bias_hh), state)
+                new_state = self.recurrence.step(u_t, F.linear(state[0], weight_hh, bias_hh), state)
             state = masked(keep, new_state, state)
             outputs.append(state[0])
         return torch.stack(outputs), state, rules

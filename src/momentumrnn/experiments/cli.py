@@ -1,0 +1,165 @@
+"""The ``momentumrnn`` command line: ``train``, ``report`` and ``list``.
+
+    momentumrnn train --task adding --model momentum-lstm --out runs/mlstm --max-steps 300
+    momentumrnn train --out runs/mlstm --resume --max-steps 600
+    momentumrnn report runs/* --out runs/report
+    momentumrnn list
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+__all__ = ["main", "build_parser"]
+
+# Flags whose value lands in the configuration under the same name (dashes -> underscores).
+_CONFIG_FLAGS = [
+    # (flag, type, help)
+    ("--seed", int, "seed of the model initialization and of the data order (default 0)"),
+    ("--data-seed", int, "seed of the validation hold-out and of synthetic data (default 0)"),
+    ("--epochs", int, "number of epochs (default 10; paper preset 150)"),
+    ("--max-steps", int, "stop after this many optimizer steps in all"),
+    ("--train-subset", int, "train on the first N training examples only"),
+    ("--val-subset", int, "validate on the first N validation examples only"),
+    ("--test-subset", int, "test on the first N test examples only"),
+    ("--hidden-size", int, "hidden units (default 128)"),
+    ("--num-layers", int, "stacked recurrent layers (default 1)"),
+    ("--batch-size", int, "training batch size (default 128)"),
+    ("--eval-batch-size", int, "batch size for validation and test (default 256)"),
+    ("--optimizer", str, "rmsprop (default), adam or sgd"),
+    ("--lr", float, "learning rate (default 1e-3)"),
+    ("--alpha", float, "RMSprop smoothing constant (default 0.99; paper preset 0.9)"),
+    ("--weight-decay", float, "weight decay (default 0)"),
+    ("--clip", float, "clip the gradient norm to this value, 0 = off (default 1.0)"),
+    ("--init", str, "weight initialization: torch (default) or paper"),
+    ("--forget-bias", float, "LSTM forget-gate bias with --init paper (default 1.0)"),
+    ("--momentum", float, "mu, for momentum and Adam cells"),
+    ("--step-size", float, "s, for every momentumrnn cell"),
+    ("--beta", float, "decay of the squared average, for Adam and RMSProp cells"),
+    ("--restart", int, "restart period r, for Nesterov and restart cells"),
+    ("--val-size", int, "validation examples (MNIST: held out of the training set, default 5000)"),
+    ("--train-size", int, "training examples of a synthetic task (default 20000)"),
+    ("--test-size", int, "test examples of a synthetic task (default 2000)"),
+    ("--delay", int, "copy task: blank steps between the symbols and their recall (default 100)"),
+    ("--length", int, "adding task: sequence length (default 200)"),
+    ("--permutation-seed", int, "psmnist: seed of the pixel permutation (default 0)"),
+    ("--eval-every", int, "validate every N steps as well as at the end of each epoch"),
+    ("--log-every", int, "write a training row to metrics.jsonl every N steps (default 50)"),
+    ("--checkpoint-every", int, "checkpoint every N steps as well as every epoch, 0 = epochs only (default 100)"),
+    ("--threads", int, "torch CPU threads"),
+]
+
+
+def _duration(text: str) -> float:
+    """Seconds from '90', '90s', '15m' or '2h'."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected seconds or a duration like 90s, 15m, 2h; got {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="momentumrnn", description="Train and compare MomentumRNN-family "
+                                     "recurrent cells on the paper's benchmarks.")
+    parser.add_argument("--version", action="version", version=f"momentumrnn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train one model on one task into a run directory",
+                                description="Train one model on one task. Settings: defaults < --preset paper "
+                                "< explicit flags; the run records the resolved configuration in config.json.")
+    train.add_argument("--task", help="smnist, psmnist, copy or adding (see `momentumrnn list`)")
+    train.add_argument("--model", help="lstm, momentum-lstm, adam-lstm, ... (see `momentumrnn list`)")
+    train.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or to resume)")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
+    train.add_argument("--preset", choices=["paper"], help="the authors' settings for this task and model")
+    train.add_argument("--data-dir", metavar="DIR",
+                       help="data root with mnist/, ptb/, fsdd/ (default $MOMENTUMRNN_DATA, else a per-user cache)")
+    train.add_argument("--no-download", dest="download", action="store_const", const=False,
+                       help="never download missing data files")
+    train.add_argument("--time-budget", type=_duration, metavar="SECONDS",
+                       help="stop training after this much time (summed over resumes); 90, 90s, 15m, 2h")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    for flag, kind, text in _CONFIG_FLAGS:
+        train.add_argument(flag, type=kind, help=text)
+
+    report = commands.add_parser("report", help="compare runs: report.md and learning curves",
+                                 description="Write REPORT_DIR/report.md (one row per run) and PNG learning "
+                                 "curves per task, and print the table.")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", required=True, metavar="REPORT_DIR")
+
+    commands.add_parser("list", help="list tasks, models and the paper preset's settings")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .train import RunError
+
+    try:
+        if args.command == "train":
+            return _train(args, parser, sys.argv if argv is None else ["momentumrnn", *argv])
+        if args.command == "report":
+            from .report import write_report
+            print(write_report(args.runs, args.out))
+            return 0
+        return _list()
+    except KeyboardInterrupt:
+        print(f"momentumrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, RunError, CheckpointError, DataError, FileNotFoundError) as error:
+        print(f"momentumrnn {args.command}: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ConfigError) else 1
+
+
+def _train(args, parser, command) -> int:
+    from .config import resolve_config
+    from .train import resume_config, train
+
+    overrides = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+                 for flag, _, _ in _CONFIG_FLAGS}
+    overrides.update(data_dir=args.data_dir, download=args.download, time_budget=args.time_budget,
+                     device=args.device)
+    if args.resume:
+        config = resume_config(args.out, overrides, args.task, args.model, args.preset)
+    else:
+        if not args.task or not args.model:
+            parser.error("train needs --task and --model (or --resume to continue a run)")
+        config = resolve_config(args.task, args.model, overrides, args.preset)
+        for note in config["preset_notes"]:
+            print(f"note: {note}", file=sys.stderr)
+    summary = train(config, args.out, resume=args.resume, quiet=args.quiet, command=command)
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def _list() -> int:
+    from .models import MODELS, PLANNED_MODELS
+    from .presets import PAPER_RULES, PAPER_TASK, PAPER_TRAINING
+    from .tasks import TASKS
+
+    print("tasks:")
+    for name, task in TASKS.items():
+        options = ", ".join(f"{k}={v}" for k, v in task.options.items())
+        print(f"  {name:10s} {task.description} [{options}]")
+    print("models:")
+    for name, (recurrence, rule) in MODELS.items():
+        print(f"  {name:16s} " + (f"torch.nn.{recurrence.upper()}" if rule is None
+                                   else f"momentumrnn.LAYERS[{recurrence!r}, {rule!r}]"))
+    for name, why in PLANNED_MODELS.items():
+        print(f"  {name:16s} not available: {why}")
+    print("--preset paper:")
+    for task, (experiment, note) in PAPER_TASK.items():
+        training = ", ".join(f"{k}={v}" for k, v in PAPER_TRAINING[experiment].items())
+        print(f"  {task}: {training}" + (f"  ({note})" if note else ""))
+        for rule, values in PAPER_RULES[experiment].items():
+            print(f"      {rule}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return 0

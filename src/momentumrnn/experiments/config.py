@@ -1,0 +1,154 @@
+"""The resolved configuration of a run: defaults < ``--preset paper`` < explicit flags.
+
+A configuration is a flat JSON-able dict. Keys that only limit or place a run (epochs,
+step and time budgets, device, threads, logging) may change when a run is resumed; every
+other key identifies the run, and a checkpoint from a different identity is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+
+from .models import model_spec, rule_hyperparameters
+from .presets import paper_preset
+from .tasks import TASKS
+
+__all__ = ["DEFAULTS", "RESUMABLE", "ConfigError", "resolve_config", "identity", "fingerprint", "describe_difference"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: unknown names, flags that do not apply, bad values."""
+
+
+#: Defaults for every task and model (tasks add their own options, models their rule's).
+DEFAULTS = {
+    "seed": 0,
+    "data_seed": 0,
+    "hidden_size": 128,
+    "num_layers": 1,
+    "init": "torch",
+    "forget_bias": 1.0,
+    "optimizer": "rmsprop",
+    "lr": 1e-3,
+    "alpha": 0.99,               # RMSprop smoothing (torch's default; the paper's preset uses 0.9)
+    "weight_decay": 0.0,
+    "clip": 1.0,                 # gradient-norm clipping; 0 turns it off
+    "batch_size": 128,
+    "eval_batch_size": 256,
+    "epochs": 10,
+    "max_steps": None,
+    "time_budget": None,         # seconds of training, summed over resumes
+    "train_subset": None,
+    "val_subset": None,
+    "test_subset": None,
+    "eval_every": None,          # steps between validations; None: at the end of each epoch
+    "log_every": 50,
+    "checkpoint_every": 100,
+    "device": "auto",
+    "threads": None,
+    "download": True,
+    "data_dir": None,
+}
+
+#: Keys that may differ when a run is resumed.
+RESUMABLE = {"epochs", "max_steps", "time_budget", "device", "threads", "log_every", "checkpoint_every",
+             "download", "data_dir"}
+#: Keys that describe a run but do not identify it.
+_BOOKKEEPING = {"preset", "preset_notes"}
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+_POSITIVE_INTS = ("hidden_size", "num_layers", "batch_size", "eval_batch_size", "epochs", "max_steps",
+                  "train_subset", "val_subset", "test_subset", "eval_every", "log_every", "threads", "delay",
+                  "length", "train_size", "val_size", "test_size")
+_NON_NEGATIVE = ("clip", "weight_decay", "checkpoint_every", "time_budget")
+
+
+def resolve_config(task: str, model: str, overrides: dict | None = None, preset: str | None = None) -> dict:
+    """The full configuration of a run of ``model`` on ``task``.
+
+    ``overrides`` holds the flags the user gave (None values are ignored): they win over
+    the preset, which wins over the defaults. Raises ``ConfigError`` for unknown names
+    and for flags that do not apply to this task or model.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    try:
+        recurrence, rule = model_spec(model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    task_type = TASKS[task]
+    hyperparameters = rule_hyperparameters(model)
+    config = {"task": task, "model": model, **DEFAULTS, **task_type.options, **hyperparameters}
+    notes: list[str] = []
+    if preset is not None:
+        if preset != "paper":
+            raise ConfigError(f"unknown preset {preset!r}; the only preset is 'paper'")
+        settings, notes = paper_preset(task, recurrence, rule)
+        config.update({k: v for k, v in settings.items() if k in config})
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in config:
+            raise ConfigError(_not_applicable(key, task, model, task_type, hyperparameters))
+        config[key] = value
+    config["preset"] = preset
+    config["preset_notes"] = notes
+    check_config(config)
+    return config
+
+
+def _not_applicable(key: str, task: str, model: str, task_type, hyperparameters: dict) -> str:
+    flag = "--" + key.replace("_", "-")
+    if key in ("momentum", "step_size", "beta", "restart"):
+        takes = ", ".join("--" + k.replace("_", "-") for k in hyperparameters) or "no rule hyperparameters"
+        return f"{flag} does not apply to model {model!r}, which takes {takes}"
+    owners = [name for name, t in TASKS.items() if key in t.options]
+    if owners:
+        return f"{flag} does not apply to task {task!r} (it is an option of {', '.join(owners)})"
+    return f"unknown setting {key!r}"
+
+
+def check_config(config: dict) -> None:
+    """Raise ``ConfigError`` naming the key for values out of range."""
+    for key in _POSITIVE_INTS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    for key in _NON_NEGATIVE:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, numbers.Real) or value < 0 or math.isnan(value)):
+            raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+    if not (isinstance(config["lr"], numbers.Real) and config["lr"] > 0):
+        raise ConfigError(f"lr must be a number > 0, got {config['lr']!r}")
+    if config["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {config['optimizer']!r}")
+    if config["init"] not in ("torch", "paper"):
+        raise ConfigError(f"init must be 'torch' or 'paper', got {config['init']!r}")
+    recurrence, rule = model_spec(config["model"])
+    if rule is not None:
+        from .. import LAYERS
+        try:
+            LAYERS[recurrence, rule].rule_type.validate({k: config[k] for k in rule_hyperparameters(config["model"])})
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
+
+
+def identity(config: dict) -> dict:
+    """The keys that identify a run (what a checkpoint must agree with)."""
+    return {k: v for k, v in config.items() if k not in RESUMABLE and k not in _BOOKKEEPING}
+
+
+def fingerprint(config: dict) -> str:
+    """A short hash of ``identity(config)``."""
+    text = json.dumps(identity(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_difference(saved: dict, current: dict) -> str:
+    """``key: saved -> current`` for every identity key that differs."""
+    a, b = identity(saved), identity(current)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    return ", ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys)

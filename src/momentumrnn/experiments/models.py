@@ -1,0 +1,81 @@
+"""The model registry: a model name is a recurrent layer plus a linear head.
+
+``lstm``, ``gru`` and ``rnn`` are torch's own layers; every other name is a
+``momentumrnn.LAYERS[(recurrence, rule)]`` layer. The head reads the last step
+(classification, regression) or every step (``task.per_step``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import LAYERS
+from ..initialization import initialize
+from ..recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
+
+__all__ = ["MODELS", "PLANNED_MODELS", "SequenceModel", "build_model", "model_spec", "rule_hyperparameters",
+           "count_parameters"]
+
+#: Model name -> (recurrence, rule); rule None means torch's plain layer.
+MODELS: dict[str, tuple[str, str | None]] = {
+    "lstm": ("lstm", None), "gru": ("gru", None), "rnn": ("rnn", None),
+    **{f"{rule}-{recurrence}": (recurrence, rule) for recurrence, rule in sorted(LAYERS)},
+}
+
+#: Names users may know from the paper that this version cannot build yet.
+PLANNED_MODELS = {name: "the orthogonal (DTRIV) layers are not available in this version of momentumrnn"
+                  for name in ("dtriv", "momentum-dtriv", "adam-dtriv", "rmsprop-dtriv", "restart-dtriv")}
+
+_TORCH_LAYERS = {"lstm": (nn.LSTM, LSTMRecurrence), "gru": (nn.GRU, GRURecurrence), "rnn": (nn.RNN, RNNRecurrence)}
+
+
+def model_spec(name: str) -> tuple[str, str | None]:
+    """``(recurrence, rule)`` of a model name, with a clear error for unknown or planned names."""
+    if name in MODELS:
+        return MODELS[name]
+    if name in PLANNED_MODELS:
+        raise ValueError(f"model {name!r} is not available: {PLANNED_MODELS[name]}")
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def rule_hyperparameters(name: str) -> dict:
+    """The rule hyperparameters a model takes, with the library defaults ({} for torch's layers)."""
+    recurrence, rule = model_spec(name)
+    return {} if rule is None else dict(LAYERS[recurrence, rule].rule_type.defaults)
+
+
+class SequenceModel(nn.Module):
+    """``rnn`` (batch-first) followed by a linear ``head`` on the last step or every step."""
+
+    def __init__(self, rnn: nn.Module, hidden_size: int, output_size: int, per_step: bool):
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(hidden_size, output_size)
+        self.per_step = per_step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out if self.per_step else out[:, -1])
+
+
+def build_model(config: dict, input_size: int, output_size: int, per_step: bool) -> SequenceModel:
+    """Build ``config["model"]`` with the config's hidden size, layers, init and rule settings."""
+    recurrence, rule = model_spec(config["model"])
+    hidden, layers = config["hidden_size"], config.get("num_layers", 1)
+    if rule is None:
+        layer_type, recurrence_type = _TORCH_LAYERS[recurrence]
+        rnn = layer_type(input_size, hidden, layers, batch_first=True)
+        if config["init"] == "paper":
+            for index in range(layers):
+                weights = [getattr(rnn, f"{w}_l{index}") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                initialize(*weights, recurrence_type(), hidden, "paper", config["forget_bias"])
+    else:
+        hp = {k: config[k] for k in rule_hyperparameters(config["model"])}
+        rnn = LAYERS[recurrence, rule](input_size, hidden, layers, batch_first=True, init=config["init"],
+                                       forget_bias=config["forget_bias"], **hp)
+    return SequenceModel(rnn, hidden, output_size, per_step)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

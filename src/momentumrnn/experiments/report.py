@@ -1,0 +1,146 @@
+"""``momentumrnn report``: one table row per run and learning curves per task.
+
+Writes ``REPORT_DIR/report.md`` (task, model, parameters, best validation, test at the
+best-validation checkpoint, epochs, steps, wall time, and the paper's published figure
+where PAPER.md has one) and ``REPORT_DIR/<task>_curves.png`` (training loss and the
+validation metric against optimizer steps, one line per run). Returns the table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .presets import published
+
+__all__ = ["load_run", "write_report", "table"]
+
+
+def load_run(run_dir) -> dict:
+    """``config``, ``summary`` and ``metrics`` rows of a run directory."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "metrics.jsonl"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir} is not a run directory: {run_dir / name} is missing")
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"dir": run_dir, "config": config, "summary": summary, "metrics": rows}
+
+
+def _format(metric: str | None, value) -> str:
+    if value is None:
+        return "–"
+    if metric == "accuracy":
+        return f"{100 * value:.2f}%"
+    return f"{value:.4f}"
+
+
+def _labels(runs: list[dict]) -> list[str]:
+    """Model names, with the seed or the directory name added where they would repeat."""
+    models = [r["config"]["model"] for r in runs]
+    labels = []
+    for run, model in zip(runs, models):
+        if models.count(model) == 1:
+            labels.append(model)
+        else:
+            same = [r for r in runs if r["config"]["model"] == model]
+            seeds = {r["config"]["seed"] for r in same}
+            labels.append(f"{model} (seed {run['config']['seed']})" if len(seeds) == len(same) else
+                          f"{model} ({run['dir'].name})")
+    return labels
+
+
+def table(runs: list[dict]) -> str:
+    columns = ["task", "model", "params", "settings", "best val", "test at best val", "best at step (epoch)",
+               "steps", "epochs", "wall time", "status", "paper"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for run, label in zip(runs, _labels(runs)):
+        c, s = run["config"], run["summary"]
+        settings = _settings(c)
+        metric = (s.get("selection") or {}).get("metric")
+        paper = published(c["task"], c["model"], c["hidden_size"])
+        paper_text = f"{paper['value']} ({paper['metric']}; {paper['note']})" if paper else "–"
+        best_at = (f"{s['best_val_step']} ({s['best_val_epoch']:.2f})" if s.get("best_val_step") is not None else "–")
+        lines.append(
+            f"| {c['task']} | {label} | {s.get('parameters', 0):,} | {settings} | "
+            f"{metric or ''} {_format(metric, s.get('best_val'))} | {_format(metric, s.get('test_at_best_val'))} | "
+            f"{best_at} | {s.get('steps', '–')} | {s.get('epochs', 0):.2f} | "
+            f"{s.get('wall_time_s', 0):.0f} s | {s.get('status', 'running')} | {paper_text} |"
+            if s else f"| {c['task']} | {label} | – | {settings} | – | – | – | – | – | – | no summary yet | – |")
+    return "\n".join(lines)
+
+
+def _settings(c: dict) -> str:
+    """H, optimizer, learning rate, batch, init and the rule's hyperparameters of a run."""
+    from .models import rule_hyperparameters
+
+    symbols = {"momentum": "μ", "step_size": "s", "beta": "β", "restart": "r"}
+    text = f"H {c['hidden_size']}, {c['optimizer']} {c['lr']:g}, batch {c['batch_size']}, init {c['init']}"
+    rule = ", ".join(f"{symbols[k]} {c[k]:g}" for k in rule_hyperparameters(c["model"]))
+    return f"{text}; {rule}" if rule else text
+
+
+def plot_task(task: str, runs: list[dict], labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = next((r["summary"].get("selection", {}).get("metric") for r in runs if r["summary"]), "loss")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, label in zip(runs, labels):
+        train = [r for r in run["metrics"] if r["split"] == "train" and "loss" in r]
+        val = [r for r in run["metrics"] if r["split"] == "val" and metric in r]
+        line, = left.plot([r["step"] for r in train], [r["loss"] for r in train], label=label)
+        right.plot([r["step"] for r in val], [r[metric] for r in val], marker="o", markersize=3, label=label,
+                   color=line.get_color())
+    left.set(title=f"{task}: training loss", xlabel="optimizer step", ylabel="loss")
+    right.set(title=f"{task}: validation {metric}", xlabel="optimizer step", ylabel=metric)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(run_dirs, out_dir) -> str:
+    """Write ``report.md`` and one PNG per task into ``out_dir``; return the table."""
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(runs)
+    sections = ["# momentumrnn report", "", text, ""]
+    tasks = sorted({r["config"]["task"] for r in runs})
+    for task in tasks:
+        chosen = [r for r in runs if r["config"]["task"] == task]
+        name = f"{task}_curves.png"
+        plot_task(task, chosen, _labels(chosen), out / name)
+        sections += [f"## {task}", "", f"![{task} learning curves]({name})", ""]
+    notes = _notes(runs)
+    if notes:
+        sections += ["## Notes", "", *notes, ""]
+    (out / "report.md").write_text("\n".join(sections))
+    return text
+
+
+def _notes(runs: list[dict]) -> list[str]:
+    notes = [
+        "- *best val*: the validation metric used for model selection (accuracy: higher is better; "
+        "loss: lower is better); *test at best val*: the test metric of the weights with the best validation "
+        "metric (never selected on test).",
+    ]
+    if any(published(r["config"]["task"], r["config"]["model"], r["config"]["hidden_size"]) for r in runs):
+        notes.append("- *paper*: the figure the authors published (PAPER.md section 4), after full training and "
+                     "selected on the test set; it is not comparable to a short run.")
+    for run, label in zip(runs, _labels(runs)):
+        c = run["config"]
+        extras = [f"{k}={c[k]}" for k in ("train_subset", "val_subset", "test_subset", "max_steps", "time_budget")
+                  if c.get(k)]
+        for note in c.get("preset_notes") or []:
+            extras.append(note)
+        if extras:
+            notes.append(f"- {c['task']} / {label}: " + "; ".join(extras))
+    return notes

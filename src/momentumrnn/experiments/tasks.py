@@ -1,0 +1,231 @@
+"""The benchmark tasks: data splits kept in memory as tensors, a loss and metrics.
+
+Every task gives ``train``/``val``/``test`` splits, the input and output sizes, whether the
+model predicts from the last step (``per_step = False``) or at every step, a loss, its
+metrics, and the validation metric used for model selection (``selection``).
+
+* ``smnist``: pixel MNIST, 784 steps of one pixel in [0, 1], classify from the last step.
+  5,000 training images (chosen with ``data_seed``) are held out for validation.
+* ``psmnist``: the same with the pixels in one fixed random permutation
+  (``permutation_seed``), saved with the run.
+* ``copy``: copying memory. Ten symbols from {1..8}, ``delay`` blanks (the last one a
+  marker), ten blanks; reproduce the ten symbols after the marker. Per-step prediction.
+* ``adding``: the adding problem of length ``length``: two channels, values in [0, 1] and
+  a marker on one position in each half; regress the sum of the two marked values.
+
+Synthetic tasks generate fixed train/val/test sets from ``data_seed``. Speech and Penn
+Treebank tasks register here in the same way (``TASKS[name] = cls``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import load_mnist
+
+__all__ = ["Task", "TASKS", "SMNIST", "PSMNIST", "Copy", "Adding", "generator"]
+
+
+def generator(seed: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one purpose (``stream``) of one seed."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + stream)
+
+
+class Task:
+    """A benchmark. Subclasses set the class attributes and implement ``_build``,
+    ``batch`` and ``statistics``."""
+
+    name: ClassVar[str]
+    #: One line for ``momentumrnn list``.
+    description: ClassVar[str]
+    input_size: ClassVar[int]
+    output_size: ClassVar[int]
+    #: True: the model predicts at every step; False: from the last step only.
+    per_step: ClassVar[bool] = False
+    #: Validation metric for model selection and whether higher is better ("max") or lower.
+    selection: ClassVar[tuple[str, str]] = ("accuracy", "max")
+    #: Task-specific options (config keys) with their defaults.
+    options: ClassVar[dict] = {}
+    #: Whether the task reads files under the data root.
+    needs_data: ClassVar[bool] = False
+
+    def __init__(self, config: dict, root=None, artifacts: dict | None = None):
+        self.config = config
+        self.root = root
+        self.splits: dict[str, tuple[Tensor, ...]] = {}
+        self._build(artifacts or {})
+        limits = {"train": config.get("train_subset"), "val": config.get("val_subset"),
+                  "test": config.get("test_subset")}
+        for split, limit in limits.items():
+            if limit:
+                self.splits[split] = tuple(t[:limit] for t in self.splits[split])
+
+    def _build(self, artifacts: dict) -> None:
+        raise NotImplementedError
+
+    def size(self, split: str) -> int:
+        return self.splits[split][0].size(0)
+
+    def to(self, device) -> "Task":
+        self.splits = {k: tuple(t.to(device) for t in v) for k, v in self.splits.items()}
+        return self
+
+    def artifacts(self) -> dict:
+        """Files to save with the run (name -> JSON-able data), e.g. a permutation."""
+        return {}
+
+    def batch(self, split: str, index: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` for the examples ``index`` of ``split``; ``x`` is (batch, time, input_size)."""
+        raise NotImplementedError
+
+    def loss(self, output: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def statistics(self, output: Tensor, y: Tensor) -> dict[str, tuple[Tensor, int]]:
+        """Metric name -> (sum over the batch, count); a metric is sum / count over a split."""
+        raise NotImplementedError
+
+
+class SMNIST(Task):
+    name = "smnist"
+    description = "pixel MNIST: 784 steps of one pixel, classify from the last step"
+    input_size, output_size = 1, 10
+    options = {"val_size": 5000}
+    needs_data = True
+
+    def _build(self, artifacts):
+        mnist = load_mnist(self.root, download=self.config.get("download", True))
+        val_size = self.config["val_size"]
+        if not 0 <= val_size < mnist["train_images"].size(0):
+            raise ValueError(f"val_size must be in [0, 60000), got {val_size}")
+        order = torch.randperm(mnist["train_images"].size(0), generator=generator(self.config["data_seed"], 1))
+        val, train = order[:val_size], order[val_size:]
+        self.splits = {
+            "train": (mnist["train_images"][train], mnist["train_labels"][train]),
+            "val": (mnist["train_images"][val], mnist["train_labels"][val]),
+            "test": (mnist["test_images"], mnist["test_labels"]),
+        }
+        self.permutation = None
+
+    def batch(self, split, index):
+        images, labels = self.splits[split]
+        x = images[index].float().div_(255.0)
+        if self.permutation is not None:
+            x = x[:, self.permutation]
+        return x.unsqueeze(-1), labels[index]
+
+    def loss(self, output, y):
+        return F.cross_entropy(output, y)
+
+    def statistics(self, output, y):
+        n = y.numel()
+        return {"loss": (F.cross_entropy(output, y, reduction="sum"), n),
+                "accuracy": ((output.argmax(-1) == y).sum(), n)}
+
+    def to(self, device):
+        if self.permutation is not None:
+            self.permutation = self.permutation.to(device)
+        return super().to(device)
+
+
+class PSMNIST(SMNIST):
+    name = "psmnist"
+    description = "permuted pixel MNIST: the 784 pixels in one fixed random permutation"
+    options = {"val_size": 5000, "permutation_seed": 0}
+
+    def _build(self, artifacts):
+        super()._build(artifacts)
+        if "permutation.json" in artifacts:              # the run's own, saved when it started
+            permutation = torch.tensor(artifacts["permutation.json"], dtype=torch.long)
+            if sorted(permutation.tolist()) != list(range(784)):
+                raise ValueError("permutation.json is not a permutation of 0..783")
+        else:
+            permutation = torch.randperm(784, generator=generator(self.config["permutation_seed"], 2))
+        self.permutation = permutation
+
+    def artifacts(self):
+        return {"permutation.json": self.permutation.tolist()}
+
+
+class Copy(Task):
+    name = "copy"
+    description = "copying memory: recall 10 symbols after `delay` blank steps (per-step prediction)"
+    symbols, blank, marker = 10, 0, 9
+    input_size, output_size = 10, 9
+    per_step = True
+    selection = ("loss", "min")
+    options = {"delay": 100, "train_size": 20000, "val_size": 2000, "test_size": 2000}
+
+    def _build(self, artifacts):
+        if self.config["delay"] < 1:
+            raise ValueError(f"delay must be >= 1, got {self.config['delay']}")
+        self.splits = {}
+        for stream, split in enumerate(("train", "val", "test"), start=10):
+            n = self.config[f"{split}_size"]
+            symbols = torch.randint(1, 9, (n, self.symbols), generator=generator(self.config["data_seed"], stream))
+            self.splits[split] = (symbols,)
+
+    @property
+    def length(self) -> int:
+        return self.config["delay"] + 2 * self.symbols
+
+    def batch(self, split, index):
+        symbols = self.splits[split][0][index]
+        n, delay, k = symbols.size(0), self.config["delay"], self.symbols
+        tokens = symbols.new_zeros(n, self.length)
+        tokens[:, :k] = symbols
+        tokens[:, k + delay - 1] = self.marker
+        target = symbols.new_zeros(n, self.length)
+        target[:, -k:] = symbols
+        return F.one_hot(tokens, self.input_size).float(), target
+
+    def loss(self, output, y):
+        return F.cross_entropy(output.reshape(-1, output.size(-1)), y.reshape(-1))
+
+    def statistics(self, output, y):
+        k = self.symbols
+        loss = F.cross_entropy(output.reshape(-1, output.size(-1)), y.reshape(-1), reduction="sum")
+        recalled = (output[:, -k:].argmax(-1) == y[:, -k:]).sum()
+        return {"loss": (loss, y.numel()), "accuracy": (recalled, y[:, -k:].numel())}
+
+
+class Adding(Task):
+    name = "adding"
+    description = "adding problem: sum the two marked values of a length-`length` sequence (regression)"
+    input_size, output_size = 2, 1
+    selection = ("loss", "min")
+    options = {"length": 200, "train_size": 20000, "val_size": 2000, "test_size": 2000}
+
+    def _build(self, artifacts):
+        length = self.config["length"]
+        if length < 2:
+            raise ValueError(f"length must be >= 2, got {length}")
+        self.splits = {}
+        for stream, split in enumerate(("train", "val", "test"), start=20):
+            n = self.config[f"{split}_size"]
+            g = generator(self.config["data_seed"], stream)
+            values = torch.rand(n, length, generator=g)
+            half = length // 2
+            first = torch.randint(0, half, (n,), generator=g)
+            second = torch.randint(half, length, (n,), generator=g)
+            self.splits[split] = (values, torch.stack([first, second], 1))
+
+    def batch(self, split, index):
+        values, marks = self.splits[split][0][index], self.splits[split][1][index]
+        markers = torch.zeros_like(values).scatter_(1, marks, 1.0)
+        y = values.gather(1, marks).sum(1)
+        return torch.stack([values, markers], -1), y
+
+    def loss(self, output, y):
+        return F.mse_loss(output.squeeze(-1), y)
+
+    def statistics(self, output, y):
+        return {"loss": (F.mse_loss(output.squeeze(-1), y, reduction="sum"), y.numel())}
+
+
+#: Task name -> class. Later tasks (speech, Penn Treebank) add themselves here.
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SMNIST, PSMNIST, Copy, Adding)}

@@ -1,0 +1,447 @@
+"""One training run: a model on a task, selected on validation, checkpointed, resumable.
+
+Read top to bottom, ``train`` is the whole story:
+
+1. resolve the device, build the task's data (in memory) and the model, seed everything;
+2. start a fresh run directory, or resume the latest checkpoint of an existing one;
+3. loop over epochs; each epoch visits the training set in a seeded permutation of its
+   own (full batches only), so a run resumed mid-epoch sees exactly the batches an
+   uninterrupted run sees;
+4. validate at the end of each epoch (or every ``eval_every`` steps), keep the weights
+   with the best validation metric, checkpoint every epoch and every
+   ``checkpoint_every`` steps;
+5. stop at ``epochs``, ``max_steps`` or the time budget (then validate once more and
+   evaluate test with the best-validation weights), or on Ctrl-C/SIGTERM (checkpoint
+   and exit; ``--resume`` continues).
+
+Run directory: ``config.json``, ``metrics.jsonl`` (one JSON object a line),
+``summary.json``, ``checkpoints/`` (see ``checkpoint.py``), task files such as
+``permutation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .checkpoint import CheckpointError, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
+from .config import RESUMABLE, ConfigError, fingerprint, identity
+from .data import data_root
+from .models import build_model, count_parameters
+from .tasks import TASKS, generator
+
+__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "RunError"]
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be started or resumed as asked."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but CUDA is not available to this torch")
+    return device
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
+    """The order in which epoch ``epoch`` (0-based) visits the ``n`` training examples."""
+    return torch.randperm(n, generator=generator(seed, 1000 + epoch)).to(device)
+
+
+def build_optimizer(config: dict, parameters) -> torch.optim.Optimizer:
+    name, lr, decay = config["optimizer"], config["lr"], config["weight_decay"]
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, alpha=config["alpha"], weight_decay=decay)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+    return torch.optim.SGD(parameters, lr=lr, weight_decay=decay)
+
+
+@torch.no_grad()
+def evaluate(model, task, split: str, batch_size: int) -> dict[str, float]:
+    """Metrics of ``model`` over a whole split (sums over batches, then one division)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    n = task.size(split)
+    device = task.splits[split][0].device
+    for start in range(0, n, batch_size):
+        x, y = task.batch(split, torch.arange(start, min(n, start + batch_size), device=device))
+        for name, (total, count) in task.statistics(model(x), y).items():
+            entry = sums.setdefault(name, [0.0, 0])
+            entry[0] += float(total)
+            entry[1] += count
+    model.train(was_training)
+    return {name: total / count for name, (total, count) in sums.items()}
+
+
+def _clone_state(model) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _load_weights(model, state: dict, what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{what} does not fit the model: {error}") from None
+
+
+class StopSignals:
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current
+    step; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; ``offset`` is the size after the last row written."""
+
+    def __init__(self, path: Path, truncate_to: int | None = None):
+        self.path = path
+        if truncate_to is not None:                 # drop rows written after the checkpoint
+            with open(path, "r+b") as f:
+                f.truncate(truncate_to)
+        self.file = open(path, "a")
+        self.offset = self.file.tell()
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.offset = self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# ----------------------------------------------------------------------------- run config
+def read_run_config(run_dir: Path) -> dict:
+    """The ``config.json`` record of a run directory."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise RunError(f"nothing to resume: {run_dir} is not a run directory ({path} does not exist)")
+    try:
+        record = json.loads(path.read_text())
+        record["config"]["task"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunError(f"{path} is not a readable run configuration: {error}") from None
+    return record
+
+
+def resume_config(run_dir: Path, overrides: dict, task=None, model=None, preset=None) -> dict:
+    """The configuration of an existing run with the flags given now applied. Only budget
+    and placement flags (``RESUMABLE``) may change; others must repeat the run's value."""
+    saved = read_run_config(run_dir)["config"]
+    config = dict(saved)
+    given = {"task": task, "model": model, **overrides}
+    conflicts = []
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in RESUMABLE:
+            config[key] = value
+        elif key not in saved or saved[key] != value:
+            conflicts.append(f"--{key.replace('_', '-')} {value!r} (the run has {saved.get(key, '<not set>')!r})")
+    if preset is not None and preset != saved.get("preset"):
+        conflicts.append(f"--preset {preset!r} (the run has {saved.get('preset')!r})")
+    if conflicts:
+        raise RunError(f"cannot resume {run_dir} with a different configuration: {'; '.join(conflicts)}. "
+                       f"Only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))} may change; "
+                       f"start a new --out directory for other settings.")
+    return config
+
+
+def _environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"versions": {"momentumrnn": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()}}
+
+
+# ----------------------------------------------------------------------------- training
+def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, command: list | None = None) -> dict:
+    """Train ``config`` into ``run_dir`` (or continue it with ``resume``); return the summary."""
+    run_dir = Path(run_dir)
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    device = resolve_device(config["device"])
+    say = _printer(quiet)
+
+    # -- the run directory
+    if resume:
+        if not has_checkpoint(run_dir):
+            raise RunError(f"cannot resume {run_dir}: it has no checkpoint "
+                           f"({run_dir / 'checkpoints' / 'latest'} does not exist); delete the folder to start again")
+    elif (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists():
+        raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- data, model, optimizer
+    task_type = TASKS[config["task"]]
+    artifacts = {}
+    if resume:
+        for name in ("permutation.json",):
+            if (run_dir / name).exists():
+                artifacts[name] = json.loads((run_dir / name).read_text())
+    task = task_type(config, data_root(config.get("data_dir")), artifacts).to(device)
+    torch.manual_seed(config["seed"])
+    random.seed(config["seed"])
+    model = build_model(config, task.input_size, task.output_size, task.per_step).to(device)
+    optimizer = build_optimizer(config, model.parameters())
+    metric, mode = task.selection
+    n_train, batch_size = task.size("train"), config["batch_size"]
+    steps_per_epoch = max(n_train // batch_size, 1)    # full batches only; the rest differs every epoch
+    print_ = fingerprint(config)
+
+    progress = {"step": 0, "epoch": 0, "position": 0, "train_time": 0.0, "window": {}, "window_examples": 0,
+                "window_time": 0.0, "best": None, "last_eval_step": None, "metrics_bytes": 0}
+    best_state = None
+    record = {"config": config, **_environment(device), "command": command,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
+    if resume:
+        checkpoint = load_checkpoint(run_dir, fingerprint=print_, identity=identity(config))
+        _load_weights(model, checkpoint["model_state"], f"checkpoint {checkpoint['path'] / 'model.safetensors'}")
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer_state"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"optimizer state in {checkpoint['path'] / 'state.pt'} does not fit: {error}") from None
+        progress, best_state = checkpoint["progress"], checkpoint["best_state"]
+        set_rng_state(checkpoint["rng"])
+        old = read_run_config(run_dir)
+        record = {**old, "config": config, **_environment(device)}
+        record["resumed"] = old.get("resumed", []) + [{"at_step": progress["step"], "command": command,
+                                                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+        say(f"resuming {run_dir} at step {progress['step']} (epoch {progress['epoch'] + 1}) from {checkpoint['path']}")
+    else:
+        for name, content in task.artifacts().items():
+            atomic_write_text(run_dir / name, json.dumps(content))
+        (run_dir / "metrics.jsonl").touch()
+    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    log = MetricsLog(run_dir / "metrics.jsonl", truncate_to=progress["metrics_bytes"] if resume else None)
+    parameters = count_parameters(model)
+    say(f"{config['model']} on {config['task']}: {parameters:,} parameters, {n_train:,} training examples, "
+        f"{steps_per_epoch} steps per epoch, device {device}")
+
+    session_start, time_before = time.perf_counter(), progress["train_time"]
+
+    def elapsed() -> float:
+        return time_before + time.perf_counter() - session_start
+
+    def epochs_done() -> float:
+        return round(progress["epoch"] + progress["position"] / steps_per_epoch, 4)
+
+    def checkpoint() -> None:
+        progress["train_time"] = elapsed()
+        progress["metrics_bytes"] = log.offset
+        save_checkpoint(run_dir, model_state=model.state_dict(), best_state=best_state,
+                        optimizer_state=optimizer.state_dict(), progress=progress, rng=rng_state(),
+                        fingerprint=print_, identity=identity(config))
+
+    def validate() -> None:
+        nonlocal best_state
+        values = evaluate(model, task, "val", config["eval_batch_size"])
+        progress["last_eval_step"] = progress["step"]
+        best = progress["best"]
+        value = values[metric]
+        improved = not math.isnan(value) and (best is None or (value > best["value"] if mode == "max"
+                                                                 else value < best["value"]))
+        if improved:
+            progress["best"] = {"value": value, "step": progress["step"], "epoch": epochs_done(), "metrics": values}
+            best_state = _clone_state(model)
+        log.write({"split": "val", "epoch": epochs_done(), "step": progress["step"], **values,
+                   "best": progress["best"]["value"] if progress["best"] else None, "time": round(elapsed(), 3)})
+        best = progress["best"]
+        say(f"epoch {epochs_done():.2f} step {progress['step']}: val "
+            + " ".join(f"{k} {v:.4f}" for k, v in values.items())
+            + (f" | best {metric} {best['value']:.4f} at step {best['step']}" if best else "")
+            + f" | {elapsed():.0f} s")
+
+    def log_train_window() -> None:
+        window = progress["window"]
+        row = {"split": "train", "epoch": epochs_done(), "step": progress["step"],
+               **{k: total / count for k, (total, count) in window.items()},
+               "lr": optimizer.param_groups[0]["lr"],
+               "examples_per_s": round(progress["window_examples"] / max(progress["window_time"], 1e-9), 1),
+               "time": round(elapsed(), 3)}
+        log.write(row)
+        progress["window"], progress["window_examples"], progress["window_time"] = {}, 0, 0.0
+
+    if not resume:
+        checkpoint()                                   # step 0: a run can always be resumed
+    stop = None
+    model.train()
+    with StopSignals() as signals:
+        while stop is None:
+            if progress["epoch"] >= config["epochs"]:
+                stop = "epochs"
+                break
+            order = epoch_order(config["seed"], progress["epoch"], n_train, device)
+            bar = _bar(quiet, progress, config, steps_per_epoch, n_train)
+            while progress["position"] < steps_per_epoch:
+                if config.get("max_steps") and progress["step"] >= config["max_steps"]:
+                    stop = "max_steps"
+                elif config.get("time_budget") and elapsed() >= config["time_budget"]:
+                    stop = "time_budget"
+                elif signals.requested:
+                    stop = "interrupted"
+                if stop:
+                    break
+                started = time.perf_counter()
+                index = order[progress["position"] * batch_size:(progress["position"] + 1) * batch_size]
+                x, y = task.batch("train", index)
+                output = model(x)
+                loss = task.loss(output, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config["clip"]:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
+                optimizer.step()
+                with torch.no_grad():
+                    for name, (total, count) in task.statistics(output.detach(), y).items():
+                        entry = progress["window"].setdefault(name, [0.0, 0])
+                        entry[0] += float(total)
+                        entry[1] += count
+                progress["step"] += 1
+                progress["position"] += 1
+                progress["window_examples"] += index.numel()
+                progress["window_time"] += time.perf_counter() - started
+                if bar is not None:
+                    bar.update(index.numel())
+                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                if progress["step"] % config["log_every"] == 0:
+                    log_train_window()
+                if config.get("eval_every") and progress["step"] % config["eval_every"] == 0:
+                    validate()
+                if config["checkpoint_every"] and progress["step"] % config["checkpoint_every"] == 0:
+                    checkpoint()
+            if bar is not None:
+                bar.close()
+            if stop is None:                          # the epoch is complete
+                if progress["last_eval_step"] != progress["step"]:
+                    validate()
+                progress["epoch"] += 1
+                progress["position"] = 0
+                checkpoint()
+
+        if stop == "interrupted":
+            checkpoint()
+            log.close()
+            summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "interrupted", stop, None)
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            say(f"stopped by {signals.requested} at step {progress['step']}; checkpoint saved. Continue with: "
+                f"momentumrnn train --out {run_dir} --resume")
+            return summary
+
+    # -- finish: validate the last weights, checkpoint, then test with the best-validation weights
+    if progress["last_eval_step"] != progress["step"]:
+        validate()
+    checkpoint()
+    if progress["window"]:                             # rows after the checkpoint: a resume drops them
+        log_train_window()
+    test = None
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        test = evaluate(model, task, "test", config["eval_batch_size"])
+        log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"], **test,
+                   "time": round(elapsed(), 3)})
+    log.close()
+    summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "finished", stop, test)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if test is not None:
+        say(f"finished ({stop}) after {progress['step']} steps, {elapsed():.0f} s: best val {metric} "
+            f"{progress['best']['value']:.4f} at step {progress['best']['step']}; test at best val: "
+            + " ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    return summary
+
+
+def _summary(config, task, parameters, progress, epochs, wall, status, stop, test) -> dict:
+    metric, mode = task.selection
+    best = progress["best"]
+    return {
+        "task": config["task"], "model": config["model"], "parameters": parameters,
+        "hidden_size": config["hidden_size"], "seed": config["seed"], "preset": config.get("preset"),
+        "status": status, "stop_reason": stop,
+        "selection": {"metric": metric, "mode": mode},
+        "best_val": best["value"] if best else None,
+        "best_val_epoch": best["epoch"] if best else None,
+        "best_val_step": best["step"] if best else None,
+        "best_val_metrics": best["metrics"] if best else None,
+        "test_at_best_val": test[metric] if test else None,
+        "test_metrics": test,
+        "epochs": epochs, "steps": progress["step"], "wall_time_s": round(wall, 2),
+        "train_size": task.size("train"), "val_size": task.size("val"), "test_size": task.size("test"),
+    }
+
+
+def _printer(quiet: bool):
+    def say(message: str) -> None:
+        if quiet:
+            return
+        try:
+            from tqdm import tqdm
+            tqdm.write(message, file=sys.stderr)
+        except ImportError:
+            print(message, file=sys.stderr)
+    return say
+
+
+def _bar(quiet, progress, config, steps_per_epoch, n_train):
+    """A tqdm bar over one epoch's examples (loss, examples/s, ETA); None when quiet or
+    when stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    batch = config["batch_size"]
+    steps = steps_per_epoch - progress["position"]
+    if config.get("max_steps"):
+        steps = min(steps, max(config["max_steps"] - progress["step"], 0))
+    done = min(progress["position"] * batch, n_train)
+    return tqdm(total=min(done + steps * batch, n_train), initial=done, unit="ex", unit_scale=True, leave=False,
+                desc=f"epoch {progress['epoch'] + 1}/{config['epochs']}", dynamic_ncols=True, file=sys.stderr)

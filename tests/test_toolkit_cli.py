@@ -1,0 +1,70 @@
+"""The command line and `momentumrnn report`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolkit_helpers import TINY_ADDING, cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(*args):
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_python_dash_m_and_the_light_library_import():
+    result = run_module("-m", "momentumrnn", "list")
+    assert result.returncode == 0, result.stderr
+    assert "smnist" in result.stdout and "momentum-lstm" in result.stdout and "not available" in result.stdout
+    # torch itself may import tqdm (torch.hub); ours must add neither matplotlib nor tqdm
+    check = ("import sys, torch; before = set(sys.modules); import momentumrnn, momentumrnn.experiments; "
+             "extra = {m.split('.')[0] for m in set(sys.modules) - before}; "
+             "assert not {'matplotlib', 'tqdm'} & extra, extra; assert 'matplotlib' not in sys.modules")
+    result = run_module("-c", check)
+    assert result.returncode == 0, result.stderr
+
+
+def test_console_script_is_declared():
+    text = (REPO / "pyproject.toml").read_text()
+    assert 'momentumrnn = "momentumrnn.experiments.cli:main"' in text
+    for package in ("safetensors", "tqdm", "matplotlib"):
+        assert package in text
+
+
+def test_train_needs_task_and_model(capsys):
+    with pytest.raises(SystemExit):
+        cli("train", "--out", "somewhere")
+    assert "needs --task and --model" in capsys.readouterr().err
+
+
+def test_unavailable_model_is_a_clear_error(tmp_path, capsys):
+    assert cli("train", "--task", "adding", "--model", "momentum-dtriv", "--out", tmp_path / "r") == 2
+    assert "not available" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_report(tmp_path, capsys):
+    runs = []
+    for model in ("lstm", "momentum-lstm"):
+        runs.append(tmp_path / model)
+        assert cli("train", *TINY_ADDING, "--model", model, "--out", runs[-1], "--max-steps", 6) == 0
+    runs.append(tmp_path / "lstm-seed1")
+    cli("train", *TINY_ADDING, "--model", "lstm", "--seed", 1, "--out", runs[-1], "--max-steps", 6)
+    capsys.readouterr()
+    assert cli("report", *runs, "--out", tmp_path / "report") == 0
+    printed = capsys.readouterr().out
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert printed.strip() in text
+    table = [line for line in printed.splitlines() if line.startswith("| adding")]
+    assert len(table) == 3
+    assert "lstm (seed 0)" in printed and "lstm (seed 1)" in printed and "μ 0.6, s 0.6" in printed
+    png = tmp_path / "report" / "adding_curves.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and "adding_curves.png" in text
+
+
+def test_report_of_a_missing_run(tmp_path, capsys):
+    assert cli("report", tmp_path / "nope", "--out", tmp_path / "report") == 1
+    assert "not a run directory" in capsys.readouterr().err

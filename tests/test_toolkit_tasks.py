@@ -1,0 +1,125 @@
+"""Tasks: splits, batches, targets, losses and metrics; the configuration and model registries."""
+
+import pytest
+import torch
+
+import momentumrnn as mrnn
+from momentumrnn.experiments.config import ConfigError, resolve_config
+from momentumrnn.experiments.models import MODELS, build_model, count_parameters
+from momentumrnn.experiments.tasks import TASKS
+from toolkit_helpers import HAVE_MNIST, SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def smnist_config():
+    return resolve_config("smnist", "lstm", {"data_dir": str(SHARED_DATA)})
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="needs ../shared/data/mnist")
+def test_mnist_holds_out_a_seeded_validation_set(smnist_config):
+    task = TASKS["smnist"](smnist_config, SHARED_DATA)
+    assert (task.size("train"), task.size("val"), task.size("test")) == (55000, 5000, 10000)
+    x, y = task.batch("val", torch.arange(4))
+    assert x.shape == (4, 784, 1) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    train_rows = {bytes(r) for r in task.splits["train"][0][:2000].numpy()}
+    assert not any(bytes(r) in train_rows for r in task.splits["val"][0][:200].numpy())
+    other = TASKS["smnist"]({**smnist_config, "data_seed": 1}, SHARED_DATA)
+    assert not torch.equal(other.splits["val"][1], task.splits["val"][1])
+    again = TASKS["smnist"](smnist_config, SHARED_DATA)
+    assert torch.equal(again.splits["val"][1], task.splits["val"][1])
+    subset = TASKS["smnist"]({**smnist_config, "train_subset": 100, "val_subset": 10}, SHARED_DATA)
+    assert subset.size("train") == 100 and subset.size("val") == 10
+    assert torch.equal(subset.splits["train"][1], task.splits["train"][1][:100])
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="needs ../shared/data/mnist")
+def test_psmnist_permutes_pixels_with_a_seeded_permutation():
+    config = resolve_config("psmnist", "lstm", {"data_dir": str(SHARED_DATA)})
+    plain = TASKS["smnist"](config, SHARED_DATA)
+    task = TASKS["psmnist"](config, SHARED_DATA)
+    permutation = torch.tensor(task.artifacts()["permutation.json"])
+    x, _ = plain.batch("test", torch.arange(3))
+    xp, _ = task.batch("test", torch.arange(3))
+    assert torch.equal(xp, x[:, permutation])
+    assert torch.equal(TASKS["psmnist"](config, SHARED_DATA).permutation, task.permutation)
+    assert not torch.equal(TASKS["psmnist"]({**config, "permutation_seed": 1}, SHARED_DATA).permutation,
+                           task.permutation)
+    saved = TASKS["psmnist"]({**config, "permutation_seed": 1}, SHARED_DATA, task.artifacts())
+    assert torch.equal(saved.permutation, task.permutation)          # a run's saved permutation wins
+
+
+def test_copy_task():
+    config = resolve_config("copy", "lstm", {"delay": 7, "train_size": 5, "val_size": 3, "test_size": 3})
+    task = TASKS["copy"](config)
+    x, y = task.batch("train", torch.arange(5))
+    assert x.shape == (5, 27, 10) and y.shape == (5, 27)
+    tokens = x.argmax(-1)
+    symbols = tokens[:, :10]
+    assert ((1 <= symbols) & (symbols <= 8)).all()
+    assert (tokens[:, 16] == 9).all() and (tokens[:, 10:16] == 0).all() and (tokens[:, 17:] == 0).all()
+    assert torch.equal(y[:, -10:], symbols) and (y[:, :-10] == 0).all()
+    perfect = torch.nn.functional.one_hot(y, 9).float() * 100
+    stats = task.statistics(perfect, y)
+    assert stats["accuracy"][0] == 50 and stats["accuracy"][1] == 50 and float(task.loss(perfect, y)) < 1e-6
+
+
+def test_adding_task():
+    config = resolve_config("adding", "lstm", {"length": 20, "train_size": 50, "val_size": 3, "test_size": 3})
+    task = TASKS["adding"](config)
+    x, y = task.batch("train", torch.arange(50))
+    assert x.shape == (50, 20, 2)
+    markers = x[..., 1]
+    assert (markers.sum(1) == 2).all() and (markers[:, :10].sum(1) == 1).all()
+    assert torch.allclose((x[..., 0] * markers).sum(1), y)
+    assert float(task.loss(y.unsqueeze(-1), y)) == 0
+    assert torch.equal(TASKS["adding"](config).splits["test"][0], task.splits["test"][0])
+
+
+def test_paper_preset_and_explicit_flags():
+    config = resolve_config("smnist", "momentum-lstm", preset="paper")
+    expected = {"optimizer": "rmsprop", "lr": 1e-3, "alpha": 0.9, "batch_size": 128, "epochs": 150, "clip": 1.0,
+                "init": "paper", "forget_bias": 1.0, "momentum": 0.6, "step_size": 0.6, "hidden_size": 128}
+    assert {k: config[k] for k in expected} == expected and config["preset"] == "paper"
+    adam = resolve_config("psmnist", "adam-lstm", {"beta": 0.5, "lr": 3e-4}, preset="paper")
+    assert (adam["momentum"], adam["step_size"], adam["beta"], adam["lr"]) == (0.6, 1.0, 0.5, 3e-4)
+    assert resolve_config("psmnist", "nesterov-lstm", preset="paper")["restart"] == 40
+    assert resolve_config("smnist", "rmsprop-lstm", preset="paper")["beta"] == 0.9
+    adding = resolve_config("adding", "lstm", preset="paper")
+    assert adding["init"] == "paper" and "no adding-task settings" in adding["preset_notes"][0]
+    plain = resolve_config("smnist", "momentum-lstm")
+    assert plain["init"] == "torch" and plain["preset"] is None and plain["momentum"] == 0.6
+
+
+@pytest.mark.parametrize("model, overrides, message", [
+    ("lstm", {"momentum": 0.5}, "--momentum does not apply to model 'lstm'"),
+    ("rmsprop-lstm", {"momentum": 0.5}, "takes --step-size, --beta"),
+    ("lstm", {"delay": 5}, "--delay does not apply to task 'smnist' (it is an option of copy)"),
+    ("momentum-lstm", {"momentum": 1.5}, "momentum must be in [0, 1)"),
+    ("lstm", {"hidden_size": 0}, "hidden_size must be a positive integer"),
+    ("lstm", {"optimizer": "lbfgs"}, "optimizer must be one of"),
+    ("dtriv", {}, "not available"),
+    ("momentum-dtriv", {}, "orthogonal"),
+    ("transformer", {}, "unknown model 'transformer'"),
+])
+def test_configuration_errors(model, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        resolve_config("smnist", model, overrides)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("per_step", [False, True])
+def test_every_model_builds_and_runs(name, per_step):
+    config = resolve_config("adding", name, {"hidden_size": 6, "init": "paper"})
+    model = build_model(config, 3, 5, per_step)
+    out = model(torch.randn(2, 4, 3))
+    assert out.shape == ((2, 4, 5) if per_step else (2, 5))
+
+
+def test_torch_and_momentum_models_share_shapes_and_paper_init():
+    lstm = build_model(resolve_config("smnist", "lstm", preset="paper"), 1, 10, False)
+    momentum = build_model(resolve_config("smnist", "momentum-lstm", preset="paper"), 1, 10, False)
+    assert isinstance(lstm.rnn, torch.nn.LSTM) and isinstance(momentum.rnn, mrnn.MomentumLSTM)
+    assert count_parameters(lstm) == count_parameters(momentum) == 4 * 128 * (1 + 128 + 2) + 129 * 10
+    assert torch.equal(lstm.rnn.weight_hh_l0, momentum.rnn.weight_hh_l0)         # identity in the first rows
+    assert lstm.rnn.bias_ih_l0[128:256].eq(1).all() and lstm.rnn.bias_hh_l0[:128].eq(0).all()
