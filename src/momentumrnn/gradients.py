@@ -28,20 +28,43 @@ __all__ = ["GradientNorms", "gradient_norms"]
 
 @dataclass
 class GradientNorms:
-    """Per-step gradient norms, each ``(T,)``: mean and standard deviation over examples."""
+    """Per-example gradient norms, ``hidden`` and ``input`` each ``(T, examples)``."""
 
-    hidden_mean: Tensor
-    hidden_std: Tensor
-    input_mean: Tensor
-    input_std: Tensor
+    hidden: Tensor
+    input: Tensor
+
+    @property
+    def hidden_mean(self) -> Tensor:
+        return self.hidden.mean(1)
+
+    @property
+    def hidden_std(self) -> Tensor:
+        return self.hidden.std(1, unbiased=False)
+
+    @property
+    def input_mean(self) -> Tensor:
+        return self.input.mean(1)
+
+    @property
+    def input_std(self) -> Tensor:
+        return self.input.std(1, unbiased=False)
 
     def first_to_last(self, which: str = "hidden") -> float:
-        """``norm at the first step / norm at the last step`` (small = vanishing)."""
+        """``mean norm at the first step / mean norm at the last step`` (small = vanishing)."""
         mean = self.hidden_mean if which == "hidden" else self.input_mean
         return float(mean[0] / mean[-1])
 
+    @staticmethod
+    def cat(measurements: list["GradientNorms"]) -> "GradientNorms":
+        """Pool the examples of several measurements (e.g. batches) of the same length."""
+        return GradientNorms(torch.cat([m.hidden for m in measurements], 1),
+                             torch.cat([m.input for m in measurements], 1))
+
     def to_dict(self) -> dict:
-        return {name: getattr(self, name).tolist() for name in ("hidden_mean", "hidden_std", "input_mean", "input_std")}
+        return {"examples": self.hidden.size(1),
+                **{name: getattr(self, name).tolist() for name in ("hidden_mean", "hidden_std", "input_mean", "input_std")},
+                "first_to_last_hidden": self.first_to_last("hidden"),
+                "first_to_last_input": self.first_to_last("input")}
 
 
 def gradient_norms(layer: nn.Module, inputs: Tensor, loss_fn: Callable[[Tensor], Tensor], hx=None) -> GradientNorms:
@@ -83,8 +106,7 @@ def gradient_norms(layer: nn.Module, inputs: Tensor, loss_fn: Callable[[Tensor],
     hidden_norms = torch.stack([
         (g if g is not None else torch.zeros_like(p)).squeeze(time_dim).norm(dim=-1) for g, p in zip(grads[1:], probes)
     ])                                                        # (T, batch)
-    return GradientNorms(hidden_norms.mean(1).detach(), hidden_norms.std(1, unbiased=False).detach(),
-                         input_norms.mean(1).detach(), input_norms.std(1, unbiased=False).detach())
+    return GradientNorms(hidden_norms.detach(), input_norms.detach())
 
 
 def _replace_top(h_n: Tensor, top: Tensor) -> Tensor:

@@ -1,8 +1,9 @@
-"""The ``momentumrnn`` command line: ``train``, ``report`` and ``list``.
+"""The ``momentumrnn`` command line: ``train``, ``report``, ``gradients`` and ``list``.
 
     momentumrnn train --task adding --model momentum-lstm --out runs/mlstm --max-steps 300
     momentumrnn train --out runs/mlstm --resume --max-steps 600
     momentumrnn report runs/* --out runs/report
+    momentumrnn gradients --task adding --model lstm --model momentum-lstm --out runs/gradients
     momentumrnn list
 """
 
@@ -93,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", required=True, metavar="REPORT_DIR")
 
+    gradients = commands.add_parser(
+        "gradients", help="measure gradient norms through time (dL/dh_t, dL/dx_t) per model",
+        description="For models at initialization (--model, repeatable) and trained runs (--checkpoint, "
+        "repeatable), measure ||dL/dh_t|| and ||dL/dx_t|| for every step t on the same training batches; "
+        "write gradients.json and gradients.png to --out and print first-to-last-step ratios.")
+    gradients.add_argument("--task", help="the task (needed with --model)")
+    gradients.add_argument("--model", action="append", default=[], help="a model at initialization (repeatable)")
+    gradients.add_argument("--checkpoint", action="append", default=[], metavar="RUN_DIR",
+                           help="a trained run: its latest checkpoint (repeatable)")
+    gradients.add_argument("--out", required=True, metavar="DIR")
+    gradients.add_argument("--batches", type=int, default=4, help="training batches to average over (default 4)")
+    gradients.add_argument("--batch-size", type=int, default=32, help="examples per batch (default 32)")
+    gradients.add_argument("--seed", type=int, default=0, help="seed of the initialization and batches")
+    gradients.add_argument("--preset", choices=["paper"], help="the authors' settings for --model")
+    gradients.add_argument("--data-dir", metavar="DIR", help="data root (as for train)")
+    gradients.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    for flag in ("--hidden-size", "--momentum", "--step-size", "--beta", "--restart", "--init", "--forget-bias",
+                 "--length", "--delay", "--permutation-seed"):
+        kind = next(k for f, k, _ in _CONFIG_FLAGS if f == flag)
+        gradients.add_argument(flag, type=kind, help="as for train (applies to every --model)")
+
     commands.add_parser("list", help="list tasks, models and the paper preset's settings")
     return parser
 
@@ -108,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, parser, sys.argv if argv is None else ["momentumrnn", *argv])
+        if args.command == "gradients":
+            return _gradients(args)
         if args.command == "report":
             from .report import write_report
             print(write_report(args.runs, args.out))
@@ -139,6 +163,21 @@ def _train(args, parser, command) -> int:
             print(f"note: {note}", file=sys.stderr)
     summary = train(config, args.out, resume=args.resume, quiet=args.quiet, command=command)
     return 130 if summary["status"] == "interrupted" else 0
+
+
+def _gradients(args) -> int:
+    from .gradient_analysis import run_gradients
+
+    keys = ("hidden_size", "momentum", "step_size", "beta", "restart", "init", "forget_bias", "length", "delay",
+            "permutation_seed")
+    overrides = {key: getattr(args, key) for key in keys}
+    overrides["data_dir"] = args.data_dir
+    if args.batches <= 0 or args.batch_size <= 0:
+        raise ConfigError(f"--batches and --batch-size must be > 0, got {args.batches} and {args.batch_size}")
+    run_gradients(args.task, args.model, args.checkpoint, args.out, batches=args.batches,
+                  batch_size=args.batch_size, seed=args.seed, preset=args.preset, overrides=overrides,
+                  device=args.device)
+    return 0
 
 
 def _list() -> int:
