@@ -1,3 +1,4 @@
+import json
 """The command line and `momentumrnn report`."""
 
 import subprocess
@@ -19,7 +20,7 @@ def run_module(*args):
 def test_python_dash_m_and_the_light_library_import():
     result = run_module("-m", "momentumrnn", "list")
     assert result.returncode == 0, result.stderr
-    assert "smnist" in result.stdout and "momentum-lstm" in result.stdout and "not available" in result.stdout
+    assert "smnist" in result.stdout and "momentum-lstm" in result.stdout and "ORTHOGONAL_LAYERS['momentum']" in result.stdout
     # torch itself may import tqdm (torch.hub); ours must add neither matplotlib nor tqdm
     check = ("import sys, torch; before = set(sys.modules); import momentumrnn, momentumrnn.experiments; "
              "extra = {m.split('.')[0] for m in set(sys.modules) - before}; "
@@ -41,9 +42,14 @@ def test_train_needs_task_and_model(capsys):
     assert "needs --task and --model" in capsys.readouterr().err
 
 
-def test_unavailable_model_is_a_clear_error(tmp_path, capsys):
-    assert cli("train", "--task", "adding", "--model", "momentum-dtriv", "--out", tmp_path / "r") == 2
-    assert "not available" in capsys.readouterr().err and not (tmp_path / "r").exists()
+def test_orthogonal_models_train_with_two_optimizers(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert cli("train", *TINY_ADDING, "--model", "momentum-dtriv", "--trivialization", "2", "--out", run,
+               "--max-steps", "5") == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["trivialization"] == 2 and config["lr_orth"] == 1e-4 and "init" not in config
+    assert cli("train", *TINY_ADDING, "--model", "dtriv", "--init", "paper", "--out", tmp_path / "x") == 2
+    assert "--orthogonal-init" in capsys.readouterr().err
 
 
 def test_report(tmp_path, capsys):

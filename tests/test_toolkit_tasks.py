@@ -97,8 +97,10 @@ def test_paper_preset_and_explicit_flags():
     ("momentum-lstm", {"momentum": 1.5}, "momentum must be in [0, 1)"),
     ("lstm", {"hidden_size": 0}, "hidden_size must be a positive integer"),
     ("lstm", {"optimizer": "lbfgs"}, "optimizer must be one of"),
-    ("dtriv", {}, "not available"),
-    ("momentum-dtriv", {}, "orthogonal"),
+    ("dtriv", {"init": "paper"}, "--init does not apply to the orthogonal model 'dtriv'"),
+    ("momentum-dtriv", {"trivialization": -1}, "trivialization must be an integer K >= 1, or 0 for never"),
+    ("dtriv", {"orthogonal_init": "xavier"}, "orthogonal_init must be one of"),
+    ("lstm", {"lr_orth": 1e-3}, "--lr-orth applies to the orthogonal models"),
     ("transformer", {}, "unknown model 'transformer'"),
 ])
 def test_configuration_errors(model, overrides, message):
@@ -110,7 +112,8 @@ def test_configuration_errors(model, overrides, message):
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("per_step", [False, True])
 def test_every_model_builds_and_runs(name, per_step):
-    config = resolve_config("adding", name, {"hidden_size": 6, "init": "paper"})
+    init = {} if name.endswith("dtriv") else {"init": "paper"}
+    config = resolve_config("adding", name, {"hidden_size": 6, **init})
     model = build_model(config, 3, 5, per_step)
     out = model(torch.randn(2, 4, 3))
     assert out.shape == ((2, 4, 5) if per_step else (2, 5))

@@ -59,10 +59,10 @@ def test_test_is_evaluated_with_the_best_validation_weights(tmp_path):
     assert test["loss"] == pytest.approx(s["test_at_best_val"], rel=1e-6)
 
 
-@pytest.mark.parametrize("model", ["momentum-lstm", "lstm"])
+@pytest.mark.parametrize("model", ["momentum-lstm", "lstm", "momentum-dtriv"])
 def test_resume_gives_the_uninterrupted_metrics(tmp_path, model):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    common = [*TINY_ADDING, "--model", model, "--seed", 3]
+    common = [*TINY_ADDING, "--model", model, "--seed", 3] + (["--trivialization", 3] if "dtriv" in model else [])
     assert cli("train", *common, "--out", whole, "--max-steps", 13) == 0
     assert cli("train", *common, "--out", parts, "--max-steps", 7) == 0              # stops mid-epoch 2
     assert summary(parts)["steps"] == 7

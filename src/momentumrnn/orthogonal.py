@@ -174,8 +174,12 @@ class OrthogonalRNN(RecurrentLayer):
             setattr(self, "weight_hh" + suffix, initial.contiguous())
             getattr(self, "bias_modrelu" + suffix).uniform_(-0.01, 0.01)
         reset_hyperparameters(self, self.rule_type, self._suffixes)
-        self.steps_since_base_change = 0
-        self.base_changes = 0
+        # Buffers, so that state_dict (and a resumed training run) keeps the change-of-base schedule.
+        for name in ("steps_since_base_change", "base_changes"):
+            if name in self._buffers:
+                self._buffers[name].zero_()
+            else:
+                self.register_buffer(name, torch.zeros((), dtype=torch.long, device=self.weight_ih_l0.device))
 
     def orthogonal_parameters(self) -> list[nn.Parameter]:
         """The trained tensors behind every ``U`` (one per layer and direction)."""
@@ -192,7 +196,7 @@ class OrthogonalRNN(RecurrentLayer):
         for suffix in self._suffixes:
             name = "weight_hh" + suffix
             setattr(self, name, _reorthogonalize(getattr(self, name)))
-        self.steps_since_base_change = 0
+        self.steps_since_base_change.zero_()
         self.base_changes += 1
 
     def trivialization_step(self) -> bool:
@@ -200,7 +204,7 @@ class OrthogonalRNN(RecurrentLayer):
         last change. Call it after every ``optimizer.step()`` (or use
         ``register_trivialization``). Returns whether the base changed."""
         self.steps_since_base_change += 1
-        if self.steps_since_base_change >= self.trivialization:
+        if int(self.steps_since_base_change) >= self.trivialization:
             self.change_base()
             return True
         return False

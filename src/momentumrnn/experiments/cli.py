@@ -40,6 +40,9 @@ _CONFIG_FLAGS = [
     ("--step-size", float, "s, for every momentumrnn cell"),
     ("--beta", float, "decay of the squared average, for Adam and RMSProp cells"),
     ("--restart", int, "restart period r, for Nesterov and restart cells"),
+    ("--orthogonal-init", str, "orthogonal models: skew-symmetric initialization, cayley (default) or henaff"),
+    ("--trivialization", int, "orthogonal models: change of base every K optimizer steps, 0 = never (default 100)"),
+    ("--lr-orth", float, "orthogonal models: RMSprop learning rate of the orthogonal parameters (default 1e-4)"),
     ("--val-size", int, "validation examples (MNIST: held out of the training set, default 5000)"),
     ("--train-size", int, "training examples of a synthetic task (default 20000)"),
     ("--test-size", int, "test examples of a synthetic task (default 2000)"),
@@ -181,7 +184,7 @@ def _gradients(args) -> int:
 
 
 def _list() -> int:
-    from .models import MODELS, PLANNED_MODELS
+    from .models import MODELS
     from .presets import PAPER_RULES, PAPER_TASK, PAPER_TRAINING
     from .tasks import TASKS
 
@@ -191,10 +194,13 @@ def _list() -> int:
         print(f"  {name:10s} {task.description} [{options}]")
     print("models:")
     for name, (recurrence, rule) in MODELS.items():
-        print(f"  {name:16s} " + (f"torch.nn.{recurrence.upper()}" if rule is None
-                                   else f"momentumrnn.LAYERS[{recurrence!r}, {rule!r}]"))
-    for name, why in PLANNED_MODELS.items():
-        print(f"  {name:16s} not available: {why}")
+        if rule is None:
+            where = f"torch.nn.{recurrence.upper()}"
+        elif recurrence == "orthogonal":
+            where = f"momentumrnn.ORTHOGONAL_LAYERS[{rule!r}] (two optimizers, change of base every K steps)"
+        else:
+            where = f"momentumrnn.LAYERS[{recurrence!r}, {rule!r}]"
+        print(f"  {name:16s} {where}")
     print("--preset paper:")
     for task, (experiment, note) in PAPER_TASK.items():
         training = ", ".join(f"{k}={v}" for k, v in PAPER_TRAINING[experiment].items())

@@ -12,7 +12,7 @@ import json
 import math
 import numbers
 
-from .models import model_spec, rule_hyperparameters
+from .models import model_options, model_spec, rule_hyperparameters
 from .presets import paper_preset
 from .tasks import TASKS
 
@@ -81,7 +81,10 @@ def resolve_config(task: str, model: str, overrides: dict | None = None, preset:
         raise ConfigError(str(error)) from None
     task_type = TASKS[task]
     hyperparameters = rule_hyperparameters(model)
-    config = {"task": task, "model": model, **DEFAULTS, **task_type.options, **hyperparameters}
+    config = {"task": task, "model": model, **DEFAULTS, **task_type.options, **hyperparameters,
+              **model_options(model)}
+    if recurrence == "orthogonal":          # the orthogonal layers have their own initializations
+        del config["init"], config["forget_bias"]
     notes: list[str] = []
     if preset is not None:
         if preset != "paper":
@@ -105,6 +108,10 @@ def _not_applicable(key: str, task: str, model: str, task_type, hyperparameters:
     if key in ("momentum", "step_size", "beta", "restart"):
         takes = ", ".join("--" + k.replace("_", "-") for k in hyperparameters) or "no rule hyperparameters"
         return f"{flag} does not apply to model {model!r}, which takes {takes}"
+    if key in ("init", "forget_bias") and model_spec(model)[0] == "orthogonal":
+        return f"{flag} does not apply to the orthogonal model {model!r}: use --orthogonal-init cayley|henaff"
+    if key in ("orthogonal_init", "trivialization", "lr_orth"):
+        return f"{flag} applies to the orthogonal models (dtriv, momentum-dtriv, ...), not {model!r}"
     owners = [name for name, t in TASKS.items() if key in t.options]
     if owners:
         return f"{flag} does not apply to task {task!r} (it is an option of {', '.join(owners)})"
@@ -125,13 +132,26 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"lr must be a number > 0, got {config['lr']!r}")
     if config["optimizer"] not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {config['optimizer']!r}")
-    if config["init"] not in ("torch", "paper"):
+    if config.get("init", "torch") not in ("torch", "paper"):
         raise ConfigError(f"init must be 'torch' or 'paper', got {config['init']!r}")
     recurrence, rule = model_spec(config["model"])
-    if rule is not None:
+    if recurrence == "orthogonal":
+        from ..orthogonal import ORTHOGONAL_LAYERS
+        rule_type = ORTHOGONAL_LAYERS[rule].rule_type
+        if config["orthogonal_init"] not in ORTHOGONAL_LAYERS[rule].valid_inits:
+            raise ConfigError(f"orthogonal_init must be one of {ORTHOGONAL_LAYERS[rule].valid_inits}, "
+                              f"got {config['orthogonal_init']!r}")
+        trivialization = config["trivialization"]
+        if isinstance(trivialization, bool) or not isinstance(trivialization, numbers.Integral) or trivialization < 0:
+            raise ConfigError(f"trivialization must be an integer K >= 1, or 0 for never, got {trivialization!r}")
+        if not (isinstance(config["lr_orth"], numbers.Real) and config["lr_orth"] > 0):
+            raise ConfigError(f"lr_orth must be a number > 0, got {config['lr_orth']!r}")
+    elif rule is not None:
         from .. import LAYERS
+        rule_type = LAYERS[recurrence, rule].rule_type
+    if rule is not None:
         try:
-            LAYERS[recurrence, rule].rule_type.validate({k: config[k] for k in rule_hyperparameters(config["model"])})
+            rule_type.validate({k: config[k] for k in rule_hyperparameters(config["model"])})
         except (TypeError, ValueError) as error:
             raise ConfigError(str(error)) from None
 

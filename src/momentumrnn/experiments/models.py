@@ -1,48 +1,61 @@
 """The model registry: a model name is a recurrent layer plus a linear head.
 
-``lstm``, ``gru`` and ``rnn`` are torch's own layers; every other name is a
+``lstm``, ``gru`` and ``rnn`` are torch's own layers; ``dtriv`` and ``RULE-dtriv`` are the
+orthogonal layers (``momentumrnn.ORTHOGONAL_LAYERS``); every other name is a
 ``momentumrnn.LAYERS[(recurrence, rule)]`` layer. The head reads the last step
 (classification, regression) or every step (``task.per_step``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from .. import LAYERS
+from .. import LAYERS, ORTHOGONAL_LAYERS
 from ..initialization import initialize
 from ..recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 
-__all__ = ["MODELS", "PLANNED_MODELS", "SequenceModel", "build_model", "model_spec", "rule_hyperparameters",
-           "count_parameters"]
+__all__ = ["MODELS", "ORTHOGONAL_OPTIONS", "SequenceModel", "build_model", "model_spec", "model_options",
+           "rule_hyperparameters", "count_parameters"]
 
 #: Model name -> (recurrence, rule); rule None means torch's plain layer.
 MODELS: dict[str, tuple[str, str | None]] = {
     "lstm": ("lstm", None), "gru": ("gru", None), "rnn": ("rnn", None),
     **{f"{rule}-{recurrence}": (recurrence, rule) for recurrence, rule in sorted(LAYERS)},
+    **{("dtriv" if rule == "none" else f"{rule}-dtriv"): ("orthogonal", rule) for rule in ORTHOGONAL_LAYERS},
 }
 
-#: Names users may know from the paper that this version cannot build yet.
-PLANNED_MODELS = {name: "the orthogonal (DTRIV) layers are not available in this version of momentumrnn"
-                  for name in ("dtriv", "momentum-dtriv", "adam-dtriv", "rmsprop-dtriv", "restart-dtriv")}
+#: Settings of the orthogonal models only: initialization of the skew-symmetric matrix,
+#: change of base every K optimizer steps (0 = never, expRNN), and the learning rate of
+#: the RMSprop optimizer for the orthogonal parameters (the two-optimizer recipe).
+ORTHOGONAL_OPTIONS = {"orthogonal_init": "cayley", "trivialization": 100, "lr_orth": 1e-4}
 
 _TORCH_LAYERS = {"lstm": (nn.LSTM, LSTMRecurrence), "gru": (nn.GRU, GRURecurrence), "rnn": (nn.RNN, RNNRecurrence)}
 
 
 def model_spec(name: str) -> tuple[str, str | None]:
-    """``(recurrence, rule)`` of a model name, with a clear error for unknown or planned names."""
+    """``(recurrence, rule)`` of a model name, with a clear error for unknown names."""
     if name in MODELS:
         return MODELS[name]
-    if name in PLANNED_MODELS:
-        raise ValueError(f"model {name!r} is not available: {PLANNED_MODELS[name]}")
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def rule_hyperparameters(name: str) -> dict:
     """The rule hyperparameters a model takes, with the library defaults ({} for torch's layers)."""
     recurrence, rule = model_spec(name)
-    return {} if rule is None else dict(LAYERS[recurrence, rule].rule_type.defaults)
+    if rule is None:
+        return {}
+    if recurrence == "orthogonal":
+        layer = ORTHOGONAL_LAYERS[rule]
+        return {**layer.rule_type.defaults, **layer.orthogonal_defaults}
+    return dict(LAYERS[recurrence, rule].rule_type.defaults)
+
+
+def model_options(name: str) -> dict:
+    """Settings that only some models take (the orthogonal ones), with defaults."""
+    return dict(ORTHOGONAL_OPTIONS) if model_spec(name)[0] == "orthogonal" else {}
 
 
 class SequenceModel(nn.Module):
@@ -70,6 +83,10 @@ def build_model(config: dict, input_size: int, output_size: int, per_step: bool)
             for index in range(layers):
                 weights = [getattr(rnn, f"{w}_l{index}") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
                 initialize(*weights, recurrence_type(), hidden, "paper", config["forget_bias"])
+    elif recurrence == "orthogonal":
+        hp = {k: config[k] for k in rule_hyperparameters(config["model"])}
+        rnn = ORTHOGONAL_LAYERS[rule](input_size, hidden, layers, batch_first=True, init=config["orthogonal_init"],
+                                      trivialization=config["trivialization"] or math.inf, **hp)
     else:
         hp = {k: config[k] for k in rule_hyperparameters(config["model"])}
         rnn = LAYERS[recurrence, rule](input_size, hidden, layers, batch_first=True, init=config["init"],

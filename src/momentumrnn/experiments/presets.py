@@ -8,7 +8,7 @@ flags override every key.
 
 from __future__ import annotations
 
-__all__ = ["PAPER_TRAINING", "PAPER_RULES", "PAPER_TASK", "PUBLISHED", "paper_preset", "published"]
+__all__ = ["PAPER_TRAINING", "PAPER_RULES", "PAPER_RULES_DTRIV", "PAPER_TASK", "PUBLISHED", "paper_preset", "published"]
 
 #: Training recipe per paper experiment.
 PAPER_TRAINING = {
@@ -40,6 +40,13 @@ PAPER_RULES = {
               "rmsprop": {"step_size": 0.1, "beta": 0.999},
               "nesterov": {"step_size": 0.1, "restart": 2}},
     "ptb": {"momentum": {"momentum": 0.0, "step_size": 0.6}},
+}
+
+#: Rule settings of the orthogonal (DTRIV) models per experiment (PAPER.md section 3:
+#: PMNIST at H 170; at H 360/512 the authors used mu .3, s .3).
+PAPER_RULES_DTRIV = {
+    "pmnist": {"momentum": {"momentum": 0.6, "step_size": 0.9}},
+    "timit": {"momentum": {"momentum": 0.3, "step_size": 0.1}},
 }
 
 #: Our task -> the paper experiment whose settings it takes, and a note when it is borrowed.
@@ -96,7 +103,15 @@ def paper_preset(task: str, recurrence: str | None, rule: str | None) -> tuple[d
     experiment, note = PAPER_TASK[task]
     settings = dict(PAPER_TRAINING[experiment])
     notes = [note] if note else []
-    if rule is not None:
+    if recurrence == "orthogonal":
+        settings["lr_orth"] = settings["lr"] / 10
+        notes.append("PAPER.md gives no learning rates for DTRIV: lr as for the LSTM, lr_orth = lr / 10")
+        rules = PAPER_RULES_DTRIV.get(experiment, {})
+        if rule in rules:
+            settings.update(rules[rule])
+        elif rule != "none":
+            notes.append(f"the paper gives no {rule}-DTRIV settings for {experiment}: using the library defaults")
+    elif rule is not None:
         rules = PAPER_RULES[experiment]
         if rule in rules:
             settings.update(rules[rule])

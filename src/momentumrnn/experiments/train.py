@@ -78,7 +78,48 @@ def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, 1000 + epoch)).to(device)
 
 
-def build_optimizer(config: dict, parameters) -> torch.optim.Optimizer:
+class OrthogonalRecipe:
+    """The two-optimizer recipe of the orthogonal models: ``main`` for every parameter but
+    the orthogonal ones, RMSprop at ``lr_orth`` for those, and the change of base every K
+    steps (``trivialization_step``) after each step. Quacks like one optimizer."""
+
+    def __init__(self, main: torch.optim.Optimizer, orthogonal: torch.optim.Optimizer, model):
+        self.main, self.orthogonal, self.model = main, orthogonal, model
+        self.param_groups = main.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.main.zero_grad(set_to_none=set_to_none)
+        self.orthogonal.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        from ..orthogonal import trivialization_step
+
+        self.main.step()
+        self.orthogonal.step()
+        trivialization_step(self.model)
+
+    def state_dict(self) -> dict:
+        return {"main": self.main.state_dict(), "orthogonal": self.orthogonal.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"main", "orthogonal"}:
+            raise ValueError(f"expected the states of two optimizers (main, orthogonal), got keys {sorted(state)}")
+        self.main.load_state_dict(state["main"])
+        self.orthogonal.load_state_dict(state["orthogonal"])
+
+
+def build_optimizer(config: dict, model) -> torch.optim.Optimizer | OrthogonalRecipe:
+    """The configured optimizer over ``model``'s parameters (two for orthogonal models)."""
+    if "lr_orth" in config:
+        from ..orthogonal import split_orthogonal_parameters
+
+        orthogonal, other = split_orthogonal_parameters(model)
+        return OrthogonalRecipe(_optimizer(config, other),
+                                torch.optim.RMSprop(orthogonal, lr=config["lr_orth"], alpha=config["alpha"]), model)
+    return _optimizer(config, model.parameters())
+
+
+def _optimizer(config: dict, parameters) -> torch.optim.Optimizer:
     name, lr, decay = config["optimizer"], config["lr"], config["weight_decay"]
     if name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr, alpha=config["alpha"], weight_decay=decay)
@@ -233,7 +274,7 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
     model = build_model(config, task.input_size, task.output_size, task.per_step).to(device)
-    optimizer = build_optimizer(config, model.parameters())
+    optimizer = build_optimizer(config, model)
     metric, mode = task.selection
     n_train, batch_size = task.size("train"), config["batch_size"]
     steps_per_epoch = max(n_train // batch_size, 1)    # full batches only; the rest differs every epoch
