@@ -45,3 +45,15 @@ def test_gradients_command_errors(tmp_path, capsys):
     assert "--model needs --task" in capsys.readouterr().err
     assert main(["gradients", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_per_model_settings(tmp_path):
+    from momentumrnn.experiments.gradient_analysis import parse_model_spec
+    assert parse_model_spec("momentum-dtriv:momentum=0.999,step_size=0.6,trivialization=3") == (
+        "momentum-dtriv", {"momentum": 0.999, "step_size": 0.6, "trivialization": 3})
+    assert main(["gradients", "--task", "adding", "--length", "10", "--hidden-size", "4", "--batches", "1",
+                 "--batch-size", "2", "--model", "dtriv", "--model", "momentum-dtriv:momentum=0.999,step_size=0.6",
+                 "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "gradients.json").read_text())
+    assert set(record["models"]) == {"dtriv (init)", "momentum-dtriv:momentum=0.999,step_size=0.6 (init)"}
+    assert main(["gradients", "--task", "adding", "--model", "dtriv:momentum=0.5", "--out", str(tmp_path)]) == 2

@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable), measure ||dL/dh_t|| and ||dL/dx_t|| for every step t on the same training batches; "
         "write gradients.json and gradients.png to --out and print first-to-last-step ratios.")
     gradients.add_argument("--task", help="the task (needed with --model)")
-    gradients.add_argument("--model", action="append", default=[], help="a model at initialization (repeatable)")
+    gradients.add_argument("--model", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                           help="a model at initialization (repeatable); settings for this model only after a "
+                           "colon, e.g. momentum-dtriv:momentum=0.999,step_size=0.6")
     gradients.add_argument("--checkpoint", action="append", default=[], metavar="RUN_DIR",
                            help="a trained run: its latest checkpoint (repeatable)")
     gradients.add_argument("--out", required=True, metavar="DIR")

@@ -21,7 +21,7 @@ from .models import build_model
 from .tasks import TASKS, generator
 from .train import RunError, read_run_config, resolve_device
 
-__all__ = ["measure_model", "run_gradients"]
+__all__ = ["measure_model", "parse_model_spec", "run_gradients"]
 
 
 def measure_model(model, task, batches: int, batch_size: int, seed: int) -> GradientNorms:
@@ -43,6 +43,22 @@ def measure_model(model, task, batches: int, batch_size: int, seed: int) -> Grad
 
         results.append(gradient_norms(model.rnn, x, loss_fn))
     return GradientNorms.cat(results)
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """``"momentum-dtriv:momentum=0.999,step_size=0.6"`` -> ``("momentum-dtriv", {...})``:
+    settings for one model only (numbers parsed as int or float)."""
+    name, _, settings = spec.partition(":")
+    own = {}
+    for item in filter(None, settings.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise RunError(f"model setting {item!r} in {spec!r} is not of the form key=value")
+        try:
+            own[key.strip().replace("-", "_")] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            own[key.strip().replace("-", "_")] = value.strip()
+    return name, own
 
 
 def _load_trained(run_dir: Path, device):
@@ -70,12 +86,13 @@ def run_gradients(task: str | None, models: list[str], checkpoints: list[str], o
         raise RunError("gradients --model needs --task")
     device = resolve_device(device or "auto")
     entries = []
-    for name in models:
-        config = resolve_config(task, name, {**(overrides or {}), "seed": seed}, preset)
+    for spec in models:
+        name, own = parse_model_spec(spec)
+        config = resolve_config(task, name, {**(overrides or {}), **own, "seed": seed}, preset)
         built = TASKS[task](config, data_root(config.get("data_dir")), {}).to(device)
         torch.manual_seed(config["seed"])
         model = build_model(config, built.input_size, built.output_size, built.per_step).to(device)
-        entries.append((f"{name} (init)", config, built, model, 0))
+        entries.append((f"{spec} (init)", config, built, model, 0))
     for run_dir in checkpoints:
         config, built, model, step = _load_trained(Path(run_dir), device)
         if task and config["task"] != task:
