@@ -10,12 +10,13 @@ from toolkit_helpers import TINY_ADDING, cli
 
 
 def test_gradients_command_compares_models_at_init(tmp_path, capsys):
-    code = main(["gradients", "--task", "adding", "--length", "30", "--hidden-size", "6",
+    code = main(["gradients", "--task", "adding", "--length", "30", "--hidden-size", "6", "--dtype", "float64",
                  "--model", "lstm", "--model", "momentum-lstm", "--model", "rnn",
                  "--batches", "2", "--batch-size", "4", "--out", str(tmp_path / "g")])
     assert code == 0
     record = json.loads((tmp_path / "g" / "gradients.json").read_text())
     assert set(record["models"]) == {"lstm (init)", "momentum-lstm (init)", "rnn (init)"}
+    assert record["dtype"] == "float64"
     for result in record["models"].values():
         assert len(result["hidden_mean"]) == len(result["input_mean"]) == 30
         assert result["examples"] == 8

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     gradients.add_argument("--preset", choices=["paper"], help="the authors' settings for --model")
     gradients.add_argument("--data-dir", metavar="DIR", help="data root (as for train)")
     gradients.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    gradients.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                           help="measure in this precision; float64 resolves norms that float32 flushes to 0")
     for flag in ("--hidden-size", "--momentum", "--step-size", "--beta", "--restart", "--init", "--forget-bias",
                  "--length", "--delay", "--permutation-seed"):
         kind = next(k for f, k, _ in _CONFIG_FLAGS if f == flag)
@@ -171,6 +173,8 @@ def _train(args, parser, command) -> int:
 
 
 def _gradients(args) -> int:
+    import torch
+
     from .gradient_analysis import run_gradients
 
     keys = ("hidden_size", "momentum", "step_size", "beta", "restart", "init", "forget_bias", "length", "delay",
@@ -181,7 +185,7 @@ def _gradients(args) -> int:
         raise ConfigError(f"--batches and --batch-size must be > 0, got {args.batches} and {args.batch_size}")
     run_gradients(args.task, args.model, args.checkpoint, args.out, batches=args.batches,
                   batch_size=args.batch_size, seed=args.seed, preset=args.preset, overrides=overrides,
-                  device=args.device)
+                  device=args.device, dtype=getattr(torch, args.dtype))
     return 0
 
 

@@ -31,12 +31,14 @@ def measure_model(model, task, batches: int, batch_size: int, seed: int) -> Grad
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")
     order = torch.randperm(n, generator=generator(seed, 7))
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
     model.eval()                    # no dropout: the measurement is of the deterministic network
     results = []
     for b in range(batches):
         index = order[(b * batch_size) % n:][:batch_size]
-        x, y = task.batch("train", index.to(device))
+        x, y = task.batch("train", index.to(parameter.device))
+        x = x.to(parameter.dtype)   # measure in the model's dtype (float64 resolves what float32 flushes to 0)
+        y = y.to(parameter.dtype) if y.is_floating_point() else y
 
         def loss_fn(out, y=y):
             return task.loss(model.head(out if model.per_step else out[:, -1]), y)
@@ -78,7 +80,7 @@ def _artifacts(run_dir: Path) -> dict:
 
 def run_gradients(task: str | None, models: list[str], checkpoints: list[str], out, *, batches: int = 4,
                   batch_size: int = 32, seed: int = 0, preset: str | None = None, overrides: dict | None = None,
-                  device: str | None = None, quiet: bool = False) -> dict:
+                  device: str | None = None, dtype: torch.dtype = torch.float32, quiet: bool = False) -> dict:
     """Measure every model and run; write ``gradients.json`` and ``gradients.png`` to ``out``."""
     if not models and not checkpoints:
         raise RunError("gradients needs at least one --model or --checkpoint")
@@ -91,10 +93,11 @@ def run_gradients(task: str | None, models: list[str], checkpoints: list[str], o
         config = resolve_config(task, name, {**(overrides or {}), **own, "seed": seed}, preset)
         built = TASKS[task](config, data_root(config.get("data_dir")), {}).to(device)
         torch.manual_seed(config["seed"])
-        model = build_model(config, built.input_size, built.output_size, built.per_step).to(device)
+        model = build_model(config, built.input_size, built.output_size, built.per_step).to(device, dtype)
         entries.append((f"{spec} (init)", config, built, model, 0))
     for run_dir in checkpoints:
         config, built, model, step = _load_trained(Path(run_dir), device)
+        model = model.to(dtype)
         if task and config["task"] != task:
             raise RunError(f"run {run_dir} is on task {config['task']!r}, not {task!r}")
         entries.append((f"{config['model']} ({Path(run_dir).name}, step {step})", config, built, model, step))
@@ -111,7 +114,8 @@ def run_gradients(task: str | None, models: list[str], checkpoints: list[str], o
                   f"|dL/dx_1| / |dL/dx_T| = {norms.first_to_last('input'):.3e}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"task": tasks.pop(), "batches": batches, "batch_size": batch_size, "seed": seed, "models": results}
+    record = {"task": tasks.pop(), "batches": batches, "batch_size": batch_size, "seed": seed,
+              "dtype": str(dtype).removeprefix("torch."), "models": results}
     atomic_write_text(out / "gradients.json", json.dumps(record, indent=1) + "\n")
     _plot(record, out / "gradients.png")
     return record
@@ -135,7 +139,7 @@ def _plot(record: dict, path: Path) -> None:
         axis.grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"{record['task']}: gradient norms through time "
-                    f"({record['batches']} x {record['batch_size']} training examples)")
+                    f"({record['batches']} x {record['batch_size']} training examples, {record['dtype']})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
