@@ -51,7 +51,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .recurrences import Recurrence
 from .rules import Rule
-from .scan import linear_scan
+from .scan import default_block, scan_
 
 __all__ = ["fused_direction", "fused_kernel"]
 
@@ -111,10 +111,7 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
     weight_ih, weight_hh, bias_ih, bias_hh = weights
     time, batch, _ = x.shape
     coefficient = rule.state_coefficients(hp, steps, time, None, x.dtype)["velocity"]
-    step_size = hp["step_size"]
-    columns = [x, x.new_ones(time, batch, 1)] if bias_ih is not None else [x]
-    filtered = linear_scan(coefficient, step_size * torch.cat(columns, dim=-1) if len(columns) > 1
-                           else step_size * x)                                  # [x~, beta]
+    filtered = filter_inputs(coefficient, hp["step_size"], x, bias_ih is not None)      # [x~, beta]
     weight = [weight_ih, bias_ih[:, None]] if bias_ih is not None else [weight_ih]
     if velocity is not None:   # carried v_0: B channels, P_t on sequence b's own channel
         products = _products(coefficient, time, x)                              # (T, Bc)
@@ -133,6 +130,54 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
         index = (lengths.to(x.device) - 1)[None, :, None].expand(1, batch, filtered.size(-1))
         last = filtered.gather(0, index)[0]
     return output, final, F.linear(last, weight)
+
+
+class _Filter(torch.autograd.Function):
+    """``[x~, beta]`` in one output buffer: ``x~_t = a_t x~_{t-1} + s x_t``, ``beta_t =
+    a_t beta_{t-1} + s``, by ``scan.scan_`` in place (the two-level scan, parallel over
+    blocks of time); the backward is the adjoint scan. No autograd temporaries: the one
+    extra tensor of the fused path is its input."""
+
+    @staticmethod
+    def forward(ctx, a, step_size, x, ones):
+        time, batch, features = x.shape
+        out = x.new_empty(time, batch, features + int(ones))
+        torch.mul(x, step_size, out=out[..., :features])
+        if ones:
+            out[..., features] = step_size
+        if a is not None:
+            scan_(a, out, default_block(time))
+        ctx.save_for_backward(a, step_size, out if ctx.needs_input_grad[0] else None,
+                              x if ctx.needs_input_grad[1] else None)
+        ctx.features = features
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, step_size, out, x = ctx.saved_tensors
+        features = ctx.features
+        g = grad
+        if a is not None:
+            g = scan_(a, grad.clone(memory_format=torch.contiguous_format), default_block(grad.size(0)),
+                      reverse=True)
+        d_a = d_s = None
+        if ctx.needs_input_grad[0]:                      # sum_t g_t . y_{t-1} (a learnable momentum)
+            d_a = torch.dot(g[1:].reshape(-1), out[:-1].reshape(-1))
+        if ctx.needs_input_grad[1]:                      # sum_t g_t . [x_t, 1]
+            d_s = (g[..., :features] * x).sum() + g[..., features:].sum()
+        d_x = g[..., :features] * step_size if ctx.needs_input_grad[2] else None
+        return d_a, d_s, d_x, None
+
+
+def filter_inputs(coefficient, step_size, x: Tensor, ones: bool) -> Tensor:
+    """``[x~, beta]`` (T, B, I + 1), or ``x~`` alone without ``ones``; ``coefficient`` a number,
+    a 0-d tensor (learnable) or (T, B)/(T, 1), ``step_size`` a number or a 0-d tensor."""
+    if not isinstance(coefficient, Tensor):     # a fixed momentum of 0 (the PTB setting): no filter
+        coefficient = None if float(coefficient) == 0.0 else x.new_tensor(float(coefficient))
+    elif coefficient.dim() == 2 and coefficient.requires_grad:
+        raise ValueError("a per-step coefficient cannot be learnable")
+    step_size = step_size.to(x.dtype) if isinstance(step_size, Tensor) else x.new_tensor(float(step_size))
+    return _Filter.apply(None if coefficient is None else coefficient.to(x.dtype), step_size, x, ones)
 
 
 def _products(coefficient, time: int, like: Tensor) -> Tensor:

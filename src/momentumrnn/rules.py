@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .scan import linear_scan, step_indices
+from .scan import adam_scan, linear_scan, step_indices
 
 __all__ = [
     "Rule",
@@ -219,6 +219,13 @@ class AdamRule(Rule):
         beta = hp["beta"]
         m = beta * state["second_moment"] + (1.0 - beta) * (u * u)
         return v / torch.sqrt(m + ADAM_EPS), {"velocity": v, "second_moment": m}
+
+    def drives(self, u, state, hp, steps, mask=None):
+        if mask is not None:
+            return super().drives(u, state, hp, steps, mask)
+        drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], hp.get("momentum", 0.0),
+                                hp["step_size"], hp["beta"], ADAM_EPS)
+        return drive, {"velocity": v, "second_moment": m}
 
     def state_coefficients(self, hp, steps, time, mask=None, dtype=torch.float64):
         return {"velocity": hp.get("momentum", 0.0), "second_moment": hp["beta"]}
