@@ -9,8 +9,18 @@ zero on every call unless carried explicitly::
     out, hx, rs = layer(x, hx, return_rule_state=True)        # also return the rule state
     out, hx, rs = layer(x2, hx, rule_state=rs, return_rule_state=True)   # continue it
 
-Per layer and direction the input drive ``u_t = W x_t + b_ih`` of all time steps is one
-matrix multiply; the rule and the recurrence then run step by step (``impl="reference"``).
+Computation paths (``impl``), all equal to rounding, values and gradients:
+
+* ``"reference"``: per layer and direction the input drive ``u_t = W x_t + b_ih`` of all
+  time steps is one matrix multiply; the rule (``Rule.drives_stepwise``) and the recurrence
+  then run step by step, with autograd recording every op. The reference of the others.
+* ``"fused"`` (momentum and input-only restart rules): the rule commutes with the input
+  weights, so each layer and direction is one call of torch's fused kernel on the filtered
+  input (``momentumrnn.fused``).
+* ``"loop"`` (every rule): the input drive in one GEMM, the rule state of all steps in
+  parallel (``Rule.drives``; the Nesterov rule's input term likewise), then only the
+  recurrence runs step by step in a loop with a hand-written backward (``momentumrnn.loops``).
+* ``"auto"`` (default): ``"fused"`` where the rule allows it, else ``"loop"``.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from .base import RuleModule
 from .checks import (check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
                      zero_rule_state)
+from .fused import fused_direction
+from .loops import gru_loop, lstm_loop, rnn_loop
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
@@ -38,8 +50,9 @@ __all__ = [
     "MomentumGRU", "AdamGRU", "RMSPropGRU", "RestartGRU",
 ]
 
-#: Computation paths a layer can take. "auto" picks the fastest exact one available.
-IMPLS = ("auto", "reference")
+#: Computation paths a layer can take (see the module docstring). "auto" picks the fastest
+#: exact one the rule allows: "fused" for momentum and restart, else "loop".
+IMPLS = ("auto", "fused", "loop", "reference")
 
 
 class RecurrentLayer(RuleModule):
@@ -71,6 +84,9 @@ class RecurrentLayer(RuleModule):
             warnings.warn("dropout acts between layers: with num_layers=1 it does nothing", stacklevel=2)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if impl == "fused" and not self.rule_type.commutes_with_input_weights:
+            raise ValueError(f"impl='fused' needs a rule that commutes with the input weights (momentum, "
+                             f"restart); {type(self).__name__} takes 'auto', 'loop' or 'reference', got {impl!r}")
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -97,6 +113,13 @@ class RecurrentLayer(RuleModule):
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against cuDNN-backed torch layers."""
+
+    @property
+    def path(self) -> str:
+        """The computation path ``impl`` resolves to: "fused", "loop" or "reference"."""
+        if self.impl != "auto":
+            return self.impl
+        return "fused" if self.rule_type.commutes_with_input_weights else "loop"
 
     def hyperparameters(self, layer: int = 0, reverse: bool = False) -> dict:
         """Hyperparameters in force for one layer and direction (tensors where learnable)."""
@@ -129,19 +152,28 @@ class RecurrentLayer(RuleModule):
             mask = torch.arange(steps_in_call, device=x.device)[:, None] < lengths.to(x.device)[None, :]
 
         final_states, final_rules = [], []
+        path = self.path
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 suffix = self._suffixes[index]
-                weight_ih, weight_hh, bias_ih, bias_hh = self._weights(suffix)
-                u = F.linear(layer_input, weight_ih, bias_ih)          # all time steps at once
-                if direction == 1:
-                    u = reverse_sequences(u, lengths)
-                output, state, rule_out = self._run_reference(
-                    u, weight_hh, bias_hh, self._hyperparameters(suffix),
-                    tuple(h[index] for h in hidden), {k: v[index] for k, v in rules.items()}, steps, mask)
+                weights = self._weights(suffix)
+                stack_state = tuple(h[index] for h in hidden)
+                stack_rules = {k: v[index] for k, v in rules.items()}
+                if path == "reference":
+                    weight_ih, weight_hh, bias_ih, bias_hh = weights
+                    u = F.linear(layer_input, weight_ih, bias_ih)          # all time steps at once
+                    if direction == 1:
+                        u = reverse_sequences(u, lengths)
+                    output, state, rule_out = self._run_reference(
+                        u, weight_hh, bias_hh, self._hyperparameters(suffix), stack_state, stack_rules, steps, mask)
+                else:
+                    run = self._run_fused if path == "fused" else self._run_loop
+                    sequence = layer_input if direction == 0 else reverse_sequences(layer_input, lengths)
+                    output, state, rule_out = run(sequence, weights, self._hyperparameters(suffix), stack_state,
+                                                  stack_rules, steps, mask, lengths, rule_state is not None)
                 if direction == 1:
                     output = reverse_sequences(output, lengths)
                 outputs.append(output)
@@ -195,7 +227,7 @@ class RecurrentLayer(RuleModule):
         expect_like("input", x, self.weight_ih_l0)
 
     def _run_reference(self, u, weight_hh, bias_hh, hp, state, rules, steps, mask):
-        """The per-step path. Input-only rules make all drives first (``Rule.drives``), then
+        """The per-step path. Input-only rules make all drives first (``Rule.drives_stepwise``), then
         the recurrence loops; the coupled rule runs ``cell_step`` at every step. Padded
         steps of packed sequences change no state."""
         outputs = []
@@ -203,7 +235,7 @@ class RecurrentLayer(RuleModule):
         # per step (quadratic in sequence length); unbind's backward is one stack.
         inputs = u.unbind(0)
         if not self.rule.couples_to_hidden:
-            drives, rules = self.rule.drives(u, rules, hp, steps, mask)
+            drives, rules = self.rule.drives_stepwise(u, rules, hp, steps, mask)
             inputs = drives.unbind(0)
         for t, u_t in enumerate(inputs):
             keep = None if mask is None else mask[t]
@@ -217,6 +249,39 @@ class RecurrentLayer(RuleModule):
             state = masked(keep, new_state, state)
             outputs.append(state[0])
         return torch.stack(outputs), state, rules
+
+    def _run_fused(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+        """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``)."""
+        output, state, velocity = fused_direction(self.recurrence, self.rule, x, weights, hp, state,
+                                                  rules["velocity"] if carried else None, steps, lengths)
+        return output, state, {"velocity": velocity}
+
+    def _run_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+        """The input drive in one GEMM, the rule's input side for all steps in parallel, then
+        the recurrence in a tight loop with a hand-written backward (``momentumrnn.loops``)."""
+        weight_ih, weight_hh, bias_ih, bias_hh = weights
+        u = F.linear(x, weight_ih, bias_ih)
+        recurrence = self.recurrence
+        if self.rule.couples_to_hidden:          # Nesterov: v_t = (U h_{t-1} + b_hh) - s u_t, ...
+            terms = -(hp["step_size"] * u) if bias_hh is None else bias_hh - hp["step_size"] * u
+            coefficient = self.rule.extrapolation(hp, steps, x.size(0), x.dtype)
+            velocity = rules["velocity"]
+            if recurrence.name == "lstm":
+                output, h_n, c_n, v_n = lstm_loop(terms, *state, weight_hh, mask, coefficient, velocity)
+                return output, (h_n, c_n), {"velocity": v_n}
+            output, h_n, v_n = rnn_loop(terms, state[0], weight_hh, recurrence.nonlinearity, mask,
+                                        coefficient, velocity)
+            return output, (h_n,), {"velocity": v_n}
+        drives, rules = self.rule.drives(u, rules, hp, steps, mask)
+        if recurrence.name == "gru":
+            output, h_n = gru_loop(drives, state[0], weight_hh, bias_hh, mask)
+            return output, (h_n,), rules
+        terms = drives if bias_hh is None else drives + bias_hh
+        if recurrence.name == "lstm":
+            output, h_n, c_n, _ = lstm_loop(terms, *state, weight_hh, mask)
+            return output, (h_n, c_n), rules
+        output, h_n, _ = rnn_loop(terms, state[0], weight_hh, recurrence.nonlinearity, mask)
+        return output, (h_n,), rules
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

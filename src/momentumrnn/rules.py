@@ -26,6 +26,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .scan import adam_scan, linear_scan, step_indices
+
 __all__ = [
     "Rule",
     "MomentumRule",
@@ -69,6 +71,14 @@ class Rule:
     couples_to_hidden: ClassVar[bool] = False
     #: Hyperparameters for which the rule reduces to the plain cell, where such exist.
     neutral: ClassVar[dict[str, float | int] | None] = None
+    #: True when every state field is a linear recurrence with input-independent
+    #: coefficients (see ``state_coefficients``): ``drives`` then runs in parallel over time.
+    parallel: ClassVar[bool] = False
+    #: True when moreover the drive is the velocity and its input term is ``s * u_t``
+    #: (momentum, restart): the rule then commutes with the input weights,
+    #: ``v_t = W x~_t + beta_t b_ih`` with ``x~`` the same filter applied to the inputs x,
+    #: which the fused path (``momentumrnn.fused``) exploits.
+    commutes_with_input_weights: ClassVar[bool] = False
 
     # Input-only rules implement drive(); coupled rules implement preactivation().
     def drive(self, u: Tensor, state: dict[str, Tensor], hp: dict, k: Tensor):
@@ -82,7 +92,32 @@ class Rule:
     def drives(self, u: Tensor, state: dict[str, Tensor], hp: dict, steps: Tensor, mask: Tensor | None = None):
         """All time steps of an input-only rule at once: ``u`` (T, B, G*H) -> ``d`` (T, B, G*H)
         and the final state. ``steps`` (B,) counts steps already taken; where ``mask``
-        (T, B) is False the state is left unchanged. Step by step here."""
+        (T, B) is False the state is left unchanged (and ``d`` there is what the step-by-step
+        loop gives: one step from the held state). Rules with linear state recurrences
+        (``parallel = True``) compute it with ``scan.linear_scan``, without a loop over time;
+        ``drives_stepwise`` is the step-by-step reference, equal to rounding."""
+        if not self.parallel:
+            return self.drives_stepwise(u, state, hp, steps, mask)
+        time = u.size(0)
+        coefficients = self.state_coefficients(hp, steps, time, mask, u.dtype)
+        terms = self.state_inputs(u, hp)
+        if mask is None:
+            states = {f: linear_scan(coefficients[f], terms[f], state[f]) for f in self.state_fields}
+            return self.drive_from_state(states, hp), {f: states[f][-1] for f in self.state_fields}
+        keep = mask[..., None]
+        states = {}
+        for f in self.state_fields:     # a skipped step holds the state: coefficient 1, input 0
+            held = torch.where(mask, coefficients[f], torch.ones((), dtype=u.dtype, device=u.device))
+            states[f] = linear_scan(held, torch.where(keep, terms[f], torch.zeros((), dtype=u.dtype,
+                                                                                      device=u.device)), state[f])
+        before = {f: torch.cat([state[f][None], states[f][:-1]]) for f in self.state_fields}
+        drive, _ = self.drive(u, before, hp, step_indices(steps, time, mask))
+        return drive, {f: states[f][-1] for f in self.state_fields}
+
+    def drives_stepwise(self, u: Tensor, state: dict[str, Tensor], hp: dict, steps: Tensor,
+                        mask: Tensor | None = None):
+        """``drives`` one step at a time with ``drive`` (the reference the parallel version
+        is tested against; ``impl="reference"`` layers use it)."""
         from .step import masked
 
         out = []
@@ -94,6 +129,23 @@ class Rule:
             steps = steps + (1 if keep is None else keep.long())
             out.append(d)
         return torch.stack(out), state
+
+    # Rules with ``parallel = True``: each state field f follows
+    #     state_t[f] = a_t[f] * state_{t-1}[f] + b_t[f](u_t)
+    # with a coefficient a_t that does not depend on the inputs.
+    def state_coefficients(self, hp: dict, steps: Tensor, time: int, mask: Tensor | None = None,
+                           dtype: torch.dtype = torch.float64) -> dict:
+        """Per state field: the coefficient a_t (a number, a 0-d tensor, or a (T, B) or (T, 1)
+        tensor of ``dtype``) for the steps after ``steps`` (B,), skipping where ``mask`` is False."""
+        raise NotImplementedError
+
+    def state_inputs(self, u: Tensor, hp: dict) -> dict[str, Tensor]:
+        """Per state field: the input term b_t(u_t) of all steps, (T, B, G*H)."""
+        raise NotImplementedError
+
+    def drive_from_state(self, states: dict[str, Tensor], hp: dict) -> Tensor:
+        """The drive d_t from the new state (all steps at once)."""
+        raise NotImplementedError
 
     @classmethod
     def validate(cls, hyperparameters: dict) -> dict:
@@ -136,9 +188,21 @@ class MomentumRule(Rule):
     learnable = ("momentum", "step_size")
     neutral = {"momentum": 0.0, "step_size": 1.0}
 
+    parallel = True
+    commutes_with_input_weights = True
+
     def drive(self, u, state, hp, k):
         v = hp["momentum"] * state["velocity"] + hp["step_size"] * u
         return v, {"velocity": v}
+
+    def state_coefficients(self, hp, steps, time, mask=None, dtype=torch.float64):
+        return {"velocity": hp["momentum"]}
+
+    def state_inputs(self, u, hp):
+        return {"velocity": hp["step_size"] * u}
+
+    def drive_from_state(self, states, hp):
+        return states["velocity"]
 
 
 class AdamRule(Rule):
@@ -150,11 +214,29 @@ class AdamRule(Rule):
     learnable = ("momentum", "step_size")
     state_fields = ("velocity", "second_moment")
 
+    parallel = True
+
     def drive(self, u, state, hp, k):
         v = hp.get("momentum", 0.0) * state["velocity"] + hp["step_size"] * u
         beta = hp["beta"]
         m = beta * state["second_moment"] + (1.0 - beta) * (u * u)
         return v / torch.sqrt(m + ADAM_EPS), {"velocity": v, "second_moment": m}
+
+    def drives(self, u, state, hp, steps, mask=None):
+        if mask is not None:
+            return super().drives(u, state, hp, steps, mask)
+        drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], hp.get("momentum", 0.0),
+                                hp["step_size"], hp["beta"], ADAM_EPS)
+        return drive, {"velocity": v, "second_moment": m}
+
+    def state_coefficients(self, hp, steps, time, mask=None, dtype=torch.float64):
+        return {"velocity": hp.get("momentum", 0.0), "second_moment": hp["beta"]}
+
+    def state_inputs(self, u, hp):
+        return {"velocity": hp["step_size"] * u, "second_moment": (1.0 - hp["beta"]) * (u * u)}
+
+    def drive_from_state(self, states, hp):
+        return states["velocity"] / torch.sqrt(states["second_moment"] + ADAM_EPS)
 
 
 class RMSPropRule(AdamRule):
@@ -182,6 +264,10 @@ class NesterovRule(Rule):
         coefficient = restart_coefficient(k, hp["restart"], v.dtype)
         return v + coefficient * (v - state["velocity"]), {"velocity": v}
 
+    def extrapolation(self, hp, steps, time, dtype):
+        """The coefficient ``(k'-1)/(k'+2)`` of every step, (T, B) or (T, 1)."""
+        return restart_coefficient(step_indices(steps, time), hp["restart"], dtype).squeeze(-1)
+
 
 class RestartRule(Rule):
     """Input-only momentum with the restarted Nesterov coefficient (the authors' Penn
@@ -193,11 +279,23 @@ class RestartRule(Rule):
     learnable = ("step_size",)
     neutral = {"step_size": 1.0, "restart": 1}
 
+    parallel = True
+    commutes_with_input_weights = True
+
     def drive(self, u, state, hp, k):
         coefficient = restart_coefficient(k, hp["restart"], u.dtype)
         v = coefficient * state["velocity"] + hp["step_size"] * u
         return v, {"velocity": v}
 
+    def state_coefficients(self, hp, steps, time, mask=None, dtype=torch.float64):
+        k = step_indices(steps, time, mask)
+        return {"velocity": restart_coefficient(k, hp["restart"], dtype).squeeze(-1)}
+
+    def state_inputs(self, u, hp):
+        return {"velocity": hp["step_size"] * u}
+
+    def drive_from_state(self, states, hp):
+        return states["velocity"]
 
 class PlainRule(Rule):
     """No rule: ``d_t = u_t``, the plain cell (one gradient-descent step in the paper's

@@ -1,0 +1,189 @@
+"""Momentum layers through torch's fused RNN kernels (oneDNN on CPU, cuDNN on CUDA).
+
+For a rule whose velocity is a linear filter of the input drive with input-independent
+coefficients (``Rule.commutes_with_input_weights``: momentum, input-only restart)::
+
+    v_t = a_t v_{t-1} + s (W x_t + b_ih)
+
+the filter commutes with the input weights. With the filtered input and the filtered bias
+weight (both computed in parallel over time by ``scan.linear_scan``)::
+
+    x~_t = a_t x~_{t-1} + s x_t,     beta_t = a_t beta_{t-1} + s,     x~_0 = beta_0 = 0
+
+the velocity is ``v_t = W x~_t + beta_t b_ih + P_t v_0`` with ``P_t = a_1 ... a_t``. So the
+layer is torch's own fused layer run on the input ``[x~_t, beta_t]`` with input weights
+``[W | b_ih]`` and ``bias_ih = 0`` (``bias_hh`` unchanged): the kernel's ``W' x'_t`` is exactly
+``v_t``. This holds for LSTM, GRU and RNN alike (the GRU's reset gate acts on the recurrent
+term only).
+
+Decisions (see also the README, Performance):
+
+* **Carried velocity** (``rule_state`` given): ``P_t v_0`` is not in W's span, but it is in
+  the span of the batch's carried velocities. B more input channels carry it exactly:
+  channel b of sequence b is ``P_t`` (zero for the other sequences) and its weight column
+  is ``v_0[b]``. This costs ``B / (input_size + 1)`` more input GEMM, nothing else.
+* **Restart rule**: the coefficient ``(k'-1)/(k'+2)`` follows each sequence's own step
+  counter; with carried counters that differ, the filter runs with a coefficient per step
+  and sequence (``linear_scan`` handles both).
+* **Reverse direction**: it needs its own filtered input (the filter runs backwards in time
+  within each sequence), so a bidirectional layer is one fused call per direction on the
+  time-reversed input, not one bidirectional call. **Multi-layer**: one call per layer and
+  direction (each layer filters its own input); dropout between layers as the reference.
+* **Packed sequences**: the filtered input is packed with the sequences' lengths and the
+  fused kernel runs on the ``PackedSequence``, which stops every sequence at its own end.
+* **Learnable momentum and step size**: ``x~`` and ``beta`` are differentiable in them, and
+  the fused kernel returns input gradients, so their gradients flow.
+* torch's fused kernels are reached through ``torch._VF.lstm``/``gru``/``rnn_tanh``/
+  ``rnn_relu``, what ``torch.nn.LSTM`` itself calls, with the weights built per call.
+
+All of this is exact algebra; the results equal the per-step reference to rounding
+(float64: about 1e-15 relative), values and gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, _VF
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .recurrences import Recurrence
+from .rules import Rule
+from .scan import default_block, scan_
+
+__all__ = ["fused_direction", "fused_kernel"]
+
+
+def _function(recurrence: Recurrence):
+    if recurrence.name == "lstm":
+        return _VF.lstm
+    if recurrence.name == "gru":
+        return _VF.gru
+    return _VF.rnn_tanh if recurrence.nonlinearity == "tanh" else _VF.rnn_relu
+
+
+def fused_kernel(recurrence: Recurrence, x: Tensor, hidden: tuple[Tensor, ...], weights: list[Tensor],
+                 has_biases: bool, lengths: Tensor | None):
+    """One layer, one direction of torch's fused RNN/LSTM/GRU on ``x`` (T, B, I).
+
+    ``hidden``: ``(h0,)`` or ``(h0, c0)``, each (B, H); ``weights``: ``[w_ih, w_hh(, b_ih, b_hh)]``;
+    ``lengths`` (B,) on the CPU for packed sequences (else None). Returns the output
+    (T, B, H), zero at padded steps, and the final state per sequence as a tuple.
+    """
+    function = _function(recurrence)
+    train = torch.is_grad_enabled()          # keeps what the backward needs (cuDNN's reserve)
+    time = x.size(0)
+    sorted_indices = unsorted_indices = None
+    if lengths is not None:
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        sorted_indices, unsorted_indices = packed.sorted_indices, packed.unsorted_indices
+        hidden = tuple(h.index_select(0, sorted_indices) for h in hidden)
+    hx = tuple(h.unsqueeze(0) for h in hidden)
+    hx = hx if len(hx) == 2 else hx[0]
+    with warnings.catch_warnings():
+        if x.is_cuda:   # our weights are built per call, so cuDNN copies them into its buffer
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+        if lengths is None:
+            result = function(x, hx, weights, has_biases, 1, 0.0, train, False, False)
+        else:
+            result = function(packed.data, packed.batch_sizes, hx, weights, has_biases, 1, 0.0, train, False)
+    output, final = result[0], tuple(h.squeeze(0) for h in result[1:])
+    if lengths is not None:
+        output, _ = pad_packed_sequence(PackedSequence(output, packed.batch_sizes, sorted_indices,
+                                                       unsorted_indices), total_length=time)
+        final = tuple(h.index_select(0, unsorted_indices) for h in final)
+    return output, final
+
+
+def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tuple, hp: dict,
+                    hidden: tuple[Tensor, ...], velocity: Tensor | None, steps: Tensor,
+                    lengths: Tensor | None):
+    """One layer and direction of a momentum/restart layer through the fused kernel.
+
+    ``x`` (T, B, I) in processing order (already reversed within each sequence for the
+    reverse direction); ``weights`` ``(W, U, b_ih, b_hh)``; ``hidden`` the initial state;
+    ``velocity`` (B, G*H) the carried velocity, or None when it is zero; ``steps`` (B,) the
+    steps already taken; ``lengths`` (B,) for packed sequences. Returns the output (T, B, H),
+    the final state and the final velocity (at each sequence's last valid step).
+    """
+    weight_ih, weight_hh, bias_ih, bias_hh = weights
+    time, batch, _ = x.shape
+    coefficient = rule.state_coefficients(hp, steps, time, None, x.dtype)["velocity"]
+    filtered = filter_inputs(coefficient, hp["step_size"], x, bias_ih is not None)      # [x~, beta]
+    weight = [weight_ih, bias_ih[:, None]] if bias_ih is not None else [weight_ih]
+    if velocity is not None:   # carried v_0: B channels, P_t on sequence b's own channel
+        products = _products(coefficient, time, x)                              # (T, Bc)
+        eye = torch.eye(batch, dtype=x.dtype, device=x.device)
+        filtered = torch.cat([filtered, products[..., None] * eye], dim=-1)
+        weight.append(velocity.t())
+    weight = torch.cat(weight, dim=1) if len(weight) > 1 else weight[0]
+    if bias_hh is not None:
+        flat = [weight, weight_hh, torch.zeros_like(bias_hh), bias_hh]
+    else:
+        flat = [weight, weight_hh]
+    output, final = fused_kernel(recurrence, filtered, hidden, flat, bias_hh is not None, lengths)
+    if lengths is None:
+        last = filtered[time - 1]
+    else:
+        index = (lengths.to(x.device) - 1)[None, :, None].expand(1, batch, filtered.size(-1))
+        last = filtered.gather(0, index)[0]
+    return output, final, F.linear(last, weight)
+
+
+class _Filter(torch.autograd.Function):
+    """``[x~, beta]`` in one output buffer: ``x~_t = a_t x~_{t-1} + s x_t``, ``beta_t =
+    a_t beta_{t-1} + s``, by ``scan.scan_`` in place (the two-level scan, parallel over
+    blocks of time); the backward is the adjoint scan. No autograd temporaries: the one
+    extra tensor of the fused path is its input."""
+
+    @staticmethod
+    def forward(ctx, a, step_size, x, ones):
+        time, batch, features = x.shape
+        out = x.new_empty(time, batch, features + int(ones))
+        torch.mul(x, step_size, out=out[..., :features])
+        if ones:
+            out[..., features] = step_size
+        if a is not None:
+            scan_(a, out, default_block(time))
+        ctx.save_for_backward(a, step_size, out if ctx.needs_input_grad[0] else None,
+                              x if ctx.needs_input_grad[1] else None)
+        ctx.features = features
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, step_size, out, x = ctx.saved_tensors
+        features = ctx.features
+        g = grad
+        if a is not None:
+            g = scan_(a, grad.clone(memory_format=torch.contiguous_format), default_block(grad.size(0)),
+                      reverse=True)
+        d_a = d_s = None
+        if ctx.needs_input_grad[0]:                      # sum_t g_t . y_{t-1} (a learnable momentum)
+            d_a = torch.dot(g[1:].reshape(-1), out[:-1].reshape(-1))
+        if ctx.needs_input_grad[1]:                      # sum_t g_t . [x_t, 1]
+            d_s = (g[..., :features] * x).sum() + g[..., features:].sum()
+        d_x = g[..., :features] * step_size if ctx.needs_input_grad[2] else None
+        return d_a, d_s, d_x, None
+
+
+def filter_inputs(coefficient, step_size, x: Tensor, ones: bool) -> Tensor:
+    """``[x~, beta]`` (T, B, I + 1), or ``x~`` alone without ``ones``; ``coefficient`` a number,
+    a 0-d tensor (learnable) or (T, B)/(T, 1), ``step_size`` a number or a 0-d tensor."""
+    if not isinstance(coefficient, Tensor):     # a fixed momentum of 0 (the PTB setting): no filter
+        coefficient = None if float(coefficient) == 0.0 else x.new_tensor(float(coefficient))
+    elif coefficient.dim() == 2 and coefficient.requires_grad:
+        raise ValueError("a per-step coefficient cannot be learnable")
+    step_size = step_size.to(x.dtype) if isinstance(step_size, Tensor) else x.new_tensor(float(step_size))
+    return _Filter.apply(None if coefficient is None else coefficient.to(x.dtype), step_size, x, ones)
+
+
+def _products(coefficient, time: int, like: Tensor) -> Tensor:
+    """``P_t = a_1 ... a_t`` for t = 1..T, (T, 1) or (T, B)."""
+    if isinstance(coefficient, (int, float)):
+        coefficient = like.new_full((1, 1), float(coefficient))
+    if coefficient.dim() == 0:
+        coefficient = coefficient.reshape(1, 1)
+    return torch.cumprod(coefficient.to(like.dtype).expand(time, coefficient.size(-1)), dim=0)

@@ -1,0 +1,283 @@
+"""Tight per-step loops for the recurrences that cannot go through torch's fused layers.
+
+Used by ``impl="loop"`` (and by ``impl="auto"`` for Adam, RMSProp and Nesterov). The rule's
+part that does not depend on h is computed for all steps beforehand (one GEMM for the input
+drive, ``Rule.drives`` for the rule state), so only the recurrence itself runs step by step.
+Each loop is one ``torch.autograd.Function`` with a hand-written backward (backpropagation
+through time), which is what makes it tight:
+
+* forward, per step: one ``addmm`` (``U h_{t-1}`` plus everything known beforehand) and the
+  gate nonlinearities written into preallocated buffers, with no autograd graph;
+* backward, per step: a handful of elementwise ops with factors precomputed for all steps
+  at once, and one GEMM for ``dh_{t-1}``; the weight gradient ``dU = sum_t dz_t^T h_{t-1}``
+  is one GEMM over all steps after the loop.
+
+Measured against the alternatives in ``benchmarks/loops.py`` (README, Performance): the same
+loop recorded by autograd op by op, and ``torch.compile`` of the step (on CPU it compiles
+for tens of seconds and gains little: torch's eager ``tanh`` is the dominant pointwise
+cost either way); TorchScript is deprecated in torch 2.13.
+
+Padded steps of packed sequences (``mask`` False) hold the state, as in the reference: the
+forward keeps the old state with ``torch.where``, the backward passes the gradient through.
+All arithmetic is torch's; results equal the per-step reference to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["lstm_loop", "rnn_loop", "gru_loop"]
+
+
+def _keep(mask: Tensor | None, t: int):
+    return None if mask is None else mask[t, :, None]
+
+
+def _previous(outs: Tensor, h0: Tensor) -> Tensor:
+    """h_{t-1} of every step: h0 then the outputs but the last."""
+    return torch.cat([h0[None], outs[:-1]])
+
+
+class _LSTMActivations:
+    """The LSTM gate nonlinearities over preallocated buffers (gate order i, f, g, o)."""
+
+    def __init__(self, time, batch, hidden, like, c0):
+        self.hidden = hidden
+        self.acts = like.new_empty(time, batch, 4 * hidden)      # sigmoid(i, f, o), tanh(g)
+        self.cells = like.new_empty(time + 1, batch, hidden)
+        self.cells[0] = c0
+        self.tanh_cells = like.new_empty(time, batch, hidden)
+
+    def forward(self, t, gates, out, keep):
+        H = self.hidden
+        a = self.acts[t]
+        torch.sigmoid(gates, out=a)
+        torch.tanh(gates[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
+        c = self.cells[t + 1]
+        torch.mul(a[:, H:2 * H], self.cells[t], out=c)
+        c.addcmul_(a[:, :H], a[:, 2 * H:3 * H])
+        if keep is not None:
+            torch.where(keep, c, self.cells[t], out=c)
+        torch.tanh(c, out=self.tanh_cells[t])
+        torch.mul(a[:, 3 * H:], self.tanh_cells[t], out=out)
+
+    def factors(self, outs):
+        """Factors of the backward step, for all steps at once."""
+        H = self.hidden
+        i, f, g, o = self.acts.split(H, dim=-1)
+        tc = self.tanh_cells
+        time, batch = self.acts.shape[:2]
+        to_ifg = self.acts.new_empty(time, batch, 3, H)
+        torch.mul(g, i * (1.0 - i), out=to_ifg[:, :, 0])                  # dc -> d(pre_i)
+        torch.mul(self.cells[:-1], f * (1.0 - f), out=to_ifg[:, :, 1])    # dc -> d(pre_f)
+        torch.mul(i, 1.0 - g * g, out=to_ifg[:, :, 2])                    # dc -> d(pre_g)
+        return {"to_c": o * (1.0 - tc * tc),                               # dh -> dc
+                "to_o": tc * (o * (1.0 - o)),                              # dh -> d(pre_o)
+                "to_ifg": to_ifg, "forget": f}
+
+    def backward(self, factors, t, dh, dc, dgates, keep):
+        """Write d(pre-activation) of step t into ``dgates``; return the gradient reaching
+        c_{t-1}. ``dh``, ``dc``: the gradients reaching h_t and c_t."""
+        H = self.hidden
+        batch = dh.size(0)
+        if keep is not None:
+            held_c = torch.where(keep, 0.0, dc)
+            dh = dh * keep
+            dc = dc * keep
+        dc = torch.addcmul(dc, dh, factors["to_c"][t])
+        torch.mul(dc.unsqueeze(1), factors["to_ifg"][t], out=dgates[:, :3 * H].view(batch, 3, H))
+        torch.mul(dh, factors["to_o"][t], out=dgates[:, 3 * H:])
+        dc = dc * factors["forget"][t]
+        return dc if keep is None else dc + held_c
+
+
+class _RNNActivations:
+    def __init__(self, nonlinearity):
+        self.relu = nonlinearity == "relu"
+
+    def forward(self, t, pre, out, keep):
+        torch.clamp(pre, min=0.0, out=out) if self.relu else torch.tanh(pre, out=out)
+
+    def factors(self, outs):
+        return {"derivative": (outs > 0).to(outs.dtype) if self.relu else 1.0 - outs * outs}
+
+    def backward(self, factors, t, dh, dc, dgates, keep):
+        torch.mul(dh, factors["derivative"][t], out=dgates)
+        if keep is not None:
+            dgates.mul_(keep)
+        return None
+
+
+class _AdditiveLoop(torch.autograd.Function):
+    """RNN or LSTM over precomputed terms ``A`` (T, B, G*H):
+
+    plain:     pre_t = A_t + U h_{t-1}                     (A = d + b_hh)
+    nesterov:  v_t = A_t + U h_{t-1};  pre_t = v_t + c_t (v_t - v_{t-1})    (A = b_hh - s u)
+
+    Returns the outputs (T, B, H), h_T, c_T (LSTM; else None) and v_T (nesterov; else None).
+    """
+
+    @staticmethod
+    def forward(ctx, terms, h0, c0, weight_hh, coefficient, v0, mask, kind):
+        time, batch, gates = terms.shape
+        hidden = h0.size(-1)
+        lstm = kind == "lstm"
+        nesterov = coefficient is not None
+        acts = _LSTMActivations(time, batch, hidden, terms, c0) if lstm else _RNNActivations(kind)
+        outs = terms.new_empty(time, batch, hidden)
+        if nesterov:
+            coefficient = coefficient[..., None]
+            v_prev = v0
+            pre = terms.new_empty(batch, gates)
+        u_t = weight_hh.t()
+        h = h0
+        for t in range(time):
+            keep = _keep(mask, t)
+            if nesterov:
+                v = torch.addmm(terms[t], h, u_t)
+                if keep is not None:
+                    v = torch.where(keep, v, v_prev)
+                torch.addcmul(v, coefficient[t], v - v_prev, out=pre)
+                v_prev = v
+            else:
+                pre = torch.addmm(terms[t], h, u_t)
+            acts.forward(t, pre, outs[t], keep)
+            if keep is not None:
+                torch.where(keep, outs[t], h, out=outs[t])
+            h = outs[t]
+        ctx.acts, ctx.lstm, ctx.nesterov = acts, lstm, nesterov
+        ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask)
+        h_n = outs[time - 1].clone()
+        c_n = acts.cells[time].clone() if lstm else None
+        v_n = v_prev.clone() if nesterov else None
+        return outs, h_n, c_n, v_n
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c, grad_v):
+        outs, h0, weight_hh, coefficient, mask = ctx.saved_tensors
+        acts, lstm, nesterov = ctx.acts, ctx.lstm, ctx.nesterov
+        time, batch, hidden = outs.shape
+        gates = weight_hh.size(0)
+        factors = acts.factors(outs)
+        d_pre = outs.new_empty(time, batch, gates)
+        d_terms = d_pre if not nesterov else outs.new_empty(time, batch, gates)
+        dh = grad_out[time - 1] + grad_h
+        dc = (grad_c if grad_c is not None else outs.new_zeros(batch, hidden)) if lstm else None
+        if nesterov:
+            one_plus = 1.0 + coefficient
+            minus = -coefficient
+            passed = grad_v if grad_v is not None else outs.new_zeros(batch, gates)
+        for t in range(time - 1, -1, -1):
+            keep = _keep(mask, t)
+            dc = acts.backward(factors, t, dh, dc, d_pre[t], keep)
+            if nesterov:
+                total = torch.addcmul(passed, d_pre[t], one_plus[t])       # the gradient reaching v_t
+                if keep is None:
+                    d_terms[t] = total
+                    passed = d_pre[t] * minus[t]
+                else:
+                    torch.mul(total, keep, out=d_terms[t])
+                    passed = torch.where(keep, d_pre[t] * minus[t], total)
+            held = None if keep is None else torch.where(keep, 0.0, dh)
+            if t > 0:
+                dh = torch.addmm(grad_out[t - 1], d_terms[t], weight_hh)
+            else:
+                dh = torch.mm(d_terms[t], weight_hh)
+            if held is not None:
+                dh = dh + held
+        d_weight = None
+        if ctx.needs_input_grad[3]:
+            d_weight = d_terms.view(time * batch, gates).t().mm(_previous(outs, h0).view(time * batch, hidden))
+        return d_terms, dh, dc, d_weight, None, (passed if nesterov else None), None, None
+
+
+class _GRULoop(torch.autograd.Function):
+    """torch's GRU over a precomputed drive d (T, B, 3H) (in place of W x + b_ih)."""
+
+    @staticmethod
+    def forward(ctx, drive, h0, weight_hh, bias_hh, mask):
+        time, batch, gates = drive.shape
+        H = h0.size(-1)
+        outs = drive.new_empty(time, batch, H)
+        recurrent = drive.new_empty(time, batch, gates)          # U h_{t-1} + b_hh
+        gate = drive.new_empty(time, batch, 2 * H)               # reset, update
+        new = drive.new_empty(time, batch, H)                    # candidate n
+        u_t = weight_hh.t()
+        h_prev = h0
+        for t in range(time):
+            rec = recurrent[t]
+            if bias_hh is None:
+                torch.mm(h_prev, u_t, out=rec)
+            else:
+                torch.addmm(bias_hh, h_prev, u_t, out=rec)
+            g = gate[t]
+            torch.add(drive[t, :, :2 * H], rec[:, :2 * H], out=g)
+            g.sigmoid_()
+            n = new[t]
+            torch.addcmul(drive[t, :, 2 * H:], g[:, :H], rec[:, 2 * H:], out=n)
+            n.tanh_()
+            h = outs[t]
+            torch.sub(h_prev, n, out=h)
+            torch.addcmul(n, g[:, H:], h, out=h)                 # n + z (h_{t-1} - n), as torch
+            keep = _keep(mask, t)
+            if keep is not None:
+                torch.where(keep, h, h_prev, out=h)
+            h_prev = h
+        ctx.save_for_backward(outs, h0, recurrent, gate, new, weight_hh, mask)
+        ctx.has_bias = bias_hh is not None
+        return outs, outs[time - 1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h):
+        outs, h0, recurrent, gate, new, weight_hh, mask = ctx.saved_tensors
+        time, batch, H = grad_out.shape
+        previous = _previous(outs, h0)
+        reset, update = gate.split(H, dim=-1)
+        to_n = (1.0 - update) * (1.0 - new * new)                        # dh -> d(drive_n)
+        to_z = (previous - new) * (update * (1.0 - update))              # dh -> d(drive_z)
+        to_r = recurrent[..., 2 * H:] * (reset * (1.0 - reset))          # d(drive_n) -> d(drive_r)
+        d_drive = grad_out.new_empty(time, batch, 3 * H)
+        d_rec = grad_out.new_empty(time, batch, 3 * H)
+        dh = grad_out[time - 1] + grad_h
+        for t in range(time - 1, -1, -1):
+            keep = _keep(mask, t)
+            held = None
+            if keep is not None:
+                held = torch.where(keep, 0.0, dh)
+                dh = dh * keep
+            dd, dr = d_drive[t], d_rec[t]
+            torch.mul(dh, to_n[t], out=dd[:, 2 * H:])
+            torch.mul(dh, to_z[t], out=dd[:, H:2 * H])
+            torch.mul(dd[:, 2 * H:], to_r[t], out=dd[:, :H])
+            dr[:, :2 * H] = dd[:, :2 * H]
+            torch.mul(dd[:, 2 * H:], reset[t], out=dr[:, 2 * H:])
+            direct = dh * update[t]
+            if t > 0:
+                direct.add_(grad_out[t - 1])
+            if held is not None:
+                direct.add_(held)
+            dh = torch.addmm(direct, dr, weight_hh)
+        flat = d_rec.view(time * batch, 3 * H)
+        d_weight = flat.t().mm(previous.view(time * batch, H)) if ctx.needs_input_grad[2] else None
+        d_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return d_drive, dh, d_weight, d_bias, None
+
+
+def lstm_loop(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, mask: Tensor | None = None,
+              coefficient: Tensor | None = None, v0: Tensor | None = None):
+    """LSTM over ``terms`` (T, B, 4H): ``A_t = d_t + b_hh`` (plain) or ``b_hh - s u_t`` with
+    the Nesterov ``coefficient`` (T, B or 1) and velocity ``v0``. Returns (out, h_n, c_n, v_n)."""
+    return _AdditiveLoop.apply(terms, h0, c0, weight_hh, coefficient, v0, mask, "lstm")
+
+
+def rnn_loop(terms: Tensor, h0: Tensor, weight_hh: Tensor, nonlinearity: str, mask: Tensor | None = None,
+             coefficient: Tensor | None = None, v0: Tensor | None = None):
+    """tanh/relu RNN over ``terms`` (T, B, H), as ``lstm_loop``. Returns (out, h_n, v_n)."""
+    out, h_n, _, v_n = _AdditiveLoop.apply(terms, h0, None, weight_hh, coefficient, v0, mask, nonlinearity)
+    return out, h_n, v_n
+
+
+def gru_loop(drive: Tensor, h0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, mask: Tensor | None = None):
+    """torch's GRU over the drive (T, B, 3H). Returns (out, h_n)."""
+    return _GRULoop.apply(drive, h0, weight_hh, bias_hh, mask)

@@ -1,0 +1,332 @@
+"""Linear recurrences over time, computed in parallel: the filters of the input-only rules.
+
+Every input-only rule's state follows a first-order linear recurrence whose coefficient
+does not depend on the inputs::
+
+    y_t = a_t y_{t-1} + x_t,        t = 1..T,   y_0 = initial (zero if None)
+
+(momentum: ``a_t = mu``, ``x_t = s u_t``; Adam's second moment: ``a_t = beta``,
+``x_t = (1 - beta) u_t**2``; restart: ``a_t = (k'-1)/(k'+2)``). ``linear_scan`` computes all
+T states without a Python loop over time steps. Two exact methods:
+
+* ``"matmul"`` (blocked transfer matrices): time is cut into blocks of C steps; inside a
+  block ``y = L x + P y_prev`` with the lower-triangular transfer matrix
+  ``L[t, j] = a_{j+1} ... a_t`` (built by ``cumprod``, so a zero coefficient is exact) and
+  ``P[t] = a_1 ... a_t``. All blocks are one batched matrix multiply; only the T/C block
+  boundaries are carried in a loop. Cost ``T * C * B * F`` multiply-adds, in a GEMM.
+* ``"chunked"`` (two-level scan): the C steps inside every block run as a loop that is
+  vectorized over all T/C blocks at once, then the block boundaries are carried as above.
+  Cost a few elementwise passes over ``T * B * F`` and about ``C + T/C`` small ops.
+
+Both sum the same terms as the step-by-step recurrence in a different order, so they agree
+with it to rounding (about 1e-16 relative in float64), values and gradients; both are
+differentiable in the coefficient (learnable momentum). ``"sequential"`` is the plain loop,
+kept as the reference. ``"auto"`` takes ``"matmul"`` for few features (the input-side
+filter of the fused path: ``F = input_size + 1``) and ``"chunked"`` for wide ones (a rule's
+state over all gates: ``F = G * hidden_size``), the faster of the two in
+``benchmarks/scan.py`` at T = 784 and T = 35.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS"]
+
+SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential")
+
+#: Block length of the "matmul" method.
+MATMUL_BLOCK = 64
+#: On the CPU "auto" uses "loop" above this many features per sequence, else "chunked".
+LOOP_MIN_FEATURES = 32
+
+
+def step_indices(steps: Tensor, time: int, mask: Tensor | None = None) -> Tensor:
+    """The 1-based index ``k`` of every step, shaped (T, B) or (T, 1).
+
+    ``steps`` (B,) counts the steps each sequence took before this call. Where ``mask``
+    (T, B) is False a step is skipped and the count does not advance. Without a mask and
+    with all sequences at the same count the result is (T, 1), shared by the batch.
+    """
+    if mask is not None:
+        taken = mask.long()
+        return steps[None, :] + torch.cumsum(taken, 0) - taken + 1
+    t = torch.arange(1, time + 1, device=steps.device)[:, None]
+    if steps.numel() == 0 or bool((steps == steps[:1]).all()):
+        return t + steps[:1][None, :] if steps.numel() else t
+    return t + steps[None, :]
+
+
+def _is_zero(coefficient) -> bool:
+    return isinstance(coefficient, numbers.Real) and float(coefficient) == 0.0
+
+
+def _time_batch(coefficient, time: int, like: Tensor) -> tuple[Tensor, bool]:
+    """``coefficient`` as a (T, Bc) tensor and whether it is one constant."""
+    if isinstance(coefficient, numbers.Real):
+        return like.new_full((1, 1), float(coefficient)).expand(time, 1), True
+    if coefficient.dim() == 0:
+        return coefficient.to(like.dtype).reshape(1, 1).expand(time, 1), True
+    if coefficient.dim() != 2 or coefficient.size(0) != time:
+        raise ValueError(f"coefficient must be a number, a 0-d tensor or a (T, B) tensor with T = {time}, "
+                         f"got shape {tuple(coefficient.shape)}")
+    return coefficient.to(like.dtype), False
+
+
+def linear_scan(coefficient, inputs: Tensor, initial: Tensor | None = None, *, method: str = "auto",
+                block: int | None = None) -> Tensor:
+    """All states of ``y_t = a_t y_{t-1} + x_t`` (t = 1..T) with ``y_0 = initial``.
+
+    ``coefficient``: a number, a 0-d tensor (learnable momentum), or a tensor (T, B) or
+    (T, 1) (per step and sequence); ``inputs`` (T, B, F); ``initial`` (B, F) or None (zero).
+    Returns (T, B, F). ``method``: one of ``SCAN_METHODS`` (see the module docstring);
+    ``block``: the block length C of "matmul"/"chunked".
+    """
+    if method not in SCAN_METHODS:
+        raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
+    time = inputs.size(0)
+    if _is_zero(coefficient):                       # mu = 0: the filter is the identity
+        return inputs
+    if method == "auto":
+        method = "loop" if inputs.device.type == "cpu" and inputs.size(-1) > LOOP_MIN_FEATURES else "chunked"
+    if method == "sequential":
+        return _sequential(coefficient, inputs, initial)
+    if method == "matmul":
+        a, constant = _time_batch(coefficient, time, inputs)
+        return _matmul(a, constant, inputs, initial, block or MATMUL_BLOCK)
+    if method == "loop":
+        block = time
+    a = coefficient if isinstance(coefficient, Tensor) else inputs.new_tensor(float(coefficient))
+    return _Scan.apply(a.to(inputs.dtype), inputs, initial, block or default_block(time))
+
+
+def _sequential(coefficient, inputs, initial):
+    """The plain recurrence, one step at a time (the reference)."""
+    per_step = isinstance(coefficient, Tensor) and coefficient.dim() == 2
+    coefficients = coefficient.to(inputs.dtype)[..., None].unbind(0) if per_step else None
+    out = []
+    y = initial
+    for t, x in enumerate(inputs.unbind(0)):     # unbind: one backward node, not T selects
+        a = coefficients[t] if per_step else coefficient
+        y = x if y is None else a * y + x
+        out.append(y)
+    return torch.stack(out)
+
+
+def _pad_time(x: Tensor, length: int, value: float) -> Tensor:
+    if x.size(0) == length:
+        return x
+    pad = x.new_full((length - x.size(0), *x.shape[1:]), value)
+    return torch.cat([x, pad])
+
+
+def _carry(local: Tensor, prefix: Tensor, initial: Tensor | None) -> Tensor:
+    """Add the state entering each block: ``local`` (n, C, B, F) are the block-local states,
+    ``prefix`` (n, C, Bc) the products of coefficients from each block's start."""
+    blocks = local.size(0)
+    if blocks == 1 and initial is None:
+        return local
+    lasts, through = local[:, -1].unbind(0), prefix[:, -1, :, None].unbind(0)
+    carries = [initial if initial is not None else local.new_zeros(local.shape[2:])]
+    for k in range(blocks - 1):
+        carries.append(torch.addcmul(lasts[k], through[k], carries[k]))
+    entering = torch.stack(carries)                                  # (n, B, F)
+    return torch.addcmul(local, prefix[..., None], entering[:, None])
+
+
+def _matmul(a: Tensor, constant: bool, x: Tensor, initial: Tensor | None, block: int) -> Tensor:
+    time, batch, features = x.shape
+    size = min(block, time)
+    blocks = -(-time // size)
+    length = blocks * size
+    x_blocks = _pad_time(x, length, 0.0).view(blocks, size, batch, features)
+    # Transfer matrices L[k, t, j] = prod_{j < i <= t} a[k, i]; one for all blocks if constant.
+    a_blocks = (a[:size] if constant else _pad_time(a, length, 1.0)).reshape(-1, size, a.size(1))
+    index = torch.arange(size, device=x.device)
+    later = (index[:, None] > index[None, :])[None, :, :, None]                       # t > j
+    one = torch.ones((), dtype=a.dtype, device=a.device)
+    transfer = torch.cumprod(torch.where(later, a_blocks[:, :, None, :], one), dim=1)
+    transfer = transfer * (index[:, None] >= index[None, :]).to(a.dtype)[None, :, :, None]   # (n|1, C, C, Bc)
+    prefix = torch.cumprod(a_blocks, dim=1)                                            # (n or 1, C, Bc)
+    if a.size(1) == 1:
+        local = torch.matmul(transfer[..., 0], x_blocks.reshape(blocks, size, batch * features))
+        local = local.view(blocks, size, batch, features)
+    else:   # a coefficient per sequence: one (C, C) matrix per block and sequence
+        local = torch.matmul(transfer.permute(0, 3, 1, 2), x_blocks.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+    if constant:
+        prefix = prefix.expand(blocks, size, prefix.size(-1))
+    return _carry(local, prefix, initial).reshape(length, batch, features)[:time]
+
+
+class _AdamScan(torch.autograd.Function):
+    """Adam's drive of all steps, ``v_t = mu v_{t-1} + s u_t``, ``m_t = beta m_{t-1} +
+    (1 - beta) u_t^2``, ``d_t = v_t / sqrt(m_t + eps)``, one time step per iteration on
+    (B, G) slices that stay in cache; the backward runs the adjoint recurrences
+    ``Gv_t = dd_t / q_t + mu Gv_{t+1}``, ``Gm_t = -dd_t d_t / (2 q_t^2) + beta Gm_{t+1}``,
+    ``du_t = s Gv_t + 2 (1 - beta) u_t Gm_t`` with ``q_t = sqrt(m_t + eps)``."""
+
+    @staticmethod
+    def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, moving):
+        time = u.size(0)
+        velocity = torch.empty_like(u)
+        root = torch.empty_like(u)                 # q_t = sqrt(m_t + eps)
+        drive = torch.empty_like(u)
+        m_prev, m_next, spare = m0, torch.empty_like(m0), torch.empty_like(m0)   # m0 is never written
+        v_prev = v0
+        for t in range(time):
+            v = velocity[t]
+            torch.mul(u[t], step_size, out=v)
+            if moving:
+                v.addcmul_(v_prev, momentum)
+            torch.mul(u[t], u[t], out=m_next)
+            m_next.mul_(1.0 - beta).add_(m_prev, alpha=beta)
+            q = root[t]
+            torch.add(m_next, eps, out=q)
+            q.sqrt_()
+            torch.div(v, q, out=drive[t])
+            v_prev = v
+            m_prev, m_next = m_next, (spare if t == 0 else m_prev)
+        need_mu = moving and ctx.needs_input_grad[3]
+        ctx.save_for_backward(u, v0 if need_mu else None, velocity if need_mu else None, root, drive,
+                              momentum, step_size)
+        ctx.beta, ctx.moving = beta, moving
+        return drive, velocity[time - 1].clone(), m_prev.clone()
+
+    @staticmethod
+    def backward(ctx, grad_drive, grad_v, grad_m):
+        u, v0, velocity, root, drive, momentum, step_size = ctx.saved_tensors
+        beta, moving = ctx.beta, ctx.moving
+        need_mu, need_s = moving and ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        d_u = torch.empty_like(u)
+        a, b = torch.empty_like(grad_v), torch.empty_like(grad_v)
+        acc_mu = torch.zeros_like(grad_v) if need_mu else None
+        acc_s = torch.zeros_like(grad_v) if need_s else None
+        to_v, to_m = grad_v, grad_m           # the gradients reaching v_t, m_t from later steps
+        for t in range(u.size(0) - 1, -1, -1):
+            torch.div(grad_drive[t], root[t], out=a)                # dd_t / q_t
+            gv = a + to_v if moving or t == u.size(0) - 1 else a
+            torch.mul(a, drive[t], out=b)
+            b.div_(root[t])
+            gm = torch.add(to_m, b, alpha=-0.5)                     # - dd_t d_t / (2 q_t^2) + ...
+            du = d_u[t]
+            torch.mul(gm, u[t], out=du)
+            du.mul_(2.0 * (1.0 - beta)).addcmul_(gv, step_size)
+            if need_mu:
+                acc_mu.addcmul_(gv, velocity[t - 1] if t > 0 else v0)
+            if need_s:
+                acc_s.addcmul_(gv, u[t])
+            to_v = gv * momentum if moving else None
+            to_m = gm * beta
+        d_v0 = to_v if moving else torch.zeros_like(grad_v)
+        return (d_u, d_v0, to_m, acc_mu.sum() if need_mu else None, acc_s.sum() if need_s else None,
+                None, None, None)
+
+
+def adam_scan(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: float, eps: float):
+    """Adam's (and RMSProp's, ``momentum = 0``) drive for all steps of ``u`` (T, B, G) from
+    the state ``v0``, ``m0`` (B, G): returns ``(d, v_T, m_T)``. ``momentum``, ``step_size``:
+    numbers or 0-d tensors (learnable). One in-cache pass per time step each way (on the CPU
+    this beats the parallel scans for states over all gates; see ``benchmarks/scan.py``)."""
+    moving = not (isinstance(momentum, numbers.Real) and float(momentum) == 0.0)
+    momentum = torch.as_tensor(momentum, dtype=u.dtype, device=u.device)
+    step_size = torch.as_tensor(step_size, dtype=u.dtype, device=u.device)
+    return _AdamScan.apply(u, v0, m0, momentum, step_size, float(beta), float(eps), moving)
+
+
+def default_block(time: int) -> int:
+    """Block length of the two-level scan: about sqrt(T), so that ~2 sqrt(T) ops run."""
+    return max(1, math.isqrt(time - 1) + 1) if time > 1 else 1
+
+
+def scan_(a: Tensor, y: Tensor, block: int, reverse: bool = False) -> Tensor:
+    """In place, without autograd: turn ``y`` (T, B, F) holding the inputs x into the states.
+
+    forward:  ``y_t = x_t + a_t y_{t-1}``  (t = 1..T-1; ``y_0 = x_0``)
+    reverse:  ``y_t = x_t + a_{t+1} y_{t+1}``  (t = T-2..0; the adjoint recurrence)
+
+    ``a``: a 0-d tensor or (T, Bc). Two levels: the C steps inside all T // C blocks at once
+    (C ops, each over every block), then the block boundaries (T // C ops, each over one
+    block), then the tail of fewer than C steps one by one. With ``block >= T`` it is the
+    plain loop, one op per step.
+    """
+    time = y.size(0)
+    per_step = a.dim() == 2
+    if per_step:
+        a = a[..., None]                                   # (T, Bc, 1)
+        if reverse:                                        # the coefficient of the step after
+            a = torch.cat([a[1:], torch.ones_like(a[:1])])
+    size = min(block, time)
+    blocks = time // size
+    main = blocks * size
+
+    def coefficient(t):
+        return a[t] if per_step else a
+
+    if reverse:
+        for t in range(time - 2, main - 1, -1):           # the tail, from the end
+            y[t].addcmul_(coefficient(t), y[t + 1])
+    if size > 1 and blocks > 0:
+        yb = y[:main].view(blocks, size, *y.shape[1:])
+        ab = a[:main].view(blocks, size, *a.shape[1:]) if per_step else a
+        steps = range(size - 2, -1, -1) if reverse else range(1, size)
+        for i in steps:                                    # inside every block at once
+            neighbour = i + 1 if reverse else i - 1
+            yb[:, i].addcmul_(ab[:, i] if per_step else ab, yb[:, neighbour])
+        if blocks > 1 or (reverse and main < time):
+            if per_step:                                   # products of coefficients within a block
+                factors = ab.flip(1).cumprod(1).flip(1) if reverse else ab.cumprod(1)
+            else:
+                powers = a.expand(size).cumprod(0)[:, None, None]
+                factors = (powers.flip(0) if reverse else powers)[None].expand(blocks, *powers.shape)
+            if reverse:
+                for k in range(blocks - 1, -1, -1):        # the state entering from the next block
+                    if k + 1 < blocks:
+                        yb[k].addcmul_(factors[k], yb[k + 1, 0])
+                    elif main < time:
+                        yb[k].addcmul_(factors[k], y[main])
+            else:
+                for k in range(1, blocks):                 # the state entering from the previous block
+                    yb[k].addcmul_(factors[k], yb[k - 1, -1])
+    if not reverse:
+        for t in range(max(main, 1), time):               # the tail
+            y[t].addcmul_(coefficient(t), y[t - 1])
+    elif size == 1 or blocks == 0:
+        pass
+    return y
+
+
+class _Scan(torch.autograd.Function):
+    """``linear_scan`` for the "chunked" and "loop" methods: ``scan_`` in place into one
+    output tensor, and the adjoint recurrence ``g_t = dy_t + a_{t+1} g_{t+1}`` (``scan_``
+    reversed) as backward; no autograd temporaries."""
+
+    @staticmethod
+    def forward(ctx, a, x, initial, block):
+        y = x.clone(memory_format=torch.contiguous_format)
+        if initial is not None:
+            y[0].addcmul_(a[0][:, None] if a.dim() == 2 else a, initial)
+        scan_(a, y, block)
+        ctx.save_for_backward(a, y if ctx.needs_input_grad[0] else None, initial)
+        ctx.block = block
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, y, initial = ctx.saved_tensors
+        g = scan_(a, grad.clone(memory_format=torch.contiguous_format), ctx.block, reverse=True)
+        first = a[0][:, None] if a.dim() == 2 else a
+        d_initial = None if initial is None else g[0] * first
+        d_a = None
+        if ctx.needs_input_grad[0]:                        # sum_t g_t . y_{t-1}
+            if a.dim() == 0:
+                d_a = torch.dot(g[1:].reshape(-1), y[:-1].reshape(-1))
+                if initial is not None:
+                    d_a = d_a + torch.dot(g[0].reshape(-1), initial.reshape(-1))
+            else:
+                before = torch.cat([initial[None] if initial is not None else torch.zeros_like(y[:1]), y[:-1]])
+                d_a = (g * before).sum(-1).sum_to_size(a.shape)
+        return d_a, g, d_initial, None
