@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .. import LAYERS
 from ..initialization import initialize
@@ -56,6 +57,8 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
+        if isinstance(out, PackedSequence):        # variable-length batches: padded, zeros past each length
+            out = pad_packed_sequence(out, batch_first=True)[0]
         return self.head(out if self.per_step else out[:, -1])
 
 
