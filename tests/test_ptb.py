@@ -10,6 +10,7 @@ from torch.nn.utils import parametrize
 
 import momentumrnn as mrnn
 from momentumrnn.experiments.config import ConfigError, resolve_config
+from momentumrnn.experiments.models import MODELS
 from momentumrnn.experiments.optim import NTASGD
 from momentumrnn.experiments.ptb import PTB, DropConnect, LanguageModel, batchify, detach_state, load_ptb
 from momentumrnn.experiments.train import build_optimizer
@@ -209,3 +210,16 @@ def test_optimizers_build():
     params = [torch.nn.Parameter(torch.zeros(1))]
     assert isinstance(build_optimizer({"optimizer": "ntasgd", "lr": 1.0, "weight_decay": 0.0, "nonmono": 3}, params),
                       NTASGD)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_is_a_language_model_with_weight_drop(name):
+    config = tiny_config(name, wdrop=0.3, dropout=0.1, dropouth=0.1, dropouti=0.1, dropoute=0.1, tied=True,
+                         init="paper")
+    model = LanguageModel(config, 20)
+    out = model(torch.randint(0, 20, (2, 4)))
+    assert out.logits.shape == (2, 4, 20) and out.raw.shape == (2, 4, 8)
+    out.logits.sum().backward()
+    assert all(layer.parametrizations.weight_hh_l0.original.grad is not None for layer in model.layers)
+    carried = [rs is not None for _, rs in out.state]
+    assert carried == [name not in ("lstm", "gru", "rnn")] * 2
