@@ -11,3 +11,7 @@ from .tasks import TASKS
 from .train import evaluate, train
 
 __all__ = ["TASKS", "MODELS", "build_model", "resolve_config", "train", "evaluate"]
+
+# The speech, timit and ptb tasks register themselves in TASKS.
+from . import speech  # noqa: E402,F401
+from . import ptb  # noqa: E402,F401

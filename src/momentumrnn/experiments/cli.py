@@ -29,7 +29,7 @@ _CONFIG_FLAGS = [
     ("--num-layers", int, "stacked recurrent layers (default 1)"),
     ("--batch-size", int, "training batch size (default 128)"),
     ("--eval-batch-size", int, "batch size for validation and test (default 256)"),
-    ("--optimizer", str, "rmsprop (default), adam or sgd"),
+    ("--optimizer", str, "rmsprop (default), adam, sgd or ntasgd"),
     ("--lr", float, "learning rate (default 1e-3)"),
     ("--alpha", float, "RMSprop smoothing constant (default 0.99; paper preset 0.9)"),
     ("--weight-decay", float, "weight decay (default 0)"),
@@ -53,7 +53,32 @@ _CONFIG_FLAGS = [
     ("--log-every", int, "write a training row to metrics.jsonl every N steps (default 50)"),
     ("--checkpoint-every", int, "checkpoint every N steps as well as every epoch, 0 = epochs only (default 100)"),
     ("--threads", int, "torch CPU threads"),
+    # speech
+    ("--normalize", str, "speech: standard (per-bin mean/std of the training split, default) or none"),
+    # ptb
+    ("--bptt", int, "ptb: truncated-BPTT chunk length (default 35; paper preset 70)"),
+    ("--variable-bptt", lambda text: _yes_no(text), "ptb: AWD-LSTM's random chunk lengths, yes/no (default no)"),
+    ("--emb-size", int, "ptb: word embedding size (default 200; paper preset 400)"),
+    ("--tied", lambda text: _yes_no(text), "ptb: tie the decoder to the embedding, yes/no (default no)"),
+    ("--dropout", float, "ptb: locked dropout on the last layer's output (default 0)"),
+    ("--dropouth", float, "ptb: locked dropout between recurrent layers (default 0)"),
+    ("--dropouti", float, "ptb: locked dropout on the embedded input (default 0)"),
+    ("--dropoute", float, "ptb: embedding dropout, whole words (default 0)"),
+    ("--wdrop", float, "ptb: DropConnect on the recurrent weights weight_hh (default 0)"),
+    ("--ar", float, "ptb: activation regularization weight (default 0; paper preset 2)"),
+    ("--tar", float, "ptb: temporal activation regularization weight (default 0; paper preset 1)"),
+    ("--lr-anneal", float, "ptb: divide the learning rate by this after a validation without improvement (1 = off)"),
+    ("--nonmono", int, "ptb with --optimizer ntasgd: validations without progress before averaging (default 5)"),
 ]
+
+
+def _yes_no(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "1", "on"):
+        return True
+    if value in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
 def _duration(text: str) -> float:
@@ -75,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model on one task into a run directory",
                                 description="Train one model on one task. Settings: defaults < --preset paper "
                                 "< explicit flags; the run records the resolved configuration in config.json.")
-    train.add_argument("--task", help="smnist, psmnist, copy or adding (see `momentumrnn list`)")
+    train.add_argument("--task", help="smnist, psmnist, copy, adding, speech, timit or ptb (see `momentumrnn list`)")
     train.add_argument("--model", help="lstm, momentum-lstm, adam-lstm, ... (see `momentumrnn list`)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or to resume)")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--preset", choices=["paper"], help="the authors' settings for this task and model")
+    train.add_argument("--preset", choices=["paper", "small"],
+                       help="paper: the authors' settings for this task and model; small: ptb's classic small model")
     train.add_argument("--data-dir", metavar="DIR",
                        help="data root with mnist/, ptb/, fsdd/ (default $MOMENTUMRNN_DATA, else a per-user cache)")
     train.add_argument("--no-download", dest="download", action="store_const", const=False,
@@ -213,4 +239,8 @@ def _list() -> int:
         print(f"  {task}: {training}" + (f"  ({note})" if note else ""))
         for rule, values in PAPER_RULES[experiment].items():
             print(f"      {rule}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    from .presets import NAMED_PRESETS
+    for (task, name), (settings, experiment, text) in NAMED_PRESETS.items():
+        print(f"--preset {name} ({task}: {text}):")
+        print("  " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f"; rule settings of the paper's {experiment}")
     return 0

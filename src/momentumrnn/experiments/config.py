@@ -13,7 +13,7 @@ import math
 import numbers
 
 from .models import model_options, model_spec, rule_hyperparameters
-from .presets import paper_preset
+from .presets import named_preset, paper_preset
 from .tasks import TASKS
 
 __all__ = ["DEFAULTS", "RESUMABLE", "ConfigError", "resolve_config", "identity", "fingerprint", "describe_difference"]
@@ -59,7 +59,7 @@ RESUMABLE = {"epochs", "max_steps", "time_budget", "device", "threads", "log_eve
 #: Keys that describe a run but do not identify it.
 _BOOKKEEPING = {"preset", "preset_notes"}
 
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
+OPTIMIZERS = ("rmsprop", "adam", "sgd", "ntasgd")
 _POSITIVE_INTS = ("hidden_size", "num_layers", "batch_size", "eval_batch_size", "epochs", "max_steps",
                   "train_subset", "val_subset", "test_subset", "eval_every", "log_every", "threads", "delay",
                   "length", "train_size", "val_size", "test_size")
@@ -87,9 +87,13 @@ def resolve_config(task: str, model: str, overrides: dict | None = None, preset:
         del config["init"], config["forget_bias"]
     notes: list[str] = []
     if preset is not None:
-        if preset != "paper":
-            raise ConfigError(f"unknown preset {preset!r}; the only preset is 'paper'")
-        settings, notes = paper_preset(task, recurrence, rule)
+        if preset == "paper":
+            settings, notes = paper_preset(task, recurrence, rule)
+        else:
+            try:
+                settings, notes = named_preset(task, preset, recurrence, rule)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         config.update({k: v for k, v in settings.items() if k in config})
     for key, value in (overrides or {}).items():
         if value is None:
@@ -134,6 +138,11 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {config['optimizer']!r}")
     if config.get("init", "torch") not in ("torch", "paper"):
         raise ConfigError(f"init must be 'torch' or 'paper', got {config['init']!r}")
+    if hasattr(TASKS[config["task"]], "check_options"):       # task options (speech, ptb)
+        try:
+            TASKS[config["task"]].check_options(config)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     recurrence, rule = model_spec(config["model"])
     if recurrence == "orthogonal":
         from ..orthogonal import ORTHOGONAL_LAYERS

@@ -12,6 +12,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .. import LAYERS, ORTHOGONAL_LAYERS
 from ..initialization import initialize
@@ -69,6 +70,8 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
+        if isinstance(out, PackedSequence):        # variable-length batches: padded, zeros past each length
+            out = pad_packed_sequence(out, batch_first=True)[0]
         return self.head(out if self.per_step else out[:, -1])
 
 

@@ -8,7 +8,8 @@ flags override every key.
 
 from __future__ import annotations
 
-__all__ = ["PAPER_TRAINING", "PAPER_RULES", "PAPER_RULES_DTRIV", "PAPER_TASK", "PUBLISHED", "paper_preset", "published"]
+__all__ = ["PAPER_TRAINING", "PAPER_RULES", "PAPER_RULES_DTRIV", "PAPER_TASK", "PUBLISHED", "NAMED_PRESETS",
+           "paper_preset", "published", "named_preset"]
 
 #: Training recipe per paper experiment.
 PAPER_TRAINING = {
@@ -22,6 +23,12 @@ PAPER_TRAINING = {
     "ptb": {"optimizer": "sgd", "lr": 30.0, "batch_size": 20, "epochs": 500, "clip": 0.25, "init": "paper",
             "forget_bias": 1.0, "hidden_size": 1150, "num_layers": 3},
 }
+# The 3-layer AWD-LSTM of the authors' Penn Treebank experiment (Merity et al. 2018's PTB
+# command): SGD then NT-ASGD, variable bptt around 70, tied weights, the four dropouts,
+# weight drop .5 on the recurrent weights, AR 2, TAR 1, weight decay 1.2e-6.
+PAPER_TRAINING["ptb"].update(optimizer="ntasgd", nonmono=5, emb_size=400, tied=True, bptt=70, variable_bptt=True,
+                             dropout=0.4, dropouth=0.25, dropouti=0.4, dropoute=0.1, wdrop=0.5, ar=2.0, tar=1.0,
+                             weight_decay=1.2e-6, eval_batch_size=10)
 
 #: Rule hyperparameters per paper experiment and rule (mu = momentum, s = step_size).
 #: "nesterov" is the paper's SRLSTM; on Penn Treebank the authors' NesterovLSTM is our
@@ -55,6 +62,21 @@ PAPER_TASK = {
     "psmnist": ("pmnist", None),
     "copy": ("mnist", "the paper has no copy-task settings: using its pixel-MNIST settings"),
     "adding": ("mnist", "the paper has no adding-task settings: using its pixel-MNIST settings"),
+    "speech": ("timit", "speech runs the paper's TIMIT settings on the Free Spoken Digit Dataset"),
+    "timit": ("timit", None),
+    "ptb": ("ptb", None),
+}
+
+#: Presets other than "paper": (task, name) -> (settings, the paper experiment whose rule
+#: settings apply, a description). ``small`` is the classic small word-level PTB model
+#: (the PyTorch word-language-model example's: 2 x 200 LSTM, bptt 35, batch 20, SGD lr 20
+#: divided by 4 when validation stalls, clip 0.25, dropout 0.2, 40 epochs).
+NAMED_PRESETS = {
+    ("ptb", "small"): ({"optimizer": "sgd", "lr": 20.0, "lr_anneal": 4.0, "batch_size": 20, "eval_batch_size": 10,
+                        "epochs": 40, "clip": 0.25, "init": "torch", "hidden_size": 200, "num_layers": 2,
+                        "emb_size": 200, "tied": False, "bptt": 35, "variable_bptt": False, "dropout": 0.2,
+                        "dropouth": 0.2, "dropouti": 0.2, "dropoute": 0.0, "wdrop": 0.0, "ar": 0.0, "tar": 0.0},
+                       "ptb", "2 layers of 200 units, bptt 35, SGD lr 20 (/4 on a stalled validation), dropout 0.2"),
 }
 
 #: Figures the authors published (PAPER.md section 4), shown beside ours by ``report``.
@@ -93,6 +115,23 @@ def published(task: str, model: str, hidden: int | None) -> dict | None:
         if entry["task"] == task and entry["model"] == model and entry["hidden"] in (None, hidden):
             return entry
     return None
+
+
+def named_preset(task: str, name: str, recurrence: str | None, rule: str | None) -> tuple[dict, list[str]]:
+    """Configuration keys and notes of ``--preset NAME`` (not "paper") for a task and model."""
+    if (task, name) not in NAMED_PRESETS:
+        names = ["paper"] + sorted(n for t, n in NAMED_PRESETS if t == task)
+        raise ValueError(f"unknown preset {name!r} for task {task!r}; choose from {', '.join(names)}")
+    settings, experiment, _ = NAMED_PRESETS[task, name]
+    settings, notes = dict(settings), []
+    if rule is not None:
+        rules = PAPER_RULES[experiment]
+        if rule in rules:
+            settings.update(rules[rule])
+            notes.append(f"{rule} settings of the paper's {experiment} experiment")
+        else:
+            notes.append(f"the paper gives no {rule}-rule settings for {experiment}: using the library defaults")
+    return settings, notes
 
 
 def paper_preset(task: str, recurrence: str | None, rule: str | None) -> tuple[dict, list[str]]:

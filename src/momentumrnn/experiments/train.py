@@ -125,12 +125,17 @@ def _optimizer(config: dict, parameters) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(parameters, lr=lr, alpha=config["alpha"], weight_decay=decay)
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+    if name == "ntasgd":
+        from .optim import NTASGD
+        return NTASGD(parameters, lr=lr, weight_decay=decay, nonmono=config.get("nonmono", 5))
     return torch.optim.SGD(parameters, lr=lr, weight_decay=decay)
 
 
 @torch.no_grad()
 def evaluate(model, task, split: str, batch_size: int) -> dict[str, float]:
     """Metrics of ``model`` over a whole split (sums over batches, then one division)."""
+    if hasattr(task, "evaluate_split"):                # tasks that evaluate their own way (ptb: carried state)
+        return task.evaluate_split(model, split, batch_size)
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
@@ -273,11 +278,15 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     task = task_type(config, data_root(config.get("data_dir")), artifacts).to(device)
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
-    model = build_model(config, task.input_size, task.output_size, task.per_step).to(device)
+    model = (task.build_model(config) if hasattr(task, "build_model")    # tasks with their own model (ptb)
+             else build_model(config, task.input_size, task.output_size, task.per_step)).to(device)
     optimizer = build_optimizer(config, model)
     metric, mode = task.selection
     n_train, batch_size = task.size("train"), config["batch_size"]
     steps_per_epoch = max(n_train // batch_size, 1)    # full batches only; the rest differs every epoch
+    # Tasks with their own steps (ptb: bptt chunks with carried state) plan each epoch and
+    # make each step: task.plan_epoch(epoch) -> steps, task.train_step(model, optimizer, position).
+    task_steps = hasattr(task, "train_step")
     print_ = fingerprint(config)
 
     progress = {"step": 0, "epoch": 0, "position": 0, "train_time": 0.0, "window": {}, "window_examples": 0,
@@ -293,6 +302,8 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
         except (ValueError, KeyError) as error:
             raise CheckpointError(f"optimizer state in {checkpoint['path'] / 'state.pt'} does not fit: {error}") from None
         progress, best_state = checkpoint["progress"], checkpoint["best_state"]
+        if hasattr(task, "load_carry_state"):
+            task.load_carry_state(progress.get("task_state"))
         set_rng_state(checkpoint["rng"])
         old = read_run_config(run_dir)
         record = {**old, "config": config, **_environment(device)}
@@ -306,6 +317,8 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_to=progress["metrics_bytes"] if resume else None)
     parameters = count_parameters(model)
+    if task_steps:
+        steps_per_epoch = task.plan_epoch(progress["epoch"])
     say(f"{config['model']} on {config['task']}: {parameters:,} parameters, {n_train:,} training examples, "
         f"{steps_per_epoch} steps per epoch, device {device}")
 
@@ -320,12 +333,15 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     def checkpoint() -> None:
         progress["train_time"] = elapsed()
         progress["metrics_bytes"] = log.offset
+        if hasattr(task, "carry_state"):
+            progress["task_state"] = task.carry_state()
         save_checkpoint(run_dir, model_state=model.state_dict(), best_state=best_state,
                         optimizer_state=optimizer.state_dict(), progress=progress, rng=rng_state(),
                         fingerprint=print_, identity=identity(config))
 
     def validate() -> None:
         nonlocal best_state
+        restore = optimizer.swap_in_average() if hasattr(optimizer, "swap_in_average") else None   # NT-ASGD
         values = evaluate(model, task, "val", config["eval_batch_size"])
         progress["last_eval_step"] = progress["step"]
         best = progress["best"]
@@ -335,6 +351,12 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
         if improved:
             progress["best"] = {"value": value, "step": progress["step"], "epoch": epochs_done(), "metrics": values}
             best_state = _clone_state(model)
+        if restore is not None:
+            restore()
+        if hasattr(optimizer, "observe"):               # NT-ASGD: start averaging when validation stalls
+            optimizer.observe(value if mode == "min" else -value)
+        if hasattr(task, "after_validation"):           # e.g. ptb: anneal the learning rate
+            task.after_validation(improved, optimizer)
         log.write({"split": "val", "epoch": epochs_done(), "step": progress["step"], **values,
                    "best": progress["best"]["value"] if progress["best"] else None, "time": round(elapsed(), 3)})
         best = progress["best"]
@@ -363,6 +385,8 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
                 stop = "epochs"
                 break
             order = epoch_order(config["seed"], progress["epoch"], n_train, device)
+            if task_steps:
+                steps_per_epoch = task.plan_epoch(progress["epoch"])
             bar = _bar(quiet, progress, config, steps_per_epoch, n_train)
             while progress["position"] < steps_per_epoch:
                 if config.get("max_steps") and progress["step"] >= config["max_steps"]:
@@ -374,26 +398,30 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
                 if stop:
                     break
                 started = time.perf_counter()
-                index = order[progress["position"] * batch_size:(progress["position"] + 1) * batch_size]
-                x, y = task.batch("train", index)
-                output = model(x)
-                loss = task.loss(output, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config["clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
-                optimizer.step()
+                if task_steps:
+                    loss, statistics, examples = task.train_step(model, optimizer, progress["position"])
+                else:
+                    index = order[progress["position"] * batch_size:(progress["position"] + 1) * batch_size]
+                    x, y = task.batch("train", index)
+                    output = model(x)
+                    loss = task.loss(output, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config["clip"]:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
+                    optimizer.step()
+                    statistics, examples = task.statistics(output.detach(), y), index.numel()
                 with torch.no_grad():
-                    for name, (total, count) in task.statistics(output.detach(), y).items():
+                    for name, (total, count) in statistics.items():
                         entry = progress["window"].setdefault(name, [0.0, 0])
                         entry[0] += float(total)
                         entry[1] += count
                 progress["step"] += 1
                 progress["position"] += 1
-                progress["window_examples"] += index.numel()
+                progress["window_examples"] += examples
                 progress["window_time"] += time.perf_counter() - started
                 if bar is not None:
-                    bar.update(index.numel())
+                    bar.update(batch_size if task_steps else index.numel())
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if progress["step"] % config["log_every"] == 0:
                     log_train_window()
