@@ -63,6 +63,10 @@ def test_report(tmp_path, capsys):
     assert "lstm (seed 0)" in printed and "lstm (seed 1)" in printed and "μ 0.6, s 0.6" in printed
     png = tmp_path / "report" / "adding_curves.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and "adding_curves.png" in text
+    assert "input-blind baseline (chance level): loss 0.1667" in text
+    # `report runs/*` also matches the report folder: skipped with a warning
+    assert cli("report", *runs, tmp_path / "report", "--out", tmp_path / "report") == 0
+    assert "skipping" in capsys.readouterr().err
 
 
 def test_report_of_a_missing_run(tmp_path, capsys):
