@@ -69,8 +69,29 @@ def test_report(tmp_path, capsys):
     assert "lstm (seed 0)" in printed and "lstm (seed 1)" in printed and "μ 0.6, s 0.6" in printed
     png = tmp_path / "report" / "adding_curves.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and "adding_curves.png" in text
+    assert "input-blind baseline (chance level): loss 0.1667" in text
+    # `report runs/*` also matches the report folder: skipped with a warning
+    assert cli("report", *runs, tmp_path / "report", "--out", tmp_path / "report") == 0
+    assert "skipping" in capsys.readouterr().err
 
 
 def test_report_of_a_missing_run(tmp_path, capsys):
     assert cli("report", tmp_path / "nope", "--out", tmp_path / "report") == 1
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_published_figures_sit_beside_our_runs(tmp_path):
+    from momentumrnn.experiments.presets import published
+    from momentumrnn.experiments.report import table
+
+    assert published("smnist", "lstm", 128)["value"] == "98.90"
+    assert published("timit", "momentum-lstm", 120)["value"] == "7.85"
+    assert published("timit", "momentum-lstm", 84) is None and published("adding", "lstm", 128) is None
+    run = {"dir": tmp_path, "metrics": [],
+           "config": {"task": "smnist", "model": "lstm", "hidden_size": 128, "optimizer": "rmsprop", "lr": 1e-3,
+                      "batch_size": 128, "init": "paper", "seed": 0},
+           "summary": {"parameters": 67850, "selection": {"metric": "accuracy"}, "best_val": 0.5,
+                       "test_at_best_val": 0.25, "best_val_step": 10, "best_val_epoch": 0.1, "steps": 10,
+                       "epochs": 0.1, "wall_time_s": 3.0, "status": "finished"}}
+    row = table([run]).splitlines()[-1]
+    assert "accuracy 50.00%" in row and "25.00%" in row and "98.90" in row and "67,850" in row

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            return _train(args, parser, sys.argv if argv is None else ["momentumrnn", *argv])
+            return _train(args, parser, ["momentumrnn", *(sys.argv[1:] if argv is None else argv)])
         if args.command == "gradients":
             return _gradients(args)
         if args.command == "report":

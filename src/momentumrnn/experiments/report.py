@@ -9,9 +9,11 @@ validation metric against optimizer steps, one line per run). Returns the table.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .presets import published
+from .tasks import TASKS
 
 __all__ = ["load_run", "write_report", "table"]
 
@@ -96,6 +98,10 @@ def plot_task(task: str, runs: list[dict], labels: list[str], path: Path) -> Non
         line, = left.plot([r["step"] for r in train], [r["loss"] for r in train], label=label)
         right.plot([r["step"] for r in val], [r[metric] for r in val], marker="o", markersize=3, label=label,
                    color=line.get_color())
+    baseline = TASKS[task].baseline(runs[0]["config"]) if task in TASKS else {}
+    for axis, name in ((left, "loss"), (right, metric)):
+        if name in baseline:
+            axis.axhline(baseline[name], color="gray", linestyle="--", linewidth=1, label="input-blind baseline")
     left.set(title=f"{task}: training loss", xlabel="optimizer step", ylabel="loss")
     right.set(title=f"{task}: validation {metric}", xlabel="optimizer step", ylabel=metric)
     for axis in (left, right):
@@ -108,7 +114,16 @@ def plot_task(task: str, runs: list[dict], labels: list[str], path: Path) -> Non
 
 def write_report(run_dirs, out_dir) -> str:
     """Write ``report.md`` and one PNG per task into ``out_dir``; return the table."""
-    runs = [load_run(d) for d in run_dirs]
+    runs, skipped = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except FileNotFoundError as error:
+            skipped.append(error)
+    if not runs:
+        raise skipped[0]
+    for error in skipped:                              # e.g. the report folder itself in runs/*
+        print(f"momentumrnn report: skipping {error}", file=sys.stderr)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = table(runs)
@@ -122,7 +137,7 @@ def write_report(run_dirs, out_dir) -> str:
     notes = _notes(runs)
     if notes:
         sections += ["## Notes", "", *notes, ""]
-    (out / "report.md").write_text("\n".join(sections))
+    (out / "report.md").write_text("\n".join(sections) + "\n")
     return text
 
 
@@ -135,6 +150,12 @@ def _notes(runs: list[dict]) -> list[str]:
     if any(published(r["config"]["task"], r["config"]["model"], r["config"]["hidden_size"]) for r in runs):
         notes.append("- *paper*: the figure the authors published (PAPER.md section 4), after full training and "
                      "selected on the test set; it is not comparable to a short run.")
+    for task in sorted({r["config"]["task"] for r in runs}):
+        first = next(r for r in runs if r["config"]["task"] == task)
+        baseline = TASKS[task].baseline(first["config"]) if task in TASKS else {}
+        if baseline:
+            notes.append(f"- {task} input-blind baseline (chance level): "
+                         + ", ".join(f"{k} {_format(k, v)}" for k, v in baseline.items()))
     for run, label in zip(runs, _labels(runs)):
         c = run["config"]
         extras = [f"{k}={c[k]}" for k in ("train_subset", "val_subset", "test_subset", "max_steps", "time_budget")

@@ -19,6 +19,7 @@ Treebank tasks register here in the same way (``TASKS[name] = cls``).
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -67,6 +68,11 @@ class Task:
     def _build(self, artifacts: dict) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def baseline(cls, config: dict) -> dict[str, float]:
+        """Metrics of the best input-blind prediction (chance level), for plots and reports."""
+        return {}
+
     def size(self, split: str) -> int:
         return self.splits[split][0].size(0)
 
@@ -110,6 +116,10 @@ class SMNIST(Task):
             "test": (mnist["test_images"], mnist["test_labels"]),
         }
         self.permutation = None
+
+    @classmethod
+    def baseline(cls, config):
+        return {"loss": math.log(10), "accuracy": 0.1}
 
     def batch(self, split, index):
         images, labels = self.splits[split]
@@ -169,6 +179,11 @@ class Copy(Task):
             symbols = torch.randint(1, 9, (n, self.symbols), generator=generator(self.config["data_seed"], stream))
             self.splits[split] = (symbols,)
 
+    @classmethod
+    def baseline(cls, config):
+        """Blanks where they are certain, a uniform guess over the 8 symbols at recall."""
+        return {"loss": 10 * math.log(8) / (config["delay"] + 20), "accuracy": 1 / 8}
+
     @property
     def length(self) -> int:
         return self.config["delay"] + 2 * self.symbols
@@ -213,6 +228,11 @@ class Adding(Task):
             first = torch.randint(0, half, (n,), generator=g)
             second = torch.randint(half, length, (n,), generator=g)
             self.splits[split] = (values, torch.stack([first, second], 1))
+
+    @classmethod
+    def baseline(cls, config):
+        """Always predicting 1, the mean of the sum: its MSE is the variance 1/6."""
+        return {"loss": 1 / 6}
 
     def batch(self, split, index):
         values, marks = self.splits[split][0][index], self.splits[split][1][index]
