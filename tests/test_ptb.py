@@ -223,3 +223,10 @@ def test_every_model_is_a_language_model_with_weight_drop(name):
     assert all(layer.parametrizations.weight_hh_l0.original.grad is not None for layer in model.layers)
     carried = [rs is not None for _, rs in out.state]
     assert carried == [name not in ("lstm", "gru", "rnn")] * 2
+
+
+@needs_ptb
+def test_input_blind_baseline_is_the_unigram_model():
+    baseline = PTB.baseline(resolve_config("ptb", "lstm", {"data_dir": str(SHARED_DATA)}))
+    assert baseline["perplexity"] == pytest.approx(687.03, abs=0.01)
+    assert baseline["perplexity"] == pytest.approx(math.exp(baseline["loss"]))
