@@ -229,3 +229,10 @@ def test_orthogonal_models_are_refused_with_a_clear_error():
     from momentumrnn.experiments.config import ConfigError, resolve_config
     with pytest.raises(ConfigError, match="the ptb task runs the LSTM, GRU and RNN families, not the orthogonal"):
         resolve_config("ptb", "momentum-dtriv", {}, "small")
+
+
+@needs_ptb
+def test_input_blind_baseline_is_the_unigram_model():
+    baseline = PTB.baseline(resolve_config("ptb", "lstm", {"data_dir": str(SHARED_DATA)}))
+    assert baseline["perplexity"] == pytest.approx(687.03, abs=0.01)
+    assert baseline["perplexity"] == pytest.approx(math.exp(baseline["loss"]))

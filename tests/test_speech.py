@@ -225,3 +225,14 @@ def test_speech_options_are_checked():
     with pytest.raises(ConfigError, match="--bptt does not apply to task 'speech'"):
         resolve_config("speech", "lstm", {"bptt": 10})
     assert isinstance(mrnn.LAYERS["lstm", "momentum"](BINS, 4, momentum=0.0), torch.nn.Module)
+
+
+def test_input_blind_baseline_is_the_training_mean(tmp_path):
+    folder = timit_files(tmp_path / "timit", sizes=(5, 3, 4))
+    config = resolve_config("timit", "lstm", {"data_dir": str(tmp_path)})
+    z, lens = np.load(folder / "train_z.npy"), np.load(folder / "lens_train.npy")
+    mean = np.concatenate([z[i, :n] for i, n in enumerate(lens)]).mean(0)
+    z, lens = np.load(folder / "eval_z.npy"), np.load(folder / "lens_eval.npy")
+    expected = np.mean((np.concatenate([z[i, :n] for i, n in enumerate(lens)]) - mean) ** 2)
+    assert TASKS["timit"].baseline(config)["loss"] == pytest.approx(expected, rel=1e-5)
+    assert TASKS["timit"].baseline({**config, "data_dir": str(tmp_path / "nothing")}) == {}

@@ -44,7 +44,7 @@ from torch.nn.utils import parametrize
 from .. import LAYERS
 from ..initialization import initialize
 from ..state import RuleState
-from .data import DataError
+from .data import DataError, data_root
 from .models import _TORCH_LAYERS, model_spec, rule_hyperparameters
 from .tasks import TASKS, Task, generator
 
@@ -269,6 +269,18 @@ class PTB(Task):
     def to(self, device):
         self._columns = {}
         return super().to(device)
+
+    @classmethod
+    def baseline(cls, config: dict) -> dict[str, float]:
+        """Input-blind prediction: the training unigram distribution at every step; its
+        validation loss and perplexity ({} when the data cannot be read)."""
+        try:
+            data = load_ptb(data_root(config.get("data_dir")))
+        except (DataError, OSError):
+            return {}
+        counts = torch.bincount(data["train"], minlength=len(data["vocabulary"])).double()
+        loss = float(-(counts / counts.sum()).log()[data["valid"]].mean())
+        return {"loss": loss, "perplexity": math.exp(loss)}
 
     # -- hooks of train.train
     def build_model(self, config: dict) -> nn.Module:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .data import DataError
+from .data import DataError, data_root
 from .tasks import TASKS, Task, generator
 
 __all__ = ["Speech", "TIMIT", "read_wav", "log_spectrogram", "fsdd_features", "SAMPLE_RATE", "N_FFT", "HOP",
@@ -171,6 +171,26 @@ class _FrameTask(Task):
         self.inputs = {k: v.to(device) for k, v in self.inputs.items()}
         self.targets = {k: v.to(device) for k, v in self.targets.items()}
         return super().to(device)
+
+    @classmethod
+    def baseline(cls, config: dict) -> dict[str, float]:
+        """Input-blind prediction: each bin's training mean at every step; its validation MSE
+        (computed from the data; {} when the data cannot be read)."""
+        try:
+            task = cls(config, data_root(config.get("data_dir")))
+        except (DataError, OSError, ValueError):
+            return {}
+        return {"loss": task.constant_mse("val")}
+
+    def rows(self, split: str) -> Tensor:
+        """Indices of the split's frames in the flat stores (after subsets)."""
+        lengths, offsets = self.splits[split]
+        return torch.cat([torch.arange(int(o), int(o) + int(n)) for o, n in zip(offsets, lengths)])
+
+    def constant_mse(self, split: str) -> float:
+        """MSE on ``split`` of predicting each bin's mean over the training targets."""
+        mean = self.targets["train"][self.rows("train")].mean(0)
+        return float((self.targets[split][self.rows(split)] - mean).pow(2).mean())
 
     def frames(self, split: str) -> int:
         """Valid frames of a split (after subsets)."""
