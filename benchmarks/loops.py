@@ -92,7 +92,7 @@ def main(argv=None):
         x = torch.randn(T, B, H)
         weight = lstm.weight_hh_l0.detach().clone().requires_grad_()
         bias = lstm.bias_hh_l0.detach().clone().requires_grad_()
-        h0 = torch.zeros(B, H)
+        h0 = torch.zeros(B, H, requires_grad=True)     # the same requires_grad at every step (compile's guards)
         d = drive.clone().requires_grad_()
         runs = {
             "torch": lambda: lstm(x)[0],
