@@ -161,7 +161,7 @@ class _AdditiveLoop(torch.autograd.Function):
         gates = weight_hh.size(0)
         factors = acts.factors(outs)
         d_pre = outs.new_empty(time, batch, gates)
-        d_terms = d_pre if not nesterov else outs.new_empty(time, batch, gates)
+        d_terms = d_pre                        # nesterov: d_pre[t] is overwritten once used
         dh = grad_out[time - 1] + grad_h
         dc = (grad_c if grad_c is not None else outs.new_zeros(batch, hidden)) if lstm else None
         if nesterov:
@@ -174,11 +174,11 @@ class _AdditiveLoop(torch.autograd.Function):
             if nesterov:
                 total = torch.addcmul(passed, d_pre[t], one_plus[t])       # the gradient reaching v_t
                 if keep is None:
-                    d_terms[t] = total
                     passed = d_pre[t] * minus[t]
+                    d_terms[t] = total
                 else:
-                    torch.mul(total, keep, out=d_terms[t])
                     passed = torch.where(keep, d_pre[t] * minus[t], total)
+                    torch.mul(total, keep, out=d_terms[t])
             held = None if keep is None else torch.where(keep, 0.0, dh)
             if t > 0:
                 dh = torch.addmm(grad_out[t - 1], d_terms[t], weight_hh)
@@ -200,13 +200,13 @@ class _GRULoop(torch.autograd.Function):
         time, batch, gates = drive.shape
         H = h0.size(-1)
         outs = drive.new_empty(time, batch, H)
-        recurrent = drive.new_empty(time, batch, gates)          # U h_{t-1} + b_hh
+        rec = drive.new_empty(batch, gates)                      # U h_{t-1} + b_hh of one step
+        recurrent_n = drive.new_empty(time, batch, H)            # its candidate part, for the backward
         gate = drive.new_empty(time, batch, 2 * H)               # reset, update
         new = drive.new_empty(time, batch, H)                    # candidate n
         u_t = weight_hh.t()
         h_prev = h0
         for t in range(time):
-            rec = recurrent[t]
             if bias_hh is None:
                 torch.mm(h_prev, u_t, out=rec)
             else:
@@ -217,6 +217,7 @@ class _GRULoop(torch.autograd.Function):
             n = new[t]
             torch.addcmul(drive[t, :, 2 * H:], g[:, :H], rec[:, 2 * H:], out=n)
             n.tanh_()
+            recurrent_n[t] = rec[:, 2 * H:]
             h = outs[t]
             torch.sub(h_prev, n, out=h)
             torch.addcmul(n, g[:, H:], h, out=h)                 # n + z (h_{t-1} - n), as torch
@@ -224,19 +225,19 @@ class _GRULoop(torch.autograd.Function):
             if keep is not None:
                 torch.where(keep, h, h_prev, out=h)
             h_prev = h
-        ctx.save_for_backward(outs, h0, recurrent, gate, new, weight_hh, mask)
+        ctx.save_for_backward(outs, h0, recurrent_n, gate, new, weight_hh, mask)
         ctx.has_bias = bias_hh is not None
         return outs, outs[time - 1].clone()
 
     @staticmethod
     def backward(ctx, grad_out, grad_h):
-        outs, h0, recurrent, gate, new, weight_hh, mask = ctx.saved_tensors
+        outs, h0, recurrent_n, gate, new, weight_hh, mask = ctx.saved_tensors
         time, batch, H = grad_out.shape
         previous = _previous(outs, h0)
         reset, update = gate.split(H, dim=-1)
         to_n = (1.0 - update) * (1.0 - new * new)                        # dh -> d(drive_n)
         to_z = (previous - new) * (update * (1.0 - update))              # dh -> d(drive_z)
-        to_r = recurrent[..., 2 * H:] * (reset * (1.0 - reset))          # d(drive_n) -> d(drive_r)
+        to_r = recurrent_n * (reset * (1.0 - reset))                     # d(drive_n) -> d(drive_r)
         d_drive = grad_out.new_empty(time, batch, 3 * H)
         d_rec = grad_out.new_empty(time, batch, 3 * H)
         dh = grad_out[time - 1] + grad_h

@@ -162,68 +162,98 @@ def _matmul(a: Tensor, constant: bool, x: Tensor, initial: Tensor | None, block:
     return _carry(local, prefix, initial).reshape(length, batch, features)[:time]
 
 
+def _time_chunks(time: int, width: int):
+    """Chunks of time steps of about 2^18 elements (1 MB in float32: they stay in cache),
+    and at least 8 steps (fewer ops)."""
+    size = max(8, min(time, (1 << 18) // max(width, 1)))
+    return [(start, min(start + size, time)) for start in range(0, time, size)]
+
+
 class _AdamScan(torch.autograd.Function):
-    """Adam's drive of all steps, ``v_t = mu v_{t-1} + s u_t``, ``m_t = beta m_{t-1} +
-    (1 - beta) u_t^2``, ``d_t = v_t / sqrt(m_t + eps)``, one time step per iteration on
-    (B, G) slices that stay in cache; the backward runs the adjoint recurrences
-    ``Gv_t = dd_t / q_t + mu Gv_{t+1}``, ``Gm_t = -dd_t d_t / (2 q_t^2) + beta Gm_{t+1}``,
-    ``du_t = s Gv_t + 2 (1 - beta) u_t Gm_t`` with ``q_t = sqrt(m_t + eps)``."""
+    """Adam's drive of all steps: ``v_t = mu v_{t-1} + s u_t``, ``m_t = beta m_{t-1} +
+    (1 - beta) u_t^2``, ``d_t = v_t / sqrt(m_t + eps)``.
+
+    Time runs in chunks that stay in cache: in each chunk the two recurrences take one op
+    per step and everything elementwise is one op over the chunk. Only ``u`` and the state
+    entering each chunk are kept for the backward, which recomputes a chunk's ``v`` and
+    ``m`` and runs the adjoint recurrences the same way: ``Gv_t = dd_t / q_t + mu Gv_{t+1}``,
+    ``Gm_t = -dd_t d_t / (2 q_t^2) + beta Gm_{t+1}``, ``du_t = s Gv_t + 2 (1 - beta) u_t Gm_t``
+    (``q_t = sqrt(m_t + eps)``)."""
+
+    @staticmethod
+    def _chunk(u, v_prev, m_prev, momentum, step_size, beta, moving, v, m):
+        """v and m of one chunk of steps into the buffers ``v``, ``m``."""
+        torch.mul(u, step_size, out=v)
+        torch.mul(u, u, out=m)
+        m.mul_(1.0 - beta)
+        for t in range(u.size(0)):
+            if moving:
+                v[t].addcmul_(v_prev, momentum)
+            m[t].add_(m_prev, alpha=beta)
+            v_prev, m_prev = v[t], m[t]
 
     @staticmethod
     def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, moving):
         time = u.size(0)
-        velocity = torch.empty_like(u)
-        root = torch.empty_like(u)                 # q_t = sqrt(m_t + eps)
+        chunks = _time_chunks(time, u[0].numel())
         drive = torch.empty_like(u)
-        m_prev, m_next, spare = m0, torch.empty_like(m0), torch.empty_like(m0)   # m0 is never written
-        v_prev = v0
-        for t in range(time):
-            v = velocity[t]
-            torch.mul(u[t], step_size, out=v)
-            if moving:
-                v.addcmul_(v_prev, momentum)
-            torch.mul(u[t], u[t], out=m_next)
-            m_next.mul_(1.0 - beta).add_(m_prev, alpha=beta)
-            q = root[t]
-            torch.add(m_next, eps, out=q)
-            q.sqrt_()
-            torch.div(v, q, out=drive[t])
-            v_prev = v
-            m_prev, m_next = m_next, (spare if t == 0 else m_prev)
-        need_mu = moving and ctx.needs_input_grad[3]
-        ctx.save_for_backward(u, v0 if need_mu else None, velocity if need_mu else None, root, drive,
-                              momentum, step_size)
-        ctx.beta, ctx.moving = beta, moving
-        return drive, velocity[time - 1].clone(), m_prev.clone()
+        size = chunks[0][1]
+        v_buffer, m_buffer = u.new_empty(size, *u.shape[1:]), u.new_empty(size, *u.shape[1:])
+        entering = []
+        v_prev, m_prev = v0, m0
+        for start, stop in chunks:
+            entering.append((v_prev, m_prev))
+            v, m = v_buffer[:stop - start], m_buffer[:stop - start]
+            _AdamScan._chunk(u[start:stop], v_prev, m_prev, momentum, step_size, beta, moving, v, m)
+            v_prev, m_prev = v[-1].clone(), m[-1].clone()
+            m.add_(eps).sqrt_()
+            torch.div(v, m, out=drive[start:stop])
+        ctx.save_for_backward(u, momentum, step_size, *[t for pair in entering for t in pair])
+        ctx.beta, ctx.eps, ctx.moving, ctx.chunks = beta, eps, moving, chunks
+        return drive, v_prev, m_prev
 
     @staticmethod
     def backward(ctx, grad_drive, grad_v, grad_m):
-        u, v0, velocity, root, drive, momentum, step_size = ctx.saved_tensors
-        beta, moving = ctx.beta, ctx.moving
+        u, momentum, step_size, *entering = ctx.saved_tensors
+        beta, eps, moving, chunks = ctx.beta, ctx.eps, ctx.moving, ctx.chunks
         need_mu, need_s = moving and ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        d_mu = d_s = None
         d_u = torch.empty_like(u)
-        a, b = torch.empty_like(grad_v), torch.empty_like(grad_v)
-        acc_mu = torch.zeros_like(grad_v) if need_mu else None
-        acc_s = torch.zeros_like(grad_v) if need_s else None
-        to_v, to_m = grad_v, grad_m           # the gradients reaching v_t, m_t from later steps
-        for t in range(u.size(0) - 1, -1, -1):
-            torch.div(grad_drive[t], root[t], out=a)                # dd_t / q_t
-            gv = a + to_v if moving or t == u.size(0) - 1 else a
-            torch.mul(a, drive[t], out=b)
-            b.div_(root[t])
-            gm = torch.add(to_m, b, alpha=-0.5)                     # - dd_t d_t / (2 q_t^2) + ...
-            du = d_u[t]
-            torch.mul(gm, u[t], out=du)
+        size = chunks[0][1]
+        v_buffer, q_buffer = u.new_empty(size, *u.shape[1:]), u.new_empty(size, *u.shape[1:])
+        to_v, to_m = grad_v, grad_m            # the gradients reaching v_t, m_t from later steps
+        for index in range(len(chunks) - 1, -1, -1):
+            start, stop = chunks[index]
+            v_prev, m_prev = entering[2 * index], entering[2 * index + 1]
+            uc = u[start:stop]
+            v, q = v_buffer[:stop - start], q_buffer[:stop - start]
+            _AdamScan._chunk(uc, v_prev, m_prev, momentum, step_size, beta, moving, v, q)
+            q.add_(eps).sqrt_()
+            gv = torch.div(grad_drive[start:stop], q)                   # dd_t / q_t
+            gm = torch.div(gv, q).mul_(v).div_(q).mul_(-0.5)            # -dd_t d_t / (2 q_t^2)
+            last = stop - start - 1
+            if to_v is not None:
+                gv[last].add_(to_v)
+            gm[last].add_(to_m)
+            for t in range(last - 1, -1, -1):
+                if moving:
+                    gv[t].addcmul_(gv[t + 1], momentum)
+                gm[t].add_(gm[t + 1], alpha=beta)
+            to_v = gv[0] * momentum if moving else None
+            to_m = gm[0] * beta
+            du = d_u[start:stop]
+            torch.mul(gm, uc, out=du)
             du.mul_(2.0 * (1.0 - beta)).addcmul_(gv, step_size)
-            if need_mu:
-                acc_mu.addcmul_(gv, velocity[t - 1] if t > 0 else v0)
             if need_s:
-                acc_s.addcmul_(gv, u[t])
-            to_v = gv * momentum if moving else None
-            to_m = gm * beta
+                part = torch.dot(gv.reshape(-1), uc.reshape(-1))
+                d_s = part if d_s is None else d_s + part
+            if need_mu:                                                 # sum_t Gv_t . v_{t-1}
+                part = torch.dot(gv[0].reshape(-1), v_prev.reshape(-1))
+                if last > 0:
+                    part = part + torch.dot(gv[1:].reshape(-1), v[:-1].reshape(-1))
+                d_mu = part if d_mu is None else d_mu + part
         d_v0 = to_v if moving else torch.zeros_like(grad_v)
-        return (d_u, d_v0, to_m, acc_mu.sum() if need_mu else None, acc_s.sum() if need_s else None,
-                None, None, None)
+        return d_u, d_v0, to_m, d_mu, d_s, None, None, None
 
 
 def adam_scan(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: float, eps: float):

@@ -1,0 +1,331 @@
+"""Every momentumrnn layer against torch's fused layer and against the per-step reference.
+
+For each shape (T, batch, input, hidden) and each of the 14 layers (paper's default
+hyperparameters, one layer, unidirectional), times forward+backward and forward-only
+(median of ``--repeats`` runs after one warm-up; the layer and torch's layer of the same
+recurrence run alternately, so their ratio is measured side by side) and peak memory of
+one forward+backward, for the layer's default path (``impl="auto"``), torch's fused layer
+(``torch.nn.LSTM``/``GRU``/``RNN``) and ``impl="reference"``. Writes a Markdown table and
+JSON with the machine's description to ``--out`` (default ``benchmarks/results/``)::
+
+    PYTHONPATH=src python benchmarks/layers.py              # full: the issue's shapes
+    PYTHONPATH=src python benchmarks/layers.py --quick      # smaller shapes, < 2 minutes
+    PYTHONPATH=src python benchmarks/layers.py --device cpu,cuda --threads 1
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the allocations the
+profiler records during one forward+backward (tensors that exist before, such as the
+weights and the input, are not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import momentumrnn as mrnn
+
+FULL_SHAPES = [  # name, (T, batch, input, hidden)
+    ("pixel MNIST, H=128", (784, 128, 1, 128)),
+    ("pixel MNIST, H=256", (784, 128, 1, 256)),
+    ("TIMIT-like", (200, 32, 129, 158)),
+    ("PTB small", (35, 20, 200, 200)),
+    ("PTB large", (70, 20, 400, 1150)),
+]
+QUICK_SHAPES = [
+    ("pixel MNIST, short", (196, 32, 1, 64)),
+    ("TIMIT-like, small", (100, 16, 129, 64)),
+    ("PTB small", (35, 20, 200, 200)),
+]
+TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+ORDER = ["momentum", "restart", "adam", "rmsprop", "nesterov"]
+LAYERS = sorted(mrnn.LAYERS.items(), key=lambda item: (["lstm", "gru", "rnn"].index(item[0][0]),
+                                                      ORDER.index(item[0][1])))
+#: The issue's targets: ratio of f+b time to torch's fused layer, per layer name.
+TIME_TARGETS = {"MomentumLSTM": 1.10, "MomentumGRU": 1.10, "MomentumRNN": 1.10,
+                "AdamLSTM": 1.6, "RMSPropLSTM": 1.6, "NesterovLSTM": 2.0}
+SPEEDUP_SHAPES = ("TIMIT-like", "PTB small")
+MEMORY_TARGET = 1.3
+
+
+def machine(devices, threads):
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": threads,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+        "devices": devices,
+    }
+    try:
+        info["load_average_at_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_backward(module, x):
+    def run():
+        module.zero_grad(set_to_none=True)
+        output = module(x)[0]
+        output.sum().backward()
+    return run
+
+
+def forward_only(module, x):
+    def run():
+        with torch.no_grad():
+            module(x)
+    return run
+
+
+def timed(run, device):
+    synchronize(device)
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def side_by_side(runs, repeats, device):
+    """Median seconds of each run, alternating between them, after one warm-up each."""
+    for run in runs:
+        run()
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            times[i].append(timed(run, device))
+    return [statistics.median(t) for t in times]
+
+
+def peak_memory(run, device):
+    """Peak bytes allocated during ``run`` (beyond what was allocated before), or None."""
+    run()                                   # warm: gradients exist, lazy init done
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        current = peak = 0
+        for event in events:
+            current += event.nbytes()
+            peak = max(peak, current)
+        return peak
+    except Exception:                       # the profiler's event API is not public
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler's C++ side logs each start and stop on file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def reference_repeats(shape, repeats, quick):
+    T, B, I, H = shape
+    if quick:
+        return 1
+    return 1 if T >= 200 or H >= 1000 else min(repeats, 3)
+
+
+def benchmark_shape(name, shape, device, repeats, quick, layers, log):
+    T, B, I, H = shape
+    dtype = torch.float32
+    torch.manual_seed(0)
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
+    rows = []
+    for (kind, rule), cls in layers:
+        torch.manual_seed(0)
+        fast = cls(I, H, device=device, dtype=dtype)
+        ref = cls(I, H, device=device, dtype=dtype, impl="reference")
+        ref.load_state_dict(fast.state_dict())
+        theirs = TORCH[kind](I, H, device=device, dtype=dtype)
+        fb_fast, fb_torch = side_by_side([forward_backward(fast, x), forward_backward(theirs, x)], repeats, device)
+        fwd_fast, fwd_torch = side_by_side([forward_only(fast, x), forward_only(theirs, x)], repeats, device)
+        n_ref = reference_repeats(shape, repeats, quick)
+        fb_ref, = side_by_side([forward_backward(ref, x)], n_ref, device)
+        fwd_ref, = side_by_side([forward_only(ref, x)], n_ref, device)
+        mem = {"fast": peak_memory(forward_backward(fast, x), device),
+               "torch": peak_memory(forward_backward(theirs, x), device),
+               "reference": peak_memory(forward_backward(ref, x), device)}
+        row = {
+            "shape": name, "T": T, "batch": B, "input": I, "hidden": H,
+            "layer": cls.__name__, "path": fast.path, "torch_layer": TORCH[kind].__name__,
+            "fb_ms": {"fast": fb_fast * 1e3, "torch": fb_torch * 1e3, "reference": fb_ref * 1e3},
+            "fwd_ms": {"fast": fwd_fast * 1e3, "torch": fwd_torch * 1e3, "reference": fwd_ref * 1e3},
+            "peak_mib": {k: (None if v is None else v / 2 ** 20) for k, v in mem.items()},
+            "ratio_fb": fb_fast / fb_torch, "ratio_fwd": fwd_fast / fwd_torch,
+            "speedup_fb": fb_ref / fb_fast, "speedup_fwd": fwd_ref / fwd_fast,
+            "memory_ratio": None if not mem["fast"] or not mem["torch"] else mem["fast"] / mem["torch"],
+            "repeats": repeats, "reference_repeats": n_ref,
+        }
+        rows.append(row)
+        log(f"  {row['layer']:13s} {row['path']:6s} f+b {row['fb_ms']['fast']:9.1f} ms  x{row['ratio_fb']:.2f} "
+            f"torch  fwd x{row['ratio_fwd']:.2f}  {row['speedup_fb']:.1f}x faster than reference  "
+            f"memory x{row['memory_ratio'] or float('nan'):.2f}")
+    return rows
+
+
+def evaluate_targets(rows, quick):
+    """The issue's targets, met or not, per row that they apply to."""
+    checks = []
+    for row in rows:
+        where = f"{row['layer']} @ {row['shape']} ({row['device']})"
+        target = TIME_TARGETS.get(row["layer"])
+        if target is not None:
+            checks.append({"target": f"f+b time / torch <= {target}", "where": where,
+                           "value": row["ratio_fb"], "met": row["ratio_fb"] <= target})
+        if row["shape"] in SPEEDUP_SHAPES or quick:
+            checks.append({"target": "f+b at least 2x faster than the reference", "where": where,
+                           "value": row["speedup_fb"], "met": row["speedup_fb"] >= 2.0})
+        if row["memory_ratio"] is not None:
+            checks.append({"target": f"peak memory / torch <= {MEMORY_TARGET}", "where": where,
+                           "value": row["memory_ratio"], "met": row["memory_ratio"] <= MEMORY_TARGET})
+    return checks
+
+
+def markdown(report):
+    m = report["machine"]
+    lines = [f"# momentumrnn benchmark ({report['mode']} mode)", "",
+             f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
+             f"Machine: {m['cpu']}, {m['cpu_cores']} CPU cores, torch {m['torch']} with {m['torch_threads']} "
+             f"thread(s), GPUs: {', '.join(m['cuda']) or 'none'}; devices benchmarked: {', '.join(m['devices'])}  ",
+             f"Load average at start: {m.get('load_average_at_start')}", "",
+             f"Median of {report['settings']['repeats']} runs after one warm-up; the layer and torch's layer "
+             "alternate, so each ratio is measured side by side. f+b = forward+backward of `output.sum()`. "
+             "Reference = `impl=\"reference\"` (per-step cells), "
+             f"{report['settings']['reference_repeats_note']}. Peak memory: one forward+backward.", ""]
+    for device in report["machine"]["devices"]:
+        for shape in dict.fromkeys(r["shape"] for r in report["results"] if r["device"] == device):
+            rows = [r for r in report["results"] if r["device"] == device and r["shape"] == shape]
+            T, B, I, H = (rows[0][k] for k in ("T", "batch", "input", "hidden"))
+            lines += [f"## {shape}: T={T}, batch={B}, input={I}, hidden={H} ({device})", "",
+                      "| layer | path | f+b ms | f+b / torch | fwd ms | fwd / torch | f+b ms reference | "
+                      "speedup vs reference (f+b / fwd) | peak MiB (torch) | memory / torch |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in rows:
+                peak, peak_torch = r["peak_mib"]["fast"], r["peak_mib"]["torch"]
+                mem = f"{peak:.1f} ({peak_torch:.1f})" if peak is not None and peak_torch is not None else "n/a"
+                ratio = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] is not None else "n/a"
+                lines.append(
+                    f"| {r['layer']} | {r['path']} | {r['fb_ms']['fast']:.1f} | **{r['ratio_fb']:.2f}** | "
+                    f"{r['fwd_ms']['fast']:.1f} | {r['ratio_fwd']:.2f} | {r['fb_ms']['reference']:.0f} | "
+                    f"{r['speedup_fb']:.1f}x / {r['speedup_fwd']:.1f}x | {mem} | {ratio} |")
+            lines.append("")
+    checks = report["targets"]
+    missed = [c for c in checks if not c["met"]]
+    lines += ["## Targets", "",
+              f"{len(checks) - len(missed)} of {len(checks)} checks met.", ""]
+    if missed:
+        lines += ["| target | where | value |", "|---|---|---:|"]
+        lines += [f"| {c['target']} | {c['where']} | {c['value']:.2f} |" for c in missed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats (< 2 minutes)")
+    parser.add_argument("--shape", action="append", default=None, metavar="T,B,I,H",
+                        help="benchmark this shape instead (repeatable)")
+    parser.add_argument("--layers", default=None, help="comma-separated layer names (default: all 14)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or both as 'cpu,cuda' (auto: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (5; quick: 3)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--name", default=None, help="file name stem (default: layers or layers-quick)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 5)
+    if args.device == "auto":
+        devices = ["cuda"] if torch.cuda.is_available() else ["cpu"]
+    else:
+        devices = args.device.split(",")
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    if args.shape:
+        shapes = [(f"custom {s}", tuple(int(v) for v in s.split(","))) for s in args.shape]
+    layers = LAYERS
+    if args.layers:
+        wanted = args.layers.split(",")
+        layers = [item for item in LAYERS if item[1].__name__ in wanted]
+    mode = "quick" if args.quick else "full"
+    command = "PYTHONPATH=src python benchmarks/layers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = {"mode": mode, "command": command.strip(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": machine(devices, torch.get_num_threads()),
+              "settings": {"repeats": repeats, "warmup": 1, "dtype": "float32",
+                           "reference_repeats_note": "1 timed run at quick mode and at T >= 200 or hidden >= 1000, "
+                                                     f"else {min(repeats, 3)}"},
+              "results": []}
+    started = time.perf_counter()
+    for device_name in devices:
+        device = torch.device(device_name)
+        for name, shape in shapes:
+            print(f"{name} {shape} on {device_name}", flush=True)
+            rows = benchmark_shape(name, shape, device, repeats, args.quick or bool(args.shape), layers,
+                                   lambda line: print(line, flush=True))
+            for row in rows:
+                row["device"] = device_name
+            report["results"] += rows
+    report["seconds"] = time.perf_counter() - started
+    try:
+        report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    report["targets"] = evaluate_targets(report["results"], args.quick or bool(args.shape))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or ("layers-quick" if args.quick else "layers")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown(report) + "\n")
+    print(f"wrote {out / stem}.md and .json in {report['seconds']:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

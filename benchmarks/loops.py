@@ -1,0 +1,141 @@
+"""Which per-step loop is tightest? The LSTM recurrence over a precomputed drive.
+
+What the Adam/RMSProp/Nesterov layers must run step by step: ``gates_t = d_t + U h_{t-1} +
+b``, then the LSTM cell. Times forward and forward+backward (median of ``--repeats`` after
+one warm-up) of:
+
+* ``autograd``: a Python loop of eager ops, recorded by autograd op by op;
+* ``function``: ``momentumrnn.loops.lstm_loop``, the loop with a hand-written backward
+  (preallocated buffers, factors of the backward precomputed for all steps, dU as one GEMM);
+* ``compile``: the step function under ``torch.compile`` (inductor; fused C++ pointwise
+  kernels on the CPU), looped in Python, autograd through the compiled step; its one-time
+  compile cost is reported apart;
+* ``torchscript``: the whole loop under ``torch.jit.script`` (deprecated in torch 2.13),
+  autograd through the scripted graph;
+* ``torch``: ``torch.nn.LSTM`` for scale (it also does the input GEMM, the others do not).
+
+    PYTHONPATH=src python benchmarks/loops.py [--quick] [--threads N] [--methods a,b,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+from momentumrnn.loops import lstm_loop
+
+SHAPES = [("TIMIT-like", (200, 32, 158)), ("PTB small", (35, 20, 200)), ("pixel MNIST", (784, 128, 128))]
+QUICK = [("tiny", (20, 4, 8))]
+METHODS = ("torch", "autograd", "function", "torchscript", "compile")
+
+
+def step(d, h, c, weight_t, bias):
+    gates = d + torch.addmm(bias, h, weight_t)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def autograd_loop(d, h, c, weight, bias, step_fn=step):
+    weight_t = weight.t()
+    outs = []
+    for t in range(d.size(0)):
+        h, c = step_fn(d[t], h, c, weight_t, bias)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def scripted_loop(d, h, c, weight, bias):
+    weight_t = weight.t()
+    outs = []
+    for t in range(d.size(0)):
+        gates = d[t] + torch.addmm(bias, h, weight_t)
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = args.methods.split(",")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms, forward / forward+backward "
+          "(ratio to torch.nn.LSTM f+b)")
+    print("| shape (T, B, H) | " + " | ".join(methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    compile_seconds = {}
+    for name, (T, B, H) in QUICK if args.quick else SHAPES:
+        torch.manual_seed(0)
+        lstm = torch.nn.LSTM(H, H)
+        drive = torch.randn(T, B, 4 * H) * 0.5
+        x = torch.randn(T, B, H)
+        weight = lstm.weight_hh_l0.detach().clone().requires_grad_()
+        bias = lstm.bias_hh_l0.detach().clone().requires_grad_()
+        h0 = torch.zeros(B, H, requires_grad=True)     # the same requires_grad at every step (compile's guards)
+        d = drive.clone().requires_grad_()
+        runs = {
+            "torch": lambda: lstm(x)[0],
+            "autograd": lambda: autograd_loop(d, h0, h0, weight, bias),
+            "function": lambda: lstm_loop(d + bias, h0, h0, weight)[0],
+        }
+        if "torchscript" in methods:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")          # deprecated in torch 2.13
+                try:
+                    scripted = torch.jit.script(scripted_loop)
+                    runs["torchscript"] = lambda: scripted(d, h0, h0, weight, bias)
+                except Exception as error:               # noqa: BLE001 - reported, not raised
+                    print(f"torchscript unavailable: {type(error).__name__}: {error}")
+        if "compile" in methods:
+            compiled = torch.compile(step, dynamic=False)
+            start = time.perf_counter()
+            autograd_loop(d, h0, h0, weight, bias, compiled).sum().backward()
+            compile_seconds[name] = time.perf_counter() - start
+            runs["compile"] = lambda: autograd_loop(d, h0, h0, weight, bias, compiled)
+        cells, base = [], None
+        for method in methods:
+            if method not in runs:
+                cells.append("n/a")
+                continue
+            run = runs[method]
+
+            def forward():
+                with torch.no_grad():
+                    run()
+
+            def both():
+                run().sum().backward()
+
+            forward(), both()
+            f, fb = median_time(forward, args.repeats), median_time(both, args.repeats)
+            base = fb if method == "torch" else base
+            ratio = f" ({fb / base:.2f})" if base else ""
+            cells.append(f"{f * 1e3:.1f} / {fb * 1e3:.1f}{ratio}")
+        print(f"| {name} ({T}, {B}, {H}) | " + " | ".join(cells) + " |", flush=True)
+    for name, seconds in compile_seconds.items():
+        print(f"torch.compile: first call (compilation) at {name}: {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

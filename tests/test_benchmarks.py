@@ -1,0 +1,57 @@
+"""Smoke run of the benchmark scripts' quick mode on tiny shapes: the files are written and
+well-formed. Nothing is timed or compared here (CI machines are too noisy for that)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+import momentumrnn as mrnn
+
+BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layers_quick_mode_writes_markdown_and_json(tmp_path):
+    layers = load("layers")
+    layers.main(["--quick", "--shape", "5,2,3,4", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "layers-quick.json").read_text())
+    assert report["mode"] == "quick"
+    assert {"cpu", "cpu_cores", "torch", "torch_threads", "platform"} <= set(report["machine"])
+    rows = report["results"]
+    assert sorted(r["layer"] for r in rows) == sorted(c.__name__ for c in mrnn.LAYERS.values())
+    for row in rows:
+        assert row["path"] in ("fused", "loop")
+        for timing in ("fb_ms", "fwd_ms"):
+            assert set(row[timing]) == {"fast", "torch", "reference"}
+            assert all(v > 0 for v in row[timing].values())
+        assert row["ratio_fb"] > 0 and row["speedup_fb"] > 0
+    assert report["targets"] and all({"target", "where", "value", "met"} <= set(c) for c in report["targets"])
+    text = (tmp_path / "layers-quick.md").read_text()
+    assert "| MomentumLSTM | fused |" in text and "## Targets" in text
+
+
+def test_scan_quick_mode_prints_a_table(capsys):
+    load("scan").main(["--quick", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("| shape (T, B, F) | mu |")
+    assert len([line for line in lines if line.startswith("| short") or line.startswith("| long")]) == 4
+
+
+@pytest.mark.parametrize("name", ["layers", "scan", "loops"])
+def test_benchmark_scripts_have_a_quick_mode(name):
+    assert "--quick" in (BENCHMARKS / f"{name}.py").read_text()
+
+
+def test_loops_quick_mode_prints_a_table(capsys):
+    load("loops").main(["--quick", "--repeats", "1", "--methods", "torch,autograd,function"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "| shape (T, B, H) | torch | autograd | function |"
+    assert lines[3].startswith("| tiny (20, 4, 8) |")

@@ -1,0 +1,236 @@
+"""Every fast path equals the per-step reference (impl="reference"), values and gradients.
+
+Tolerances: float64 ``atol=1e-10, rtol=1e-9`` (the paths sum the same terms in another
+order: the observed differences are ~1e-15); float32 ``atol=1e-5, rtol=1e-4``.
+"""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import momentumrnn as mrnn
+from conftest import ACTIVE, LAYER_KEYS, layer_id
+
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
+FUSED_KEYS = [k for k in LAYER_KEYS if mrnn.LAYERS[k].rule_type.commutes_with_input_weights]
+PATHS = [(key, impl) for key in LAYER_KEYS for impl in ("loop", "fused")
+         if impl == "loop" or key in FUSED_KEYS]
+
+
+def path_id(item):
+    key, impl = item
+    return f"{mrnn.LAYERS[key].__name__}-{impl}"
+
+
+def pair(key, impl, *args, dtype=torch.float64, hp=None, **kwargs):
+    """The same layer twice: ``impl`` and the reference, with biases made visible."""
+    hp = ACTIVE[key[1]] if hp is None else hp
+    ref = mrnn.LAYERS[key](*args, dtype=dtype, impl="reference", **hp, **kwargs)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    fast = mrnn.LAYERS[key](*args, dtype=dtype, impl=impl, **hp, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+def tensors(result):
+    """The floating tensors of a layer's result, flattened (PackedSequence -> data)."""
+    out = []
+    for item in result:
+        if isinstance(item, torch.nn.utils.rnn.PackedSequence):
+            out.append(item.data)
+        elif isinstance(item, tuple):
+            out += tensors(item)
+        elif isinstance(item, torch.Tensor) and item.is_floating_point():
+            out.append(item)
+    return out
+
+
+def assert_same_values_and_gradients(fast, ref, call, inputs, dtype):
+    """``call(module)`` -> result; compare all outputs, then the gradients of a random
+    projection of them with respect to ``inputs`` and every parameter."""
+    results = [tensors(call(m)) for m in (fast, ref)]
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, **TOL[dtype])
+    weights = [torch.randn_like(t) for t in results[1]]
+    grads = []
+    for module, outs in zip((fast, ref), results):
+        loss = sum((w * o).sum() for w, o in zip(weights, outs))
+        leaves = list(inputs) + list(module.parameters())
+        grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
+    names = [f"input{i}" for i in range(len(inputs))] + [n for n, _ in fast.named_parameters()]
+    for name, got, want in zip(names, *grads, strict=True):
+        if want is None:
+            assert got is None or torch.all(got == 0), name
+            continue
+        assert got is not None, f"no gradient for {name}"
+        torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("item", PATHS, ids=path_id)
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_path_equals_reference(item, num_layers, bidirectional, dtype):
+    key, impl = item
+    fast, ref = pair(key, impl, 3, 4, num_layers, bidirectional=bidirectional, dtype=dtype)
+    x = torch.randn(9, 2, 3, dtype=dtype, requires_grad=True)
+    stacks = num_layers * (2 if bidirectional else 1)
+    h0 = torch.randn(stacks, 2, 4, dtype=dtype, requires_grad=True)
+    hx = (h0, torch.randn(stacks, 2, 4, dtype=dtype)) if key[0] == "lstm" else h0
+    assert_same_values_and_gradients(fast, ref, lambda m: m(x, hx, return_rule_state=True), [x, h0], dtype)
+
+
+@pytest.mark.parametrize("item", PATHS, ids=path_id)
+def test_path_equals_reference_learnable(item):
+    """Learnable momentum and step size get the reference's gradients on every path."""
+    key, impl = item
+    fast, ref = pair(key, impl, 3, 4, 2, bidirectional=True, learnable=True)
+    x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
+    raw = [p for n, p in fast.named_parameters() if "_raw_" in n]
+    assert raw and all(p.grad is None for p in raw)        # autograd.grad above, not .backward
+    fast(x)[0].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in raw)
+
+
+@pytest.mark.parametrize("item", PATHS, ids=path_id)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_path_equals_reference(item, bidirectional):
+    key, impl = item
+    fast, ref = pair(key, impl, 3, 4, 2, bidirectional=bidirectional)
+    x = torch.randn(8, 4, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 8, 1, 3])
+
+    def call(m):
+        return m(pack_padded_sequence(x, lengths, enforce_sorted=False), return_rule_state=True)
+
+    assert_same_values_and_gradients(fast, ref, call, [x], torch.float64)
+    out, _, rs = fast(pack_padded_sequence(x, lengths, enforce_sorted=False), return_rule_state=True)
+    assert pad_packed_sequence(out)[1].tolist() == lengths.tolist()
+    assert rs.steps.tolist() == lengths.tolist()
+
+
+@pytest.mark.parametrize("item", PATHS, ids=path_id)
+def test_carried_state_path_equals_reference(item):
+    """A nonzero carried rule state (and, for the restart rules, step counters that differ
+    between sequences) with a nonzero hidden state."""
+    key, impl = item
+    fast, ref = pair(key, impl, 3, 4, 2, bidirectional=True)
+    x0 = torch.randn(5, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4])             # the counters differ: 5, 2, 4
+    _, hidden, rs = ref(pack_padded_sequence(x0, lengths, enforce_sorted=False), return_rule_state=True)
+    velocity = rs.velocity.detach().requires_grad_()
+    moment = None if rs.second_moment is None else rs.second_moment.detach().requires_grad_()
+    state = mrnn.RuleState(velocity, moment, rs.steps)
+    hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+    x = torch.randn(6, 3, 3, dtype=torch.float64, requires_grad=True)
+    leaves = [x, velocity] + ([moment] if moment is not None else [])
+    assert_same_values_and_gradients(
+        fast, ref, lambda m: m(x, hidden, rule_state=state, return_rule_state=True), leaves, torch.float64)
+
+
+@pytest.mark.parametrize("item", PATHS, ids=path_id)
+def test_chunks_with_carried_state_equal_one_run(item):
+    key, impl = item
+    layer = mrnn.LAYERS[key](3, 4, 2, batch_first=True, dtype=torch.float64, impl=impl, **ACTIVE[key[1]])
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    out, hidden, rs = layer(x, return_rule_state=True)
+    out1, hidden1, rs1 = layer(x[:, :4], return_rule_state=True)
+    out2, hidden2, rs2 = layer(x[:, 4:], hidden1, rule_state=rs1, return_rule_state=True)
+    torch.testing.assert_close(torch.cat([out1, out2], dim=1), out, **TOL[torch.float64])
+    for got, want in zip(rs2, rs):
+        if want is not None:
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("item", PATHS, ids=path_id)
+def test_unbatched_batch_first_and_no_bias(item):
+    key, impl = item
+    for kwargs in ({"batch_first": True}, {"bias": False}):
+        fast, ref = pair(key, impl, 3, 4, 2, bidirectional=True, **kwargs)
+        x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+        assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
+    fast, ref = pair(key, impl, 3, 4, 2)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
+
+
+@pytest.mark.parametrize("key", [("rnn", "momentum"), ("rnn", "nesterov"), ("rnn", "adam")], ids=layer_id)
+def test_relu_rnn_paths(key):
+    for impl in ("loop", "fused") if key[1] == "momentum" else ("loop",):
+        fast, ref = pair(key, impl, 3, 4, 2, nonlinearity="relu")
+        x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
+        assert_same_values_and_gradients(fast, ref, lambda m: m(x), [x], torch.float64)
+
+
+@pytest.mark.parametrize("key", [k for k in LAYER_KEYS if k[1] in ("nesterov", "restart")], ids=layer_id)
+@pytest.mark.parametrize("restart", [0, 1, 5])
+def test_restart_schedules_on_fast_paths(key, restart):
+    for impl in ("loop", "fused") if key in FUSED_KEYS else ("loop",):
+        fast, ref = pair(key, impl, 3, 4, hp={"step_size": 0.5, "restart": restart})
+        x = torch.randn(11, 2, 3, dtype=torch.float64, requires_grad=True)
+        assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
+
+
+@pytest.mark.parametrize("key", FUSED_KEYS, ids=layer_id)
+def test_zero_momentum_and_dropout_match_reference(key):
+    """The PTB setting (momentum 0: no filter) and dropout between layers (same RNG use)."""
+    hp = {"momentum": 0.0, "step_size": 0.6} if key[1] == "momentum" else None
+    fast, ref = pair(key, "fused", 3, 4, 3, hp=hp, dropout=0.3)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    got = fast(x)[0]
+    torch.manual_seed(5)
+    torch.testing.assert_close(got, ref(x)[0], **TOL[torch.float64])
+
+
+def test_auto_picks_the_fastest_exact_path():
+    assert mrnn.MomentumLSTM(2, 3).path == "fused"
+    assert mrnn.RestartGRU(2, 3).path == "fused"
+    assert mrnn.AdamLSTM(2, 3).path == "loop"
+    assert mrnn.NesterovRNN(2, 3).path == "loop"
+    assert mrnn.MomentumLSTM(2, 3, impl="reference").path == "reference"
+    with pytest.raises(ValueError, match="impl='fused' needs a rule that commutes with the input weights"):
+        mrnn.AdamLSTM(2, 3, impl="fused")
+
+
+def test_momentum_commutes_with_the_input_weights():
+    """The key fact: with x~_t = mu x~_{t-1} + s x_t and beta_t = s (1 - mu^t) / (1 - mu),
+    the momentum state is v_t = W x~_t + beta_t b_ih (float64, to ~1e-15)."""
+    mu, s = 0.7, 0.4
+    T, B, I, G = 30, 3, 5, 8
+    W, b = torch.randn(G, I, dtype=torch.float64), torch.randn(G, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    v = torch.zeros(B, G, dtype=torch.float64)
+    filtered = torch.zeros(B, I, dtype=torch.float64)
+    for t in range(T):
+        v = mu * v + s * (x[t] @ W.T + b)
+        filtered = mu * filtered + s * x[t]
+        beta = s * (1 - mu ** (t + 1)) / (1 - mu)
+        torch.testing.assert_close(filtered @ W.T + beta * b, v, atol=1e-13, rtol=1e-13)
+    from momentumrnn.fused import filter_inputs
+    both = filter_inputs(mu, s, x, True)
+    torch.testing.assert_close(both[-1, :, :I], filtered, atol=1e-14, rtol=1e-14)
+    torch.testing.assert_close(both[:, 0, I], torch.tensor([s * (1 - mu ** (t + 1)) / (1 - mu) for t in range(T)],
+                                                           dtype=torch.float64), atol=1e-14, rtol=1e-14)
+
+
+@pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)
+def test_auto_path_float32_at_pixel_mnist_length(key):
+    """A long sequence (T = 784) in float32: the fast path stays with the reference."""
+    fast, ref = pair(key, "loop" if key not in FUSED_KEYS else "fused", 1, 8, dtype=torch.float32)
+    x = torch.rand(784, 2, 1)
+    out, _ = fast(x)
+    want, _ = ref(x)
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("key", [("lstm", "momentum"), ("gru", "adam"), ("rnn", "nesterov")], ids=layer_id)
+def test_modifying_the_output_in_place_is_detected(key):
+    """The loops save their outputs for the backward; modifying them in place raises
+    autograd's error (as torch.nn.LSTM does) rather than giving a wrong gradient."""
+    out, _ = mrnn.LAYERS[key](3, 4, impl="loop")(torch.randn(5, 2, 3))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.mul_(2.0).sum().backward()
