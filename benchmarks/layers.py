@@ -10,7 +10,7 @@ JSON with the machine's description to ``--out`` (default ``benchmarks/results/`
 
     PYTHONPATH=src python benchmarks/layers.py              # full: the shapes
     PYTHONPATH=src python benchmarks/layers.py --quick      # smaller shapes, < 2 minutes
-    PYTHONPATH=src python benchmarks/layers.py --device cpu,cuda --threads 1
+    PYTHONPATH=src python benchmarks/layers.py --device cpu,cuda --threads 2
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the allocations the
 profiler records during one forward+backward (tensors that exist before, such as the
@@ -275,7 +275,9 @@ def main(argv=None):
                         help="benchmark this shape instead (repeatable)")
     parser.add_argument("--layers", default=None, help="comma-separated layer names (default: all 14)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or both as 'cpu,cuda' (auto: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads (default 1: on a shared machine OpenMP with every core "
+                             "stalls whenever another process holds one; pass the core count on an idle one)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (5; quick: 3)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--name", default=None, help="file name stem (default: layers or layers-quick)")

@@ -102,3 +102,26 @@ def test_adam_scan_keeps_the_initial_state():
     copies = v0.clone(), m0.clone()
     adam_scan(u, v0, m0, 0.5, 0.3, 0.6, 1e-16)
     assert torch.equal(v0, copies[0]) and torch.equal(m0, copies[1])
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.5, "learnable"])
+def test_adam_scan_keeping_or_recomputing_the_states(keep, momentum):
+    """Both memory strategies of the Adam kernel against the stepwise rule, over several chunks."""
+    torch.manual_seed(2)
+    T, B, G = 30, 4, 20000                       # 2^18 / (4 * 20000) < 8: chunks of 8 steps
+    u = torch.randn(T, B, G, dtype=torch.float64, requires_grad=True)
+    v0, m0 = (torch.rand(B, G, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mu = torch.tensor(0.5, dtype=torch.float64, requires_grad=True) if momentum == "learnable" else momentum
+    s = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    got = adam_scan(u, v0, m0, mu, s, 0.6, 1e-16, keep=keep)
+    want, state = AdamRule().drives_stepwise(u, {"velocity": v0, "second_moment": m0},
+                                             {"momentum": mu, "step_size": s, "beta": 0.6}, torch.zeros(B, dtype=torch.long))
+    want = (want, state["velocity"], state["second_moment"])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL)
+    weights = [torch.randn_like(w) for w in want]
+    leaves = [u, v0, m0, s] + ([mu] if momentum == "learnable" else [])
+    for a, b in zip(torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, got)), leaves),
+                    torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, want)), leaves)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

@@ -63,17 +63,17 @@ class _LSTMActivations:
         torch.mul(a[:, 3 * H:], self.tanh_cells[t], out=out)
 
     def factors(self, outs):
-        """Factors of the backward step, for all steps at once."""
+        """Factors of the backward step, for all steps at once (two passes each)."""
         H = self.hidden
         i, f, g, o = self.acts.split(H, dim=-1)
         tc = self.tanh_cells
         time, batch = self.acts.shape[:2]
         to_ifg = self.acts.new_empty(time, batch, 3, H)
-        torch.mul(g, i * (1.0 - i), out=to_ifg[:, :, 0])                  # dc -> d(pre_i)
-        torch.mul(self.cells[:-1], f * (1.0 - f), out=to_ifg[:, :, 1])    # dc -> d(pre_f)
-        torch.mul(i, 1.0 - g * g, out=to_ifg[:, :, 2])                    # dc -> d(pre_g)
-        return {"to_c": o * (1.0 - tc * tc),                               # dh -> dc
-                "to_o": tc * (o * (1.0 - o)),                              # dh -> d(pre_o)
+        torch.addcmul(i, i, i, value=-1.0, out=to_ifg[:, :, 0]).mul_(g)              # dc -> d(pre_i): g i (1-i)
+        torch.addcmul(f, f, f, value=-1.0, out=to_ifg[:, :, 1]).mul_(self.cells[:-1])  # dc -> d(pre_f)
+        torch.addcmul(i, i * g, g, value=-1.0, out=to_ifg[:, :, 2])                  # dc -> d(pre_g): i (1-g^2)
+        return {"to_c": torch.addcmul(o, o * tc, tc, value=-1.0),                   # dh -> dc: o (1 - tanh(c)^2)
+                "to_o": torch.addcmul(o, o, o, value=-1.0).mul_(tc),                 # dh -> d(pre_o)
                 "to_ifg": to_ifg, "forget": f}
 
     def backward(self, factors, t, dh, dc, dgates, keep):

@@ -223,7 +223,9 @@ class AdamRule(Rule):
         return v / torch.sqrt(m + ADAM_EPS), {"velocity": v, "second_moment": m}
 
     def drives(self, u, state, hp, steps, mask=None):
-        if mask is not None:
+        """As ``Rule.drives``. On the CPU without a mask, one kernel (``scan.adam_scan``) that
+        keeps each time chunk in cache; on CUDA the parallel scans of the base class."""
+        if mask is not None or u.device.type != "cpu":
             return super().drives(u, state, hp, steps, mask)
         drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], hp.get("momentum", 0.0),
                                 hp["step_size"], hp["beta"], ADAM_EPS)

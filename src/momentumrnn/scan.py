@@ -171,79 +171,99 @@ def _time_chunks(time: int, width: int):
 
 class _AdamScan(torch.autograd.Function):
     """Adam's drive of all steps: ``v_t = mu v_{t-1} + s u_t``, ``m_t = beta m_{t-1} +
-    (1 - beta) u_t^2``, ``d_t = v_t / sqrt(m_t + eps)``.
+    (1 - beta) u_t^2``, ``d_t = v_t / q_t`` with ``q_t = sqrt(m_t + eps)``.
 
     Time runs in chunks that stay in cache: in each chunk the two recurrences take one op
-    per step and everything elementwise is one op over the chunk. Only ``u`` and the state
-    entering each chunk are kept for the backward, which recomputes a chunk's ``v`` and
-    ``m`` and runs the adjoint recurrences the same way: ``Gv_t = dd_t / q_t + mu Gv_{t+1}``,
-    ``Gm_t = -dd_t d_t / (2 q_t^2) + beta Gm_{t+1}``, ``du_t = s Gv_t + 2 (1 - beta) u_t Gm_t``
-    (``q_t = sqrt(m_t + eps)``)."""
+    per step and everything elementwise is one op over the chunk. The backward runs the
+    adjoint recurrences the same way::
+
+        Gv_t = dd_t / q_t + mu Gv_{t+1}
+        Hm_t = dd_t v_t / (q_t q_t^2) + beta Hm_{t+1}        (Hm = -2 Gm)
+        du_t = s Gv_t - (1 - beta) u_t Hm_t
+
+    With ``keep`` the forward keeps ``v``, ``q`` and ``q^2`` for the backward; without it
+    only ``u`` and the state entering each chunk are kept and the backward recomputes each
+    chunk (three fewer tensors the size of ``u``, a few more passes over it).
+    """
 
     @staticmethod
-    def _chunk(u, v_prev, m_prev, momentum, step_size, beta, moving, v, m):
-        """v and m of one chunk of steps into the buffers ``v``, ``m``."""
+    def _chunk(u, v_prev, m_prev, momentum, step_size, beta, eps, moving, v, q2, q):
+        """v, q^2 = m + eps and q of one chunk of steps, into the given buffers."""
         torch.mul(u, step_size, out=v)
-        torch.mul(u, u, out=m)
-        m.mul_(1.0 - beta)
+        torch.mul(u, u, out=q2)
+        q2.mul_(1.0 - beta)
         for t in range(u.size(0)):
             if moving:
                 v[t].addcmul_(v_prev, momentum)
-            m[t].add_(m_prev, alpha=beta)
-            v_prev, m_prev = v[t], m[t]
+            q2[t].add_(m_prev, alpha=beta)
+            v_prev, m_prev = v[t], q2[t]
+        last_m = q2[-1].clone()
+        q2.add_(eps)
+        torch.sqrt(q2, out=q)
+        return last_m
 
     @staticmethod
-    def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, moving):
+    def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, moving, keep):
         time = u.size(0)
         chunks = _time_chunks(time, u[0].numel())
         drive = torch.empty_like(u)
         size = chunks[0][1]
-        v_buffer, m_buffer = u.new_empty(size, *u.shape[1:]), u.new_empty(size, *u.shape[1:])
+        if keep:
+            velocity, square, root = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u)
+        else:
+            velocity, square, root = (u.new_empty(size, *u.shape[1:]) for _ in range(3))
         entering = []
         v_prev, m_prev = v0, m0
         for start, stop in chunks:
             entering.append((v_prev, m_prev))
-            v, m = v_buffer[:stop - start], m_buffer[:stop - start]
-            _AdamScan._chunk(u[start:stop], v_prev, m_prev, momentum, step_size, beta, moving, v, m)
-            v_prev, m_prev = v[-1].clone(), m[-1].clone()
-            m.add_(eps).sqrt_()
-            torch.div(v, m, out=drive[start:stop])
-        ctx.save_for_backward(u, momentum, step_size, *[t for pair in entering for t in pair])
-        ctx.beta, ctx.eps, ctx.moving, ctx.chunks = beta, eps, moving, chunks
-        return drive, v_prev, m_prev
+            where = slice(start, stop) if keep else slice(0, stop - start)
+            v, q2, q = velocity[where], square[where], root[where]
+            m_prev = _AdamScan._chunk(u[start:stop], v_prev, m_prev, momentum, step_size, beta, eps, moving,
+                                      v, q2, q)
+            v_prev = v[-1] if keep else v[-1].clone()
+            torch.div(v, q, out=drive[start:stop])
+        kept = (velocity, square, root) if keep else ()
+        ctx.save_for_backward(u, momentum, step_size, *kept, *[t for pair in entering for t in pair])
+        ctx.beta, ctx.eps, ctx.moving, ctx.chunks, ctx.keep = beta, eps, moving, chunks, keep
+        return drive, v_prev.clone() if keep else v_prev, m_prev
 
     @staticmethod
     def backward(ctx, grad_drive, grad_v, grad_m):
-        u, momentum, step_size, *entering = ctx.saved_tensors
-        beta, eps, moving, chunks = ctx.beta, ctx.eps, ctx.moving, ctx.chunks
+        u, momentum, step_size, *rest = ctx.saved_tensors
+        beta, eps, moving, chunks, keep = ctx.beta, ctx.eps, ctx.moving, ctx.chunks, ctx.keep
+        if keep:
+            (velocity, square, root), entering = rest[:3], rest[3:]
+        else:
+            size = chunks[0][1]
+            velocity, square, root = (u.new_empty(size, *u.shape[1:]) for _ in range(3))
+            entering = rest
         need_mu, need_s = moving and ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         d_mu = d_s = None
         d_u = torch.empty_like(u)
-        size = chunks[0][1]
-        v_buffer, q_buffer = u.new_empty(size, *u.shape[1:]), u.new_empty(size, *u.shape[1:])
-        to_v, to_m = grad_v, grad_m            # the gradients reaching v_t, m_t from later steps
+        to_v, to_h = grad_v, grad_m * -2.0     # the gradients reaching v_t and (as Hm) m_t from later
         for index in range(len(chunks) - 1, -1, -1):
             start, stop = chunks[index]
             v_prev, m_prev = entering[2 * index], entering[2 * index + 1]
             uc = u[start:stop]
-            v, q = v_buffer[:stop - start], q_buffer[:stop - start]
-            _AdamScan._chunk(uc, v_prev, m_prev, momentum, step_size, beta, moving, v, q)
-            q.add_(eps).sqrt_()
+            where = slice(start, stop) if keep else slice(0, stop - start)
+            v, q2, q = velocity[where], square[where], root[where]
+            if not keep:
+                _AdamScan._chunk(uc, v_prev, m_prev, momentum, step_size, beta, eps, moving, v, q2, q)
             gv = torch.div(grad_drive[start:stop], q)                   # dd_t / q_t
-            gm = torch.div(gv, q).mul_(v).div_(q).mul_(-0.5)            # -dd_t d_t / (2 q_t^2)
+            hm = torch.mul(gv, v).div_(q2)                              # dd_t v_t / q_t^3
             last = stop - start - 1
             if to_v is not None:
                 gv[last].add_(to_v)
-            gm[last].add_(to_m)
+            hm[last].add_(to_h)
             for t in range(last - 1, -1, -1):
                 if moving:
                     gv[t].addcmul_(gv[t + 1], momentum)
-                gm[t].add_(gm[t + 1], alpha=beta)
+                hm[t].add_(hm[t + 1], alpha=beta)
             to_v = gv[0] * momentum if moving else None
-            to_m = gm[0] * beta
+            to_h = hm[0] * beta
             du = d_u[start:stop]
-            torch.mul(gm, uc, out=du)
-            du.mul_(2.0 * (1.0 - beta)).addcmul_(gv, step_size)
+            torch.mul(gv, step_size, out=du)
+            du.addcmul_(hm, uc, value=-(1.0 - beta))
             if need_s:
                 part = torch.dot(gv.reshape(-1), uc.reshape(-1))
                 d_s = part if d_s is None else d_s + part
@@ -253,18 +273,21 @@ class _AdamScan(torch.autograd.Function):
                     part = part + torch.dot(gv[1:].reshape(-1), v[:-1].reshape(-1))
                 d_mu = part if d_mu is None else d_mu + part
         d_v0 = to_v if moving else torch.zeros_like(grad_v)
-        return d_u, d_v0, to_m, d_mu, d_s, None, None, None
+        return d_u, d_v0, to_h * -0.5, d_mu, d_s, None, None, None, None
 
 
-def adam_scan(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: float, eps: float):
+def adam_scan(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: float, eps: float,
+              keep: bool = False):
     """Adam's (and RMSProp's, ``momentum = 0``) drive for all steps of ``u`` (T, B, G) from
     the state ``v0``, ``m0`` (B, G): returns ``(d, v_T, m_T)``. ``momentum``, ``step_size``:
-    numbers or 0-d tensors (learnable). One in-cache pass per time step each way (on the CPU
-    this beats the parallel scans for states over all gates; see ``benchmarks/scan.py``)."""
+    numbers or 0-d tensors (learnable). ``keep``: keep the states for the backward (faster)
+    or recompute them (less memory; see ``_AdamScan``). The recurrences take one op per step,
+    everything else one op per cache-sized chunk of steps (on the CPU this beats the
+    parallel scans for states over all gates; see ``benchmarks/scan.py``)."""
     moving = not (isinstance(momentum, numbers.Real) and float(momentum) == 0.0)
     momentum = torch.as_tensor(momentum, dtype=u.dtype, device=u.device)
     step_size = torch.as_tensor(step_size, dtype=u.dtype, device=u.device)
-    return _AdamScan.apply(u, v0, m0, momentum, step_size, float(beta), float(eps), moving)
+    return _AdamScan.apply(u, v0, m0, momentum, step_size, float(beta), float(eps), moving, bool(keep))
 
 
 def default_block(time: int) -> int:
