@@ -6,11 +6,12 @@ drive, ``Rule.drives`` for the rule state), so only the recurrence itself runs s
 Each loop is one ``torch.autograd.Function`` with a hand-written backward (backpropagation
 through time), which is what makes it tight:
 
-* forward, per step: one ``addmm`` (``U h_{t-1}`` plus everything known beforehand) and the
+* forward, per step: ``r_t = U h_{t-1} + b_hh`` (one ``addmm``, as the reference computes
+  it), one add of the drive (or, for Nesterov, ``- s u_t`` and the extrapolation), and the
   gate nonlinearities written into preallocated buffers, with no autograd graph;
-* backward, per step: a handful of elementwise ops with factors precomputed for all steps
-  at once, and one GEMM for ``dh_{t-1}``; the weight gradient ``dU = sum_t dz_t^T h_{t-1}``
-  is one GEMM over all steps after the loop.
+* backward, per step: a handful of elementwise ops with factors precomputed for a
+  cache-sized chunk of steps at a time, and one GEMM for ``dh_{t-1}``; the weight gradient
+  ``dU = sum_t dz_t^T h_{t-1}`` is one GEMM over all steps after the loop, ``db_hh`` one sum.
 
 Measured against the alternatives in ``benchmarks/loops.py`` (README, Performance): the same
 loop recorded by autograd op by op, and ``torch.compile`` of the step (on CPU it compiles
