@@ -97,7 +97,7 @@ def main(argv=None):
         runs = {
             "torch": lambda: lstm(x)[0],
             "autograd": lambda: autograd_loop(d, h0, h0, weight, bias),
-            "function": lambda: lstm_loop(d + bias, h0, h0, weight)[0],
+            "function": lambda: lstm_loop(d, h0, h0, weight, bias)[0],
         }
         if "torchscript" in methods:
             with warnings.catch_warnings():

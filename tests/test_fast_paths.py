@@ -234,3 +234,34 @@ def test_modifying_the_output_in_place_is_detected(key):
     out, _ = mrnn.LAYERS[key](3, 4, impl="loop")(torch.randn(5, 2, 3))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.mul_(2.0).sum().backward()
+
+
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov"), ("rnn", "nesterov"), ("gru", "rmsprop")],
+                         ids=layer_id)
+def test_loop_backward_over_several_chunks(key):
+    """Wide enough that the loop's backward and the Adam kernel work in several time chunks
+    (2^18 elements each: B * G * 8 > 2^18), with a mask."""
+    hidden = 1024 if key[0] == "lstm" else 1400
+    fast, ref = pair(key, "loop", 3, hidden, batch_first=False)
+    x = torch.randn(21, 32, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([21, 13] * 16)
+
+    def call(m):
+        return m(pack_padded_sequence(x, lengths, enforce_sorted=False), return_rule_state=True)
+
+    assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
+    assert_same_values_and_gradients(fast, ref, call, [x], torch.float64)
+
+
+@pytest.mark.parametrize("cls", [mrnn.AdamLSTM, mrnn.NesterovRNN, mrnn.MomentumGRU])
+def test_double_backward_is_refused_clearly(cls):
+    """The hand-written backwards are first order: create_graph=True raises rather than
+    silently returning gradients without a graph (the reference path supports it)."""
+    layer = cls(3, 4, 2, learnable=True, impl="loop")
+    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
+    reference = cls(3, 4, impl="reference")
+    out, _ = reference(torch.randn(5, 2, 3))
+    grads = torch.autograd.grad(out.sum(), list(reference.parameters()), create_graph=True)
+    assert all(g.requires_grad for g in grads)

@@ -51,7 +51,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .recurrences import Recurrence
 from .rules import Rule
-from .scan import default_block, scan_
+from .scan import default_block, first_order, scan_
 
 __all__ = ["fused_direction", "fused_kernel"]
 
@@ -153,6 +153,7 @@ class _Filter(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order
     def backward(ctx, grad):
         a, step_size, out, x = ctx.saved_tensors
         features = ctx.features

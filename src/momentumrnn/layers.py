@@ -263,24 +263,24 @@ class RecurrentLayer(RuleModule):
         u = F.linear(x, weight_ih, bias_ih)
         recurrence = self.recurrence
         if self.rule.couples_to_hidden:          # Nesterov: v_t = (U h_{t-1} + b_hh) - s u_t, ...
-            terms = -(hp["step_size"] * u) if bias_hh is None else bias_hh - hp["step_size"] * u
+            scale = hp["step_size"]
+            scale = -scale if isinstance(scale, torch.Tensor) else u.new_tensor(-float(scale))
             coefficient = self.rule.extrapolation(hp, steps, x.size(0), x.dtype)
             velocity = rules["velocity"]
             if recurrence.name == "lstm":
-                output, h_n, c_n, v_n = lstm_loop(terms, *state, weight_hh, mask, coefficient, velocity)
+                output, h_n, c_n, v_n = lstm_loop(u, *state, weight_hh, bias_hh, mask, coefficient, velocity, scale)
                 return output, (h_n, c_n), {"velocity": v_n}
-            output, h_n, v_n = rnn_loop(terms, state[0], weight_hh, recurrence.nonlinearity, mask,
-                                        coefficient, velocity)
+            output, h_n, v_n = rnn_loop(u, state[0], weight_hh, bias_hh, recurrence.nonlinearity, mask,
+                                        coefficient, velocity, scale)
             return output, (h_n,), {"velocity": v_n}
         drives, rules = self.rule.drives(u, rules, hp, steps, mask)
         if recurrence.name == "gru":
             output, h_n = gru_loop(drives, state[0], weight_hh, bias_hh, mask)
             return output, (h_n,), rules
-        terms = drives if bias_hh is None else drives + bias_hh
         if recurrence.name == "lstm":
-            output, h_n, c_n, _ = lstm_loop(terms, *state, weight_hh, mask)
+            output, h_n, c_n, _ = lstm_loop(drives, *state, weight_hh, bias_hh, mask)
             return output, (h_n, c_n), rules
-        output, h_n, _ = rnn_loop(terms, state[0], weight_hh, recurrence.nonlinearity, mask)
+        output, h_n, _ = rnn_loop(drives, state[0], weight_hh, bias_hh, recurrence.nonlinearity, mask)
         return output, (h_n,), rules
 
     def extra_repr(self) -> str:

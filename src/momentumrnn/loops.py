@@ -6,11 +6,12 @@ drive, ``Rule.drives`` for the rule state), so only the recurrence itself runs s
 Each loop is one ``torch.autograd.Function`` with a hand-written backward (backpropagation
 through time), which is what makes it tight:
 
-* forward, per step: one ``addmm`` (``U h_{t-1}`` plus everything known beforehand) and the
+* forward, per step: ``r_t = U h_{t-1} + b_hh`` (one ``addmm``, as the reference computes
+  it), one add of the drive (or, for Nesterov, ``- s u_t`` and the extrapolation), and the
   gate nonlinearities written into preallocated buffers, with no autograd graph;
-* backward, per step: a handful of elementwise ops with factors precomputed for all steps
-  at once, and one GEMM for ``dh_{t-1}``; the weight gradient ``dU = sum_t dz_t^T h_{t-1}``
-  is one GEMM over all steps after the loop.
+* backward, per step: a handful of elementwise ops with factors precomputed for a
+  cache-sized chunk of steps at a time, and one GEMM for ``dh_{t-1}``; the weight gradient
+  ``dU = sum_t dz_t^T h_{t-1}`` is one GEMM over all steps after the loop, ``db_hh`` one sum.
 
 Measured against the alternatives in ``benchmarks/loops.py`` (README, Performance): the same
 loop recorded by autograd op by op, and ``torch.compile`` of the step (on CPU it compiles
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .scan import _time_chunks, first_order
 
 __all__ = ["lstm_loop", "rnn_loop", "gru_loop"]
 
@@ -62,18 +65,18 @@ class _LSTMActivations:
         torch.tanh(c, out=self.tanh_cells[t])
         torch.mul(a[:, 3 * H:], self.tanh_cells[t], out=out)
 
-    def factors(self, outs):
-        """Factors of the backward step, for all steps at once (two passes each)."""
+    def factors(self, outs, start, stop):
+        """Factors of the backward step for steps ``start:stop`` at once (two passes each),
+        indexed from ``start``."""
         H = self.hidden
-        i, f, g, o = self.acts.split(H, dim=-1)
-        tc = self.tanh_cells
-        time, batch = self.acts.shape[:2]
-        to_ifg = self.acts.new_empty(time, batch, 3, H)
-        torch.addcmul(i, i, i, value=-1.0, out=to_ifg[:, :, 0]).mul_(g)              # dc -> d(pre_i): g i (1-i)
-        torch.addcmul(f, f, f, value=-1.0, out=to_ifg[:, :, 1]).mul_(self.cells[:-1])  # dc -> d(pre_f)
-        torch.addcmul(i, i * g, g, value=-1.0, out=to_ifg[:, :, 2])                  # dc -> d(pre_g): i (1-g^2)
-        return {"to_c": torch.addcmul(o, o * tc, tc, value=-1.0),                   # dh -> dc: o (1 - tanh(c)^2)
-                "to_o": torch.addcmul(o, o, o, value=-1.0).mul_(tc),                 # dh -> d(pre_o)
+        i, f, g, o = self.acts[start:stop].split(H, dim=-1)
+        tc = self.tanh_cells[start:stop]
+        to_ifg = self.acts.new_empty(stop - start, self.acts.size(1), 3, H)
+        torch.addcmul(i, i, i, value=-1.0, out=to_ifg[:, :, 0]).mul_(g)                  # dc -> d(pre_i): g i (1-i)
+        torch.addcmul(f, f, f, value=-1.0, out=to_ifg[:, :, 1]).mul_(self.cells[start:stop])  # dc -> d(pre_f)
+        torch.addcmul(i, i * g, g, value=-1.0, out=to_ifg[:, :, 2])                      # dc -> d(pre_g): i (1-g^2)
+        return {"to_c": torch.addcmul(o, o * tc, tc, value=-1.0),                       # dh -> dc: o (1 - tanh(c)^2)
+                "to_o": torch.addcmul(o, o, o, value=-1.0).mul_(tc),                     # dh -> d(pre_o)
                 "to_ifg": to_ifg, "forget": f}
 
     def backward(self, factors, t, dh, dc, dgates, keep):
@@ -99,7 +102,8 @@ class _RNNActivations:
     def forward(self, t, pre, out, keep):
         torch.clamp(pre, min=0.0, out=out) if self.relu else torch.tanh(pre, out=out)
 
-    def factors(self, outs):
+    def factors(self, outs, start, stop):
+        outs = outs[start:stop]
         return {"derivative": (outs > 0).to(outs.dtype) if self.relu else 1.0 - outs * outs}
 
     def backward(self, factors, t, dh, dc, dgates, keep):
@@ -110,86 +114,99 @@ class _RNNActivations:
 
 
 class _AdditiveLoop(torch.autograd.Function):
-    """RNN or LSTM over precomputed terms ``A`` (T, B, G*H):
+    """RNN or LSTM over precomputed terms ``A`` (T, B, G*H) with the recurrent term
+    ``r_t = U h_{t-1} + b_hh`` computed as the reference computes it:
 
-    plain:     pre_t = A_t + U h_{t-1}                     (A = d + b_hh)
-    nesterov:  v_t = A_t + U h_{t-1};  pre_t = v_t + c_t (v_t - v_{t-1})    (A = b_hh - s u)
+    plain:     pre_t = A_t + r_t                                       (A = the drive)
+    nesterov:  v_t = r_t + scale A_t;  pre_t = v_t + c_t (v_t - v_{t-1})   (A = u, scale = -s)
 
     Returns the outputs (T, B, H), h_T, c_T (LSTM; else None) and v_T (nesterov; else None).
+    The backward computes its factors per cache-sized chunk of steps (no buffer of all
+    steps but the gradient of ``A`` itself).
     """
 
     @staticmethod
-    def forward(ctx, terms, h0, c0, weight_hh, coefficient, v0, mask, kind):
+    def forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind):
         time, batch, gates = terms.shape
         hidden = h0.size(-1)
         lstm = kind == "lstm"
         nesterov = coefficient is not None
         acts = _LSTMActivations(time, batch, hidden, terms, c0) if lstm else _RNNActivations(kind)
         outs = terms.new_empty(time, batch, hidden)
+        pre = terms.new_empty(batch, gates)
         if nesterov:
             coefficient = coefficient[..., None]
             v_prev = v0
-            pre = terms.new_empty(batch, gates)
         u_t = weight_hh.t()
         h = h0
         for t in range(time):
             keep = _keep(mask, t)
+            rec = torch.mm(h, u_t) if bias is None else torch.addmm(bias, h, u_t)
             if nesterov:
-                v = torch.addmm(terms[t], h, u_t)
+                v = rec.addcmul_(terms[t], scale)
                 if keep is not None:
                     v = torch.where(keep, v, v_prev)
                 torch.addcmul(v, coefficient[t], v - v_prev, out=pre)
                 v_prev = v
             else:
-                pre = torch.addmm(terms[t], h, u_t)
+                torch.add(terms[t], rec, out=pre)
             acts.forward(t, pre, outs[t], keep)
             if keep is not None:
                 torch.where(keep, outs[t], h, out=outs[t])
             h = outs[t]
-        ctx.acts, ctx.lstm, ctx.nesterov = acts, lstm, nesterov
-        ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask)
+        ctx.acts, ctx.lstm, ctx.nesterov, ctx.has_bias = acts, lstm, nesterov, bias is not None
+        ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask, scale, terms if nesterov else None)
         h_n = outs[time - 1].clone()
         c_n = acts.cells[time].clone() if lstm else None
         v_n = v_prev.clone() if nesterov else None
         return outs, h_n, c_n, v_n
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out, grad_h, grad_c, grad_v):
-        outs, h0, weight_hh, coefficient, mask = ctx.saved_tensors
+        outs, h0, weight_hh, coefficient, mask, scale, terms = ctx.saved_tensors
         acts, lstm, nesterov = ctx.acts, ctx.lstm, ctx.nesterov
         time, batch, hidden = outs.shape
         gates = weight_hh.size(0)
-        factors = acts.factors(outs)
-        d_pre = outs.new_empty(time, batch, gates)
-        d_terms = d_pre                        # nesterov: d_pre[t] is overwritten once used
+        d_pre = outs.new_empty(time, batch, gates)   # nesterov: d_pre[t] becomes dv_t once used
         dh = grad_out[time - 1] + grad_h
         dc = (grad_c if grad_c is not None else outs.new_zeros(batch, hidden)) if lstm else None
         if nesterov:
             one_plus = 1.0 + coefficient
             minus = -coefficient
             passed = grad_v if grad_v is not None else outs.new_zeros(batch, gates)
-        for t in range(time - 1, -1, -1):
-            keep = _keep(mask, t)
-            dc = acts.backward(factors, t, dh, dc, d_pre[t], keep)
-            if nesterov:
-                total = torch.addcmul(passed, d_pre[t], one_plus[t])       # the gradient reaching v_t
-                if keep is None:
-                    passed = d_pre[t] * minus[t]
-                    d_terms[t] = total
+        for start, stop in reversed(_time_chunks(time, batch * gates)):
+            factors = acts.factors(outs, start, stop)
+            for t in range(stop - 1, start - 1, -1):
+                keep = _keep(mask, t)
+                dc = acts.backward(factors, t - start, dh, dc, d_pre[t], keep)
+                if nesterov:
+                    total = torch.addcmul(passed, d_pre[t], one_plus[t])       # the gradient reaching v_t
+                    if keep is None:
+                        passed = d_pre[t] * minus[t]
+                        d_pre[t] = total
+                    else:
+                        passed = torch.where(keep, d_pre[t] * minus[t], total)
+                        torch.mul(total, keep, out=d_pre[t])
+                held = None if keep is None else torch.where(keep, 0.0, dh)
+                if t > 0:
+                    dh = torch.addmm(grad_out[t - 1], d_pre[t], weight_hh)
                 else:
-                    passed = torch.where(keep, d_pre[t] * minus[t], total)
-                    torch.mul(total, keep, out=d_terms[t])
-            held = None if keep is None else torch.where(keep, 0.0, dh)
-            if t > 0:
-                dh = torch.addmm(grad_out[t - 1], d_terms[t], weight_hh)
-            else:
-                dh = torch.mm(d_terms[t], weight_hh)
-            if held is not None:
-                dh = dh + held
-        d_weight = None
-        if ctx.needs_input_grad[3]:
-            d_weight = d_terms.view(time * batch, gates).t().mm(_previous(outs, h0).view(time * batch, hidden))
-        return d_terms, dh, dc, d_weight, None, (passed if nesterov else None), None, None
+                    dh = torch.mm(d_pre[t], weight_hh)
+                if held is not None:
+                    dh = dh + held
+            del factors
+        flat = d_pre.view(time * batch, gates)
+        d_weight = flat.t().mm(_previous(outs, h0).view(time * batch, hidden)) if ctx.needs_input_grad[5] else None
+        d_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        d_scale = None
+        if nesterov:
+            if ctx.needs_input_grad[1]:
+                d_scale = torch.dot(flat.reshape(-1), terms.reshape(-1))
+            d_terms = d_pre.mul_(scale) if ctx.needs_input_grad[0] else None
+        else:
+            d_terms = d_pre
+        return (d_terms, d_scale, d_bias, dh, dc, d_weight, None, (passed if nesterov else None), None, None)
 
 
 class _GRULoop(torch.autograd.Function):
@@ -230,6 +247,7 @@ class _GRULoop(torch.autograd.Function):
         return outs, outs[time - 1].clone()
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out, grad_h):
         outs, h0, recurrent_n, gate, new, weight_hh, mask = ctx.saved_tensors
         time, batch, H = grad_out.shape
@@ -265,17 +283,20 @@ class _GRULoop(torch.autograd.Function):
         return d_drive, dh, d_weight, d_bias, None
 
 
-def lstm_loop(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, mask: Tensor | None = None,
-              coefficient: Tensor | None = None, v0: Tensor | None = None):
-    """LSTM over ``terms`` (T, B, 4H): ``A_t = d_t + b_hh`` (plain) or ``b_hh - s u_t`` with
-    the Nesterov ``coefficient`` (T, B or 1) and velocity ``v0``. Returns (out, h_n, c_n, v_n)."""
-    return _AdditiveLoop.apply(terms, h0, c0, weight_hh, coefficient, v0, mask, "lstm")
+def lstm_loop(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None,
+              mask: Tensor | None = None, coefficient: Tensor | None = None, v0: Tensor | None = None,
+              scale: Tensor | None = None):
+    """LSTM over ``terms`` (T, B, 4H): the drive (plain), or ``u`` with the Nesterov
+    ``coefficient`` (T, B or 1), velocity ``v0`` and ``scale = -s``. Returns (out, h_n, c_n, v_n)."""
+    return _AdditiveLoop.apply(terms, scale, bias_hh, h0, c0, weight_hh, coefficient, v0, mask, "lstm")
 
 
-def rnn_loop(terms: Tensor, h0: Tensor, weight_hh: Tensor, nonlinearity: str, mask: Tensor | None = None,
-             coefficient: Tensor | None = None, v0: Tensor | None = None):
+def rnn_loop(terms: Tensor, h0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, nonlinearity: str,
+             mask: Tensor | None = None, coefficient: Tensor | None = None, v0: Tensor | None = None,
+             scale: Tensor | None = None):
     """tanh/relu RNN over ``terms`` (T, B, H), as ``lstm_loop``. Returns (out, h_n, v_n)."""
-    out, h_n, _, v_n = _AdditiveLoop.apply(terms, h0, None, weight_hh, coefficient, v0, mask, nonlinearity)
+    out, h_n, _, v_n = _AdditiveLoop.apply(terms, scale, bias_hh, h0, None, weight_hh, coefficient, v0, mask,
+                                           nonlinearity)
     return out, h_n, v_n
 
 

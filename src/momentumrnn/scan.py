@@ -29,13 +29,14 @@ state over all gates: ``F = G * hidden_size``), the faster of the two in
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import torch
 from torch import Tensor
 
-__all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS"]
+__all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS", "first_order"]
 
 SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential")
 
@@ -43,6 +44,18 @@ SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential")
 MATMUL_BLOCK = 64
 #: On the CPU "auto" uses "loop" above this many features per sequence, else "chunked".
 LOOP_MIN_FEATURES = 32
+
+
+def first_order(backward):
+    """Decorate a hand-written ``backward``: refuse double backward (``create_graph=True``)
+    instead of returning gradients that silently carry no graph."""
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("momentumrnn's fast paths compute first derivatives only: double backward "
+                               "(create_graph=True) is not supported; use impl='reference' for it")
+        return backward(ctx, *grads)
+    return checked
 
 
 def step_indices(steps: Tensor, time: int, mask: Tensor | None = None) -> Tensor:
@@ -228,6 +241,7 @@ class _AdamScan(torch.autograd.Function):
         return drive, v_prev.clone() if keep else v_prev, m_prev
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_drive, grad_v, grad_m):
         u, momentum, step_size, *rest = ctx.saved_tensors
         beta, eps, moving, chunks, keep = ctx.beta, ctx.eps, ctx.moving, ctx.chunks, ctx.keep
@@ -368,6 +382,7 @@ class _Scan(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order
     def backward(ctx, grad):
         a, y, initial = ctx.saved_tensors
         g = scan_(a, grad.clone(memory_format=torch.contiguous_format), ctx.block, reverse=True)
