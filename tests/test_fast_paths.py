@@ -265,3 +265,13 @@ def test_double_backward_is_refused_clearly(cls):
     out, _ = reference(torch.randn(5, 2, 3))
     grads = torch.autograd.grad(out.sum(), list(reference.parameters()), create_graph=True)
     assert all(g.requires_grad for g in grads)
+
+
+@pytest.mark.parametrize("key", FUSED_KEYS, ids=layer_id)
+@pytest.mark.parametrize("input_size", [1, 10, 11, 15])
+def test_fused_input_widths(key, input_size):
+    """Fused GRU/RNN inputs of 2-11 channels (input + beta) are padded with zero channels
+    (fused.NARROW, a GEMM speed cliff), wider ones are not: both equal the reference."""
+    fast, ref = pair(key, "fused", input_size, 5, batch_first=False)
+    x = torch.randn(6, 3, input_size, dtype=torch.float64, requires_grad=True)
+    assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
