@@ -166,12 +166,6 @@ def _quiet_stderr():
             os.close(saved)
 
 
-#: Above this length the reference's forward+backward is timed for the first layer only,
-#: once and without warm-up: its backward is quadratic in T (every step's ``u[t]`` select
-#: gives autograd a zero-filled gradient of all steps), about 200 s per run at T = 784.
-LONG = 500
-
-
 def reference_repeats(shape, repeats, quick):
     T, B, I, H = shape
     if quick:
@@ -185,7 +179,7 @@ def benchmark_shape(name, shape, device, repeats, quick, layers, log):
     torch.manual_seed(0)
     x = torch.randn(T, B, I, device=device, dtype=dtype)
     rows = []
-    for number, ((kind, rule), cls) in enumerate(layers):
+    for (kind, rule), cls in layers:
         torch.manual_seed(0)
         fast = cls(I, H, device=device, dtype=dtype)
         ref = cls(I, H, device=device, dtype=dtype, impl="reference")
@@ -194,17 +188,11 @@ def benchmark_shape(name, shape, device, repeats, quick, layers, log):
         fb_fast, fb_torch = side_by_side([forward_backward(fast, x), forward_backward(theirs, x)], repeats, device)
         fwd_fast, fwd_torch = side_by_side([forward_only(fast, x), forward_only(theirs, x)], repeats, device)
         n_ref = reference_repeats(shape, repeats, quick)
-        long = T > LONG
-        if not long:
-            fb_ref, = side_by_side([forward_backward(ref, x)], n_ref, device)
-        elif number == 0:                      # once, no warm-up (see LONG)
-            fb_ref = timed(forward_backward(ref, x), device)
-        else:
-            fb_ref = None
+        fb_ref, = side_by_side([forward_backward(ref, x)], n_ref, device)
         fwd_ref, = side_by_side([forward_only(ref, x)], n_ref, device)
         mem = {"fast": peak_memory(forward_backward(fast, x), device),
                "torch": peak_memory(forward_backward(theirs, x), device),
-               "reference": None if long else peak_memory(forward_backward(ref, x), device)}
+               "reference": peak_memory(forward_backward(ref, x), device)}
         row = {
             "shape": name, "T": T, "batch": B, "input": I, "hidden": H,
             "layer": cls.__name__, "path": fast.path, "torch_layer": TORCH[kind].__name__,
@@ -317,11 +305,8 @@ def main(argv=None):
     report = {"mode": mode, "command": command.strip(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(devices, torch.get_num_threads()),
               "settings": {"repeats": repeats, "warmup": 1, "dtype": "float32",
-                           "reference_repeats_note": "1 timed run in quick mode and at T >= 200 or hidden >= 1000, "
-                                                     f"else {min(repeats, 3)}; at T > {LONG} its forward+backward "
-                                                     "is timed for the first layer only, once without warm-up "
-                                                     "(it is quadratic in T: ~200 s per run at T = 784), and its "
-                                                     "peak memory is not measured"},
+                           "reference_repeats_note": "1 timed run after the warm-up in quick mode and at "
+                                                     f"T >= 200 or hidden >= 1000, else {min(repeats, 3)}"},
               "results": []}
     started = time.perf_counter()
     for device_name in devices:

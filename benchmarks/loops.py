@@ -43,8 +43,8 @@ def step(d, h, c, weight_t, bias):
 def autograd_loop(d, h, c, weight, bias, step_fn=step):
     weight_t = weight.t()
     outs = []
-    for t in range(d.size(0)):
-        h, c = step_fn(d[t], h, c, weight_t, bias)
+    for d_t in d.unbind(0):              # not d[t]: T selects make the backward quadratic in T
+        h, c = step_fn(d_t, h, c, weight_t, bias)
         outs.append(h)
     return torch.stack(outs)
 
@@ -52,8 +52,8 @@ def autograd_loop(d, h, c, weight, bias, step_fn=step):
 def scripted_loop(d, h, c, weight, bias):
     weight_t = weight.t()
     outs = []
-    for t in range(d.size(0)):
-        gates = d[t] + torch.addmm(bias, h, weight_t)
+    for d_t in d.unbind(0):
+        gates = d_t + torch.addmm(bias, h, weight_t)
         i, f, g, o = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
@@ -76,6 +76,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +86,10 @@ def main(argv=None):
     print("| shape (T, B, H) | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))
     compile_seconds = {}
-    for name, (T, B, H) in QUICK if args.quick else SHAPES:
+    shapes = QUICK if args.quick else SHAPES
+    if args.shapes:
+        shapes = [s for s in shapes if s[0] in args.shapes.split(",")]
+    for name, (T, B, H) in shapes:
         torch.manual_seed(0)
         lstm = torch.nn.LSTM(H, H)
         drive = torch.randn(T, B, 4 * H) * 0.5

@@ -275,3 +275,20 @@ def test_fused_input_widths(key, input_size):
     fast, ref = pair(key, "fused", input_size, 5, batch_first=False)
     x = torch.randn(6, 3, input_size, dtype=torch.float64, requires_grad=True)
     assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
+
+
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "rmsprop"), ("gru", "adam"), ("gru", "rmsprop"),
+                                 ("rnn", "adam")], ids=layer_id)
+def test_adam_loop_over_several_chunks_learnable_and_carried(key):
+    """Adam's drive made chunk by chunk inside the loop (loops.adam_loop; 3 chunks of 8 steps
+    here): learnable momentum and step size and a carried nonzero state get their gradients
+    across chunk boundaries."""
+    fast, ref = pair(key, "loop", 3, 1024, learnable=True)
+    assert fast.rule.name in ("adam", "rmsprop")
+    width = {"lstm": 4, "gru": 3, "rnn": 1}[key[0]] * 1024
+    velocity = (0.1 * torch.randn(1, 32, width, dtype=torch.float64)).requires_grad_()
+    moment = (0.1 * torch.rand(1, 32, width, dtype=torch.float64)).requires_grad_()
+    state = mrnn.RuleState(velocity, moment, torch.full((32,), 3))
+    x = torch.randn(21, 32, 3, dtype=torch.float64, requires_grad=True)
+    assert_same_values_and_gradients(fast, ref, lambda m: m(x, rule_state=state, return_rule_state=True),
+                                     [x, velocity, moment], torch.float64)

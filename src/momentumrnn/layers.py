@@ -37,7 +37,7 @@ from .base import RuleModule
 from .checks import (check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
                      zero_rule_state)
 from .fused import fused_direction
-from .loops import gru_loop, lstm_loop, rnn_loop
+from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
@@ -273,6 +273,12 @@ class RecurrentLayer(RuleModule):
             output, h_n, v_n = rnn_loop(u, state[0], weight_hh, bias_hh, recurrence.nonlinearity, mask,
                                         coefficient, velocity, scale)
             return output, (h_n,), {"velocity": v_n}
+        if isinstance(self.rule, AdamRule) and mask is None and u.is_cpu:
+            # Adam/RMSProp on the CPU: the drive made chunk by chunk inside the loop (no tensor of all steps)
+            kind = recurrence.nonlinearity if recurrence.name == "rnn" else recurrence.name
+            output, state, v_n, m_n = adam_loop(kind, u, state, weight_hh, bias_hh, rules["velocity"],
+                                                rules["second_moment"], **self.rule.adam_settings(hp))
+            return output, state, {"velocity": v_n, "second_moment": m_n}
         drives, rules = self.rule.drives(u, rules, hp, steps, mask)
         if recurrence.name == "gru":
             output, h_n = gru_loop(drives, state[0], weight_hh, bias_hh, mask)

@@ -25,12 +25,14 @@ All arithmetic is torch's; results equal the per-step reference to rounding.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
-from .scan import _time_chunks, first_order
+from .scan import AdamChunks, _time_chunks, first_order
 
-__all__ = ["lstm_loop", "rnn_loop", "gru_loop"]
+__all__ = ["lstm_loop", "rnn_loop", "gru_loop", "adam_loop"]
 
 
 def _keep(mask: Tensor | None, t: int):
@@ -119,14 +121,18 @@ class _AdditiveLoop(torch.autograd.Function):
 
     plain:     pre_t = A_t + r_t                                       (A = the drive)
     nesterov:  v_t = r_t + scale A_t;  pre_t = v_t + c_t (v_t - v_{t-1})   (A = u, scale = -s)
+    adam:      pre_t = d_t + r_t, d_t Adam's drive of A = u (``scan.AdamChunks``, momentum,
+               step_size = scale, state v0, m0), made one chunk of steps at a time just
+               before the loop needs it, so no drive tensor of all steps exists
 
-    Returns the outputs (T, B, H), h_T, c_T (LSTM; else None) and v_T (nesterov; else None).
-    The backward computes its factors per cache-sized chunk of steps (no buffer of all
-    steps but the gradient of ``A`` itself).
+    Time runs in cache-sized chunks (``_time_chunks``). Returns the outputs (T, B, H), h_T,
+    c_T (LSTM; else None), v_T (nesterov, adam; else None) and m_T (adam; else None). The
+    backward computes its factors per chunk; with adam it turns each chunk's gradient of the
+    drive into that of ``u`` in place (the only buffer of all steps is the gradient of ``A``).
     """
 
     @staticmethod
-    def forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind):
+    def forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam):
         time, batch, gates = terms.shape
         hidden = h0.size(-1)
         lstm = kind == "lstm"
@@ -134,48 +140,71 @@ class _AdditiveLoop(torch.autograd.Function):
         acts = _LSTMActivations(time, batch, hidden, terms, c0) if lstm else _RNNActivations(kind)
         outs = terms.new_empty(time, batch, hidden)
         pre = terms.new_empty(batch, gates)
+        chunks = _time_chunks(time, batch * gates)
         if nesterov:
             coefficient = coefficient[..., None]
             v_prev = v0
+        if adam is not None:
+            rule = AdamChunks(terms, momentum, scale, *adam)
+            drives = terms.new_empty(chunks[0][1], batch, gates)
+            rule_state = (v0, m0)
         u_t = weight_hh.t()
         h = h0
-        for t in range(time):
-            keep = _keep(mask, t)
-            rec = torch.mm(h, u_t) if bias is None else torch.addmm(bias, h, u_t)
-            if nesterov:
-                v = rec.addcmul_(terms[t], scale)
-                if keep is not None:
-                    v = torch.where(keep, v, v_prev)
-                torch.addcmul(v, coefficient[t], v - v_prev, out=pre)
-                v_prev = v
+        for index, (start, stop) in enumerate(chunks):
+            if adam is not None:
+                rule_state = rule.forward(index, terms[start:stop], *rule_state, drives[:stop - start])
+                block = drives
             else:
-                torch.add(terms[t], rec, out=pre)
-            acts.forward(t, pre, outs[t], keep)
-            if keep is not None:
-                torch.where(keep, outs[t], h, out=outs[t])
-            h = outs[t]
+                block = terms[start:stop]
+            for t in range(start, stop):
+                keep = _keep(mask, t)
+                rec = torch.mm(h, u_t) if bias is None else torch.addmm(bias, h, u_t)
+                if nesterov:
+                    v = rec.addcmul_(block[t - start], scale)
+                    if keep is not None:
+                        v = torch.where(keep, v, v_prev)
+                    torch.addcmul(v, coefficient[t], v - v_prev, out=pre)
+                    v_prev = v
+                else:
+                    torch.add(block[t - start], rec, out=pre)
+                acts.forward(t, pre, outs[t], keep)
+                if keep is not None:
+                    torch.where(keep, outs[t], h, out=outs[t])
+                h = outs[t]
         ctx.acts, ctx.lstm, ctx.nesterov, ctx.has_bias = acts, lstm, nesterov, bias is not None
-        ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask, scale, terms if nesterov else None)
+        ctx.chunks, ctx.rule = chunks, (rule if adam is not None else None)
+        entering = [t for pair in rule.entering for t in pair] if adam is not None else []
+        ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask, scale,
+                              terms if nesterov or adam is not None else None, momentum, *entering)
         h_n = outs[time - 1].clone()
         c_n = acts.cells[time].clone() if lstm else None
-        v_n = v_prev.clone() if nesterov else None
-        return outs, h_n, c_n, v_n
+        v_n = v_prev.clone() if nesterov else (rule_state[0] if adam is not None else None)
+        m_n = rule_state[1] if adam is not None else None
+        return outs, h_n, c_n, v_n, m_n
 
     @staticmethod
     @first_order
-    def backward(ctx, grad_out, grad_h, grad_c, grad_v):
-        outs, h0, weight_hh, coefficient, mask, scale, terms = ctx.saved_tensors
-        acts, lstm, nesterov = ctx.acts, ctx.lstm, ctx.nesterov
+    def backward(ctx, grad_out, grad_h, grad_c, grad_v, grad_m):
+        outs, h0, weight_hh, coefficient, mask, scale, terms, momentum, *entering = ctx.saved_tensors
+        acts, lstm, nesterov, rule = ctx.acts, ctx.lstm, ctx.nesterov, ctx.rule
         time, batch, hidden = outs.shape
         gates = weight_hh.size(0)
-        d_pre = outs.new_empty(time, batch, gates)   # nesterov: d_pre[t] becomes dv_t once used
+        d_pre = outs.new_empty(time, batch, gates)   # nesterov: d_pre[t] becomes dv_t once used; adam: du_t
         dh = grad_out[time - 1] + grad_h
         dc = (grad_c if grad_c is not None else outs.new_zeros(batch, hidden)) if lstm else None
         if nesterov:
             one_plus = 1.0 + coefficient
             minus = -coefficient
             passed = grad_v if grad_v is not None else outs.new_zeros(batch, gates)
-        for start, stop in reversed(_time_chunks(time, batch * gates)):
+        need_weight, need_bias = ctx.needs_input_grad[5], ctx.has_bias and ctx.needs_input_grad[2]
+        if rule is not None:
+            rule.start_backward(entering)
+            to_v = grad_v
+            to_h = grad_m * -2.0 if grad_m is not None else outs.new_zeros(batch, gates)
+            d_weight = outs.new_zeros(gates, hidden) if need_weight else None
+            d_bias = outs.new_zeros(gates) if need_bias else None
+        for index in range(len(ctx.chunks) - 1, -1, -1):
+            start, stop = ctx.chunks[index]
             factors = acts.factors(outs, start, stop)
             for t in range(stop - 1, start - 1, -1):
                 keep = _keep(mask, t)
@@ -196,9 +225,23 @@ class _AdditiveLoop(torch.autograd.Function):
                 if held is not None:
                     dh = dh + held
             del factors
+            if rule is not None:      # dU and db of this chunk, then d(drive) -> du in place
+                chunk = d_pre[start:stop]
+                flat = chunk.view(-1, gates)
+                if need_weight:
+                    previous = outs[start - 1:stop - 1] if start > 0 else _previous(outs[:stop], h0)
+                    d_weight.addmm_(flat.t(), previous.reshape(-1, hidden))
+                if need_bias:
+                    d_bias += flat.sum(0)
+                to_v, to_h = rule.backward(index, terms[start:stop], chunk, to_v, to_h, ctx.needs_input_grad[11],
+                                           ctx.needs_input_grad[1], chunk)
+        if rule is not None:
+            d_v0 = to_v if rule.moving else torch.zeros_like(grad_v)
+            return (d_pre, rule.d_s, d_bias, dh, dc, d_weight, None, d_v0, None, None, to_h * -0.5, rule.d_mu,
+                    None)
         flat = d_pre.view(time * batch, gates)
-        d_weight = flat.t().mm(_previous(outs, h0).view(time * batch, hidden)) if ctx.needs_input_grad[5] else None
-        d_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        d_weight = flat.t().mm(_previous(outs, h0).view(time * batch, hidden)) if need_weight else None
+        d_bias = flat.sum(0) if need_bias else None
         d_scale = None
         if nesterov:
             if ctx.needs_input_grad[1]:
@@ -206,14 +249,18 @@ class _AdditiveLoop(torch.autograd.Function):
             d_terms = d_pre.mul_(scale) if ctx.needs_input_grad[0] else None
         else:
             d_terms = d_pre
-        return (d_terms, d_scale, d_bias, dh, dc, d_weight, None, (passed if nesterov else None), None, None)
+        return (d_terms, d_scale, d_bias, dh, dc, d_weight, None, (passed if nesterov else None), None, None,
+                None, None, None)
 
 
 class _GRULoop(torch.autograd.Function):
-    """torch's GRU over a precomputed drive d (T, B, 3H) (in place of W x + b_ih)."""
+    """torch's GRU over a precomputed drive d (T, B, 3H) (in place of W x + b_ih), or over
+    Adam's drive of ``drive`` = u made chunk by chunk (``adam`` as in ``_AdditiveLoop``).
+    Time runs in cache-sized chunks; the backward's factors and the recurrent term's
+    gradient exist for one chunk at a time (``dU``, ``db_hh`` summed per chunk)."""
 
     @staticmethod
-    def forward(ctx, drive, h0, weight_hh, bias_hh, mask):
+    def forward(ctx, drive, h0, weight_hh, bias_hh, mask, v0, m0, momentum, step_size, adam):
         time, batch, gates = drive.shape
         H = h0.size(-1)
         outs = drive.new_empty(time, batch, H)
@@ -221,66 +268,102 @@ class _GRULoop(torch.autograd.Function):
         recurrent_n = drive.new_empty(time, batch, H)            # its candidate part, for the backward
         gate = drive.new_empty(time, batch, 2 * H)               # reset, update
         new = drive.new_empty(time, batch, H)                    # candidate n
+        chunks = _time_chunks(time, batch * gates)
+        if adam is not None:
+            rule = AdamChunks(drive, momentum, step_size, *adam)
+            drives = drive.new_empty(chunks[0][1], batch, gates)
+            rule_state = (v0, m0)
         u_t = weight_hh.t()
         h_prev = h0
-        for t in range(time):
-            if bias_hh is None:
-                torch.mm(h_prev, u_t, out=rec)
+        for index, (start, stop) in enumerate(chunks):
+            if adam is not None:
+                rule_state = rule.forward(index, drive[start:stop], *rule_state, drives[:stop - start])
+                block = drives
             else:
-                torch.addmm(bias_hh, h_prev, u_t, out=rec)
-            g = gate[t]
-            torch.add(drive[t, :, :2 * H], rec[:, :2 * H], out=g)
-            g.sigmoid_()
-            n = new[t]
-            torch.addcmul(drive[t, :, 2 * H:], g[:, :H], rec[:, 2 * H:], out=n)
-            n.tanh_()
-            recurrent_n[t] = rec[:, 2 * H:]
-            h = outs[t]
-            torch.sub(h_prev, n, out=h)
-            torch.addcmul(n, g[:, H:], h, out=h)                 # n + z (h_{t-1} - n), as torch
-            keep = _keep(mask, t)
-            if keep is not None:
-                torch.where(keep, h, h_prev, out=h)
-            h_prev = h
-        ctx.save_for_backward(outs, h0, recurrent_n, gate, new, weight_hh, mask)
+                block = drive[start:stop]
+            for t in range(start, stop):
+                d = block[t - start]
+                if bias_hh is None:
+                    torch.mm(h_prev, u_t, out=rec)
+                else:
+                    torch.addmm(bias_hh, h_prev, u_t, out=rec)
+                g = gate[t]
+                torch.add(d[:, :2 * H], rec[:, :2 * H], out=g)
+                g.sigmoid_()
+                n = new[t]
+                torch.addcmul(d[:, 2 * H:], g[:, :H], rec[:, 2 * H:], out=n)
+                n.tanh_()
+                recurrent_n[t] = rec[:, 2 * H:]
+                h = outs[t]
+                torch.sub(h_prev, n, out=h)
+                torch.addcmul(n, g[:, H:], h, out=h)                 # n + z (h_{t-1} - n), as torch
+                keep = _keep(mask, t)
+                if keep is not None:
+                    torch.where(keep, h, h_prev, out=h)
+                h_prev = h
+        ctx.chunks, ctx.rule = chunks, (rule if adam is not None else None)
+        entering = [t for pair in rule.entering for t in pair] if adam is not None else []
+        ctx.save_for_backward(outs, h0, recurrent_n, gate, new, weight_hh, mask,
+                              drive if adam is not None else None, *entering)
         ctx.has_bias = bias_hh is not None
-        return outs, outs[time - 1].clone()
+        v_n, m_n = rule_state if adam is not None else (None, None)
+        return outs, outs[time - 1].clone(), v_n, m_n
 
     @staticmethod
     @first_order
-    def backward(ctx, grad_out, grad_h):
-        outs, h0, recurrent_n, gate, new, weight_hh, mask = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_h, grad_v, grad_m):
+        outs, h0, recurrent_n, gate, new, weight_hh, mask, u, *entering = ctx.saved_tensors
+        rule = ctx.rule
         time, batch, H = grad_out.shape
-        previous = _previous(outs, h0)
-        reset, update = gate.split(H, dim=-1)
-        to_n = (1.0 - update) * (1.0 - new * new)                        # dh -> d(drive_n)
-        to_z = (previous - new) * (update * (1.0 - update))              # dh -> d(drive_z)
-        to_r = recurrent_n * (reset * (1.0 - reset))                     # d(drive_n) -> d(drive_r)
+        need_weight, need_bias = ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
+        d_weight = grad_out.new_zeros(3 * H, H) if need_weight else None
+        d_bias = grad_out.new_zeros(3 * H) if need_bias else None
+        if rule is not None:
+            rule.start_backward(entering)
+            to_v, to_h = grad_v, grad_m * -2.0
         d_drive = grad_out.new_empty(time, batch, 3 * H)
-        d_rec = grad_out.new_empty(time, batch, 3 * H)
+        d_rec = grad_out.new_empty(ctx.chunks[0][1], batch, 3 * H)
         dh = grad_out[time - 1] + grad_h
-        for t in range(time - 1, -1, -1):
-            keep = _keep(mask, t)
-            held = None
-            if keep is not None:
-                held = torch.where(keep, 0.0, dh)
-                dh = dh * keep
-            dd, dr = d_drive[t], d_rec[t]
-            torch.mul(dh, to_n[t], out=dd[:, 2 * H:])
-            torch.mul(dh, to_z[t], out=dd[:, H:2 * H])
-            torch.mul(dd[:, 2 * H:], to_r[t], out=dd[:, :H])
-            dr[:, :2 * H] = dd[:, :2 * H]
-            torch.mul(dd[:, 2 * H:], reset[t], out=dr[:, 2 * H:])
-            direct = dh * update[t]
-            if t > 0:
-                direct.add_(grad_out[t - 1])
-            if held is not None:
-                direct.add_(held)
-            dh = torch.addmm(direct, dr, weight_hh)
-        flat = d_rec.view(time * batch, 3 * H)
-        d_weight = flat.t().mm(previous.view(time * batch, H)) if ctx.needs_input_grad[2] else None
-        d_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return d_drive, dh, d_weight, d_bias, None
+        for index in range(len(ctx.chunks) - 1, -1, -1):
+            start, stop = ctx.chunks[index]
+            previous = outs[start - 1:stop - 1] if start > 0 else _previous(outs[:stop], h0)
+            reset, update = gate[start:stop].split(H, dim=-1)
+            candidate = new[start:stop]
+            to_n = (1.0 - update) * (1.0 - candidate * candidate)              # dh -> d(drive_n)
+            to_z = (previous - candidate) * (update * (1.0 - update))          # dh -> d(drive_z)
+            to_r = recurrent_n[start:stop] * (reset * (1.0 - reset))           # d(drive_n) -> d(drive_r)
+            for t in range(stop - 1, start - 1, -1):
+                i = t - start
+                keep = _keep(mask, t)
+                held = None
+                if keep is not None:
+                    held = torch.where(keep, 0.0, dh)
+                    dh = dh * keep
+                dd, dr = d_drive[t], d_rec[i]
+                torch.mul(dh, to_n[i], out=dd[:, 2 * H:])
+                torch.mul(dh, to_z[i], out=dd[:, H:2 * H])
+                torch.mul(dd[:, 2 * H:], to_r[i], out=dd[:, :H])
+                dr[:, :2 * H] = dd[:, :2 * H]
+                torch.mul(dd[:, 2 * H:], reset[i], out=dr[:, 2 * H:])
+                direct = dh * update[i]
+                if t > 0:
+                    direct.add_(grad_out[t - 1])
+                if held is not None:
+                    direct.add_(held)
+                dh = torch.addmm(direct, dr, weight_hh)
+            flat = d_rec[:stop - start].view(-1, 3 * H)
+            if need_weight:
+                d_weight.addmm_(flat.t(), previous.reshape(-1, H))
+            if need_bias:
+                d_bias += flat.sum(0)
+            if rule is not None:          # d(drive) -> du in place
+                chunk = d_drive[start:stop]
+                to_v, to_h = rule.backward(index, u[start:stop], chunk, to_v, to_h, ctx.needs_input_grad[7],
+                                           ctx.needs_input_grad[8], chunk)
+        if rule is None:
+            return d_drive, dh, d_weight, d_bias, None, None, None, None, None, None
+        d_v0 = to_v if rule.moving else torch.zeros_like(grad_v)
+        return d_drive, dh, d_weight, d_bias, None, d_v0, to_h * -0.5, rule.d_mu, rule.d_s, None
 
 
 def lstm_loop(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None,
@@ -288,18 +371,40 @@ def lstm_loop(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, bias_hh:
               scale: Tensor | None = None):
     """LSTM over ``terms`` (T, B, 4H): the drive (plain), or ``u`` with the Nesterov
     ``coefficient`` (T, B or 1), velocity ``v0`` and ``scale = -s``. Returns (out, h_n, c_n, v_n)."""
-    return _AdditiveLoop.apply(terms, scale, bias_hh, h0, c0, weight_hh, coefficient, v0, mask, "lstm")
+    out, h_n, c_n, v_n, _ = _AdditiveLoop.apply(terms, scale, bias_hh, h0, c0, weight_hh, coefficient, v0, mask,
+                                                "lstm", None, None, None)
+    return out, h_n, c_n, v_n
 
 
 def rnn_loop(terms: Tensor, h0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, nonlinearity: str,
              mask: Tensor | None = None, coefficient: Tensor | None = None, v0: Tensor | None = None,
              scale: Tensor | None = None):
     """tanh/relu RNN over ``terms`` (T, B, H), as ``lstm_loop``. Returns (out, h_n, v_n)."""
-    out, h_n, _, v_n = _AdditiveLoop.apply(terms, scale, bias_hh, h0, None, weight_hh, coefficient, v0, mask,
-                                           nonlinearity)
+    out, h_n, _, v_n, _ = _AdditiveLoop.apply(terms, scale, bias_hh, h0, None, weight_hh, coefficient, v0, mask,
+                                              nonlinearity, None, None, None)
     return out, h_n, v_n
+
+
+def adam_loop(kind: str, u: Tensor, state: tuple[Tensor, ...], weight_hh: Tensor, bias_hh: Tensor | None,
+              velocity: Tensor, second_moment: Tensor, momentum, step_size, beta: float, eps: float):
+    """LSTM, GRU (``kind`` "lstm", "gru") or tanh/relu RNN driven by Adam's (RMSProp's: ``momentum`` 0)
+    drive of ``u`` (T, B, G*H), made chunk by chunk inside the loop; no mask. ``state``:
+    ``(h0, c0)`` or ``(h0,)``. Returns (out, final state tuple, v_T, m_T)."""
+    moving = not (isinstance(momentum, numbers.Real) and float(momentum) == 0.0)
+    momentum = torch.as_tensor(momentum, dtype=u.dtype, device=u.device)
+    step_size = torch.as_tensor(step_size, dtype=u.dtype, device=u.device)
+    if kind == "gru":
+        out, h_n, v_n, m_n = _GRULoop.apply(u, state[0], weight_hh, bias_hh, None, velocity, second_moment, momentum,
+                                            step_size, (float(beta), float(eps), moving))
+        return out, (h_n,), v_n, m_n
+    c0 = state[1] if kind == "lstm" else None
+    out, h_n, c_n, v_n, m_n = _AdditiveLoop.apply(u, step_size, bias_hh, state[0], c0, weight_hh, None, velocity,
+                                                  None, kind, second_moment, momentum,
+                                                  (float(beta), float(eps), moving))
+    return out, ((h_n, c_n) if kind == "lstm" else (h_n,)), v_n, m_n
 
 
 def gru_loop(drive: Tensor, h0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, mask: Tensor | None = None):
     """torch's GRU over the drive (T, B, 3H). Returns (out, h_n)."""
-    return _GRULoop.apply(drive, h0, weight_hh, bias_hh, mask)
+    out, h_n, _, _ = _GRULoop.apply(drive, h0, weight_hh, bias_hh, mask, None, None, None, None, None)
+    return out, h_n

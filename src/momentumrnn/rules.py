@@ -222,13 +222,17 @@ class AdamRule(Rule):
         m = beta * state["second_moment"] + (1.0 - beta) * (u * u)
         return v / torch.sqrt(m + ADAM_EPS), {"velocity": v, "second_moment": m}
 
+    def adam_settings(self, hp: dict) -> dict:
+        """The arguments of ``loops.adam_loop`` / ``scan.adam_scan`` for these settings."""
+        return {"momentum": hp.get("momentum", 0.0), "step_size": hp["step_size"], "beta": hp["beta"],
+                "eps": ADAM_EPS}
+
     def drives(self, u, state, hp, steps, mask=None):
         """As ``Rule.drives``. On the CPU without a mask, one kernel (``scan.adam_scan``) that
         keeps each time chunk in cache; on CUDA the parallel scans of the base class."""
         if mask is not None or u.device.type != "cpu":
             return super().drives(u, state, hp, steps, mask)
-        drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], hp.get("momentum", 0.0),
-                                hp["step_size"], hp["beta"], ADAM_EPS)
+        drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], **self.adam_settings(hp))
         return drive, {"velocity": v, "second_moment": m}
 
     def state_coefficients(self, hp, steps, time, mask=None, dtype=torch.float64):

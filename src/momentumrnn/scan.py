@@ -182,112 +182,133 @@ def _time_chunks(time: int, width: int):
     return [(start, min(start + size, time)) for start in range(0, time, size)]
 
 
-class _AdamScan(torch.autograd.Function):
-    """Adam's drive of all steps: ``v_t = mu v_{t-1} + s u_t``, ``m_t = beta m_{t-1} +
-    (1 - beta) u_t^2``, ``d_t = v_t / q_t`` with ``q_t = sqrt(m_t + eps)``.
+class AdamChunks:
+    """Adam's state recurrences over time in cache-sized chunks, forward and adjoint; used by
+    ``adam_scan`` and by the loops that compute the drive chunk by chunk (``loops.py``)::
 
-    Time runs in chunks that stay in cache: in each chunk the two recurrences take one op
-    per step and everything elementwise is one op over the chunk. The backward runs the
-    adjoint recurrences the same way::
+        v_t = mu v_{t-1} + s u_t,   m_t = beta m_{t-1} + (1 - beta) u_t^2,   d_t = v_t / q_t
+        with q_t = sqrt(m_t + eps)
+
+    In each chunk the two recurrences take one op per step and everything elementwise one op
+    over the chunk. The adjoint (``backward``) runs backwards in time the same way::
 
         Gv_t = dd_t / q_t + mu Gv_{t+1}
         Hm_t = dd_t v_t / (q_t q_t^2) + beta Hm_{t+1}        (Hm = -2 Gm)
         du_t = s Gv_t - (1 - beta) u_t Hm_t
 
-    With ``keep`` the forward keeps ``v``, ``q`` and ``q^2`` for the backward; without it
-    only ``u`` and the state entering each chunk are kept and the backward recomputes each
-    chunk (three fewer tensors the size of ``u``, a few more passes over it).
+    ``keep``: keep ``v``, ``q`` and ``q^2`` of all steps for the backward (faster); without it
+    only the state entering each chunk is kept and ``backward`` recomputes the chunk (three
+    fewer tensors the size of ``u``, a few more passes over it).
     """
 
-    @staticmethod
-    def _chunk(u, v_prev, m_prev, momentum, step_size, beta, eps, moving, v, q2, q):
-        """v, q^2 = m + eps and q of one chunk of steps, into the given buffers."""
-        torch.mul(u, step_size, out=v)
+    def __init__(self, u: Tensor, momentum: Tensor, step_size: Tensor, beta: float, eps: float,
+                 moving: bool, keep: bool = False):
+        self.momentum, self.step_size, self.beta, self.eps, self.moving = momentum, step_size, beta, eps, moving
+        self.chunks = _time_chunks(u.size(0), u[0].numel())
+        self.keep = keep
+        length = u.size(0) if keep else self.chunks[0][1]
+        self.buffers = tuple(u.new_empty(length, *u.shape[1:]) for _ in range(3))     # v, q^2, q
+        self.entering = []                                  # (v, m) entering each chunk
+        self.d_mu = self.d_s = None
+
+    def _views(self, start, stop):
+        where = slice(start, stop) if self.keep else slice(0, stop - start)
+        return tuple(b[where] for b in self.buffers)
+
+    def _states(self, u, v_prev, m_prev, v, q2, q):
+        """v, q^2 = m + eps and q of one chunk (u: its steps), into the given buffers; m_T."""
+        torch.mul(u, self.step_size, out=v)
         torch.mul(u, u, out=q2)
-        q2.mul_(1.0 - beta)
+        q2.mul_(1.0 - self.beta)
         for t in range(u.size(0)):
-            if moving:
-                v[t].addcmul_(v_prev, momentum)
-            q2[t].add_(m_prev, alpha=beta)
+            if self.moving:
+                v[t].addcmul_(v_prev, self.momentum)
+            q2[t].add_(m_prev, alpha=self.beta)
             v_prev, m_prev = v[t], q2[t]
         last_m = q2[-1].clone()
-        q2.add_(eps)
+        q2.add_(self.eps)
         torch.sqrt(q2, out=q)
         return last_m
 
+    def forward(self, index: int, u: Tensor, v_prev: Tensor, m_prev: Tensor, out: Tensor):
+        """Chunk ``index`` (``u``: its steps) from the entering state: the drive into ``out``;
+        returns the state leaving it (v, m)."""
+        self.entering.append((v_prev, m_prev))
+        v, q2, q = self._views(*self.chunks[index])
+        m_last = self._states(u, v_prev, m_prev, v, q2, q)
+        torch.div(v, q, out=out)
+        return (v[-1] if self.keep else v[-1].clone()), m_last
+
+    def start_backward(self, entering: list[Tensor]):
+        """Before each backward pass (there may be several: ``retain_graph``): the entering
+        states as saved (flat: v, m, v, m, ...), and the gradient sums reset."""
+        self.entering = list(zip(entering[0::2], entering[1::2]))
+        self.d_mu = self.d_s = None
+
+    def backward(self, index: int, u: Tensor, grad: Tensor, to_v: Tensor | None, to_h: Tensor,
+                 need_mu: bool, need_s: bool, out: Tensor):
+        """The adjoint over chunk ``index``: ``grad`` = dL/dd of its steps, ``to_v``/``to_h``
+        what reaches its last v (None: nothing) and m (as Hm) from later; writes dL/du into
+        ``out`` (may be ``grad`` itself) and returns what reaches the entering v and m (as Hm).
+        Accumulates ``d_mu``, ``d_s``."""
+        momentum, beta, moving = self.momentum, self.beta, self.moving
+        v_prev, m_prev = self.entering[index]
+        v, q2, q = self._views(*self.chunks[index])
+        if not self.keep:
+            self._states(u, v_prev, m_prev, v, q2, q)
+        gv = torch.div(grad, q)                                     # dd_t / q_t
+        hm = torch.mul(gv, v).div_(q2)                              # dd_t v_t / q_t^3
+        last = u.size(0) - 1
+        if to_v is not None:
+            gv[last].add_(to_v)
+        hm[last].add_(to_h)
+        for t in range(last - 1, -1, -1):
+            if moving:
+                gv[t].addcmul_(gv[t + 1], momentum)
+            hm[t].add_(hm[t + 1], alpha=beta)
+        if need_s:
+            part = torch.dot(gv.reshape(-1), u.reshape(-1))
+            self.d_s = part if self.d_s is None else self.d_s + part
+        if need_mu and moving:                                      # sum_t Gv_t . v_{t-1}
+            part = torch.dot(gv[0].reshape(-1), v_prev.reshape(-1))
+            if last > 0:
+                part = part + torch.dot(gv[1:].reshape(-1), v[:-1].reshape(-1))
+            self.d_mu = part if self.d_mu is None else self.d_mu + part
+        torch.mul(gv, self.step_size, out=out)
+        out.addcmul_(hm, u, value=-(1.0 - beta))
+        return (gv[0] * momentum if moving else None), hm[0] * beta
+
+
+class _AdamScan(torch.autograd.Function):
+    """Adam's drive of all steps (``AdamChunks`` over the whole sequence)."""
+
     @staticmethod
     def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, moving, keep):
-        time = u.size(0)
-        chunks = _time_chunks(time, u[0].numel())
+        adam = AdamChunks(u, momentum, step_size, beta, eps, moving, keep)
         drive = torch.empty_like(u)
-        size = chunks[0][1]
-        if keep:
-            velocity, square, root = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u)
-        else:
-            velocity, square, root = (u.new_empty(size, *u.shape[1:]) for _ in range(3))
-        entering = []
         v_prev, m_prev = v0, m0
-        for start, stop in chunks:
-            entering.append((v_prev, m_prev))
-            where = slice(start, stop) if keep else slice(0, stop - start)
-            v, q2, q = velocity[where], square[where], root[where]
-            m_prev = _AdamScan._chunk(u[start:stop], v_prev, m_prev, momentum, step_size, beta, eps, moving,
-                                      v, q2, q)
-            v_prev = v[-1] if keep else v[-1].clone()
-            torch.div(v, q, out=drive[start:stop])
-        kept = (velocity, square, root) if keep else ()
-        ctx.save_for_backward(u, momentum, step_size, *kept, *[t for pair in entering for t in pair])
-        ctx.beta, ctx.eps, ctx.moving, ctx.chunks, ctx.keep = beta, eps, moving, chunks, keep
+        for index, (start, stop) in enumerate(adam.chunks):
+            v_prev, m_prev = adam.forward(index, u[start:stop], v_prev, m_prev, drive[start:stop])
+        ctx.save_for_backward(u, *adam.buffers if keep else (), *[t for pair in adam.entering for t in pair])
+        ctx.adam, ctx.keep = adam, keep
         return drive, v_prev.clone() if keep else v_prev, m_prev
 
     @staticmethod
     @first_order
     def backward(ctx, grad_drive, grad_v, grad_m):
-        u, momentum, step_size, *rest = ctx.saved_tensors
-        beta, eps, moving, chunks, keep = ctx.beta, ctx.eps, ctx.moving, ctx.chunks, ctx.keep
-        if keep:
-            (velocity, square, root), entering = rest[:3], rest[3:]
-        else:
-            size = chunks[0][1]
-            velocity, square, root = (u.new_empty(size, *u.shape[1:]) for _ in range(3))
-            entering = rest
-        need_mu, need_s = moving and ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        d_mu = d_s = None
+        u, *rest = ctx.saved_tensors
+        adam = ctx.adam
+        if ctx.keep:
+            adam.buffers, rest = tuple(rest[:3]), rest[3:]
+        adam.start_backward(rest)
         d_u = torch.empty_like(u)
         to_v, to_h = grad_v, grad_m * -2.0     # the gradients reaching v_t and (as Hm) m_t from later
-        for index in range(len(chunks) - 1, -1, -1):
-            start, stop = chunks[index]
-            v_prev, m_prev = entering[2 * index], entering[2 * index + 1]
-            uc = u[start:stop]
-            where = slice(start, stop) if keep else slice(0, stop - start)
-            v, q2, q = velocity[where], square[where], root[where]
-            if not keep:
-                _AdamScan._chunk(uc, v_prev, m_prev, momentum, step_size, beta, eps, moving, v, q2, q)
-            gv = torch.div(grad_drive[start:stop], q)                   # dd_t / q_t
-            hm = torch.mul(gv, v).div_(q2)                              # dd_t v_t / q_t^3
-            last = stop - start - 1
-            if to_v is not None:
-                gv[last].add_(to_v)
-            hm[last].add_(to_h)
-            for t in range(last - 1, -1, -1):
-                if moving:
-                    gv[t].addcmul_(gv[t + 1], momentum)
-                hm[t].add_(hm[t + 1], alpha=beta)
-            to_v = gv[0] * momentum if moving else None
-            to_h = hm[0] * beta
-            du = d_u[start:stop]
-            torch.mul(gv, step_size, out=du)
-            du.addcmul_(hm, uc, value=-(1.0 - beta))
-            if need_s:
-                part = torch.dot(gv.reshape(-1), uc.reshape(-1))
-                d_s = part if d_s is None else d_s + part
-            if need_mu:                                                 # sum_t Gv_t . v_{t-1}
-                part = torch.dot(gv[0].reshape(-1), v_prev.reshape(-1))
-                if last > 0:
-                    part = part + torch.dot(gv[1:].reshape(-1), v[:-1].reshape(-1))
-                d_mu = part if d_mu is None else d_mu + part
-        d_v0 = to_v if moving else torch.zeros_like(grad_v)
-        return d_u, d_v0, to_h * -0.5, d_mu, d_s, None, None, None, None
+        for index in range(len(adam.chunks) - 1, -1, -1):
+            start, stop = adam.chunks[index]
+            to_v, to_h = adam.backward(index, u[start:stop], grad_drive[start:stop], to_v, to_h,
+                                       ctx.needs_input_grad[3], ctx.needs_input_grad[4], d_u[start:stop])
+        d_v0 = to_v if adam.moving else torch.zeros_like(grad_v)
+        return d_u, d_v0, to_h * -0.5, adam.d_mu, adam.d_s, None, None, None, None
 
 
 def adam_scan(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: float, eps: float,
