@@ -248,17 +248,20 @@ def markdown(report):
             T, B, I, H = (rows[0][k] for k in ("T", "batch", "input", "hidden"))
             lines += [f"## {shape}: T={T}, batch={B}, input={I}, hidden={H} ({device})", "",
                       "| layer | path | f+b ms | f+b / torch | fwd ms | fwd / torch | f+b ms reference | "
-                      "speedup vs reference (f+b / fwd) | peak MiB (torch) | memory / torch |",
-                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "reference / torch (f+b) | speedup vs reference (f+b / fwd) | peak MiB (torch) | "
+                      "memory / torch |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for r in rows:
                 peak, peak_torch = r["peak_mib"]["fast"], r["peak_mib"]["torch"]
                 mem = f"{peak:.1f} ({peak_torch:.1f})" if peak is not None and peak_torch is not None else "n/a"
                 ratio = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] is not None else "n/a"
                 ref_fb = "-" if r["fb_ms"]["reference"] is None else f"{r['fb_ms']['reference']:.0f}"
                 speedup_fb = "-" if r["speedup_fb"] is None else f"{r['speedup_fb']:.1f}x"
+                ref_torch = "-" if r["fb_ms"]["reference"] is None else \
+                    f"{r['fb_ms']['reference'] / r['fb_ms']['torch']:.2f}"
                 lines.append(
                     f"| {r['layer']} | {r['path']} | {r['fb_ms']['fast']:.1f} | **{r['ratio_fb']:.2f}** | "
-                    f"{r['fwd_ms']['fast']:.1f} | {r['ratio_fwd']:.2f} | {ref_fb} | "
+                    f"{r['fwd_ms']['fast']:.1f} | {r['ratio_fwd']:.2f} | {ref_fb} | {ref_torch} | "
                     f"{speedup_fb} / {r['speedup_fwd']:.1f}x | {mem} | {ratio} |")
             lines.append("")
     checks = report["targets"]
