@@ -20,13 +20,17 @@ one warm-up) of:
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from momentumrnn.loops import lstm_loop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_time  # noqa: E402  (benchmarks/timing.py)
 
 SHAPES = [("TIMIT-like", (200, 32, 158)), ("PTB small", (35, 20, 200)), ("pixel MNIST", (784, 128, 128))]
 QUICK = [("tiny", (20, 4, 8))]
@@ -59,15 +63,6 @@ def scripted_loop(d, h, c, weight, bias):
         h = torch.sigmoid(o) * torch.tanh(c)
         outs.append(h)
     return torch.stack(outs)
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -132,7 +127,7 @@ def main(argv=None):
                 run().sum().backward()
 
             forward(), both()
-            f, fb = median_time(forward, args.repeats), median_time(both, args.repeats)
+            f, fb = median_time(forward, args.repeats, warmup=False), median_time(both, args.repeats, warmup=False)
             base = fb if method == "torch" else base
             ratio = f" ({fb / base:.2f})" if base else ""
             cells.append(f"{f * 1e3:.1f} / {fb * 1e3:.1f}{ratio}")

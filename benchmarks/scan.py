@@ -10,12 +10,15 @@ input-side filter of the fused path (F = input_size + 1) and a rule state over a
 """
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 from momentumrnn.scan import linear_scan
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_time  # noqa: E402  (benchmarks/timing.py)
 
 CASES = [  # name, T, B, F
     ("pixel MNIST input", 784, 128, 2),
@@ -29,16 +32,6 @@ CASES = [  # name, T, B, F
 ]
 QUICK = [("short", 35, 4, 9), ("long", 300, 4, 9)]
 METHODS = [("sequential", None), ("loop", None), ("matmul", 16), ("matmul", 64), ("chunked", None), ("chunked", 8)]
-
-
-def median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):

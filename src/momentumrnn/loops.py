@@ -44,6 +44,11 @@ def _previous(outs: Tensor, h0: Tensor) -> Tensor:
     return torch.cat([h0[None], outs[:-1]])
 
 
+def _previous_chunk(outs: Tensor, h0: Tensor, start: int, stop: int) -> Tensor:
+    """h_{t-1} of steps start..stop-1."""
+    return outs[start - 1:stop - 1] if start > 0 else _previous(outs[:stop], h0)
+
+
 class _LSTMActivations:
     """The LSTM gate nonlinearities over preallocated buffers (gate order i, f, g, o)."""
 
@@ -115,6 +120,53 @@ class _RNNActivations:
         return None
 
 
+class _Drives:
+    """The drive of the loop, one cache-sized chunk of steps at a time: ``terms`` itself, or
+    (``adam`` = (beta, eps, moving)) Adam's drive of ``terms`` = u, made by ``AdamChunks``
+    just before the loop reaches the chunk. Kept on the autograd context for the backward,
+    which runs the Adam adjoint chunk by chunk (``start_backward``, ``backward``,
+    ``gradients``)."""
+
+    def __init__(self, terms: Tensor, v0, m0, momentum, step_size, adam):
+        time, batch, gates = terms.shape
+        self.terms, self.chunks = terms, _time_chunks(time, batch * gates)
+        self.rule = None if adam is None else AdamChunks(terms, momentum, step_size, *adam)
+        if self.rule is not None:
+            self.buffer = terms.new_empty(self.chunks[0][1], batch, gates)
+            self.state = (v0, m0)           # the rule state leaving the last chunk made
+
+    def __iter__(self):
+        """(start, stop, drive of steps start..stop-1 indexed from 0) per chunk, in order."""
+        for index, (start, stop) in enumerate(self.chunks):
+            if self.rule is None:
+                yield start, stop, self.terms[start:stop]
+            else:
+                self.state = self.rule.forward(index, self.terms[start:stop], *self.state,
+                                               self.buffer[:stop - start])
+                yield start, stop, self.buffer
+
+    def saved(self) -> list[Tensor]:
+        """The tensors to save for the backward: the rule states entering each chunk."""
+        return [] if self.rule is None else [t for pair in self.rule.entering for t in pair]
+
+    def start_backward(self, u: Tensor, entering: list[Tensor], grad_v: Tensor, grad_m: Tensor,
+                       need_momentum: bool, need_step_size: bool):
+        self.terms, self.needs = u, (need_momentum, need_step_size)
+        self.rule.start_backward(entering)
+        self.to_v, self.to_h = grad_v, grad_m * -2.0     # reaching v_T and (as Hm) m_T
+
+    def backward(self, index: int, grad: Tensor):
+        """Chunk ``index``: dL/d(drive) in ``grad`` becomes dL/du, in place."""
+        start, stop = self.chunks[index]
+        self.to_v, self.to_h = self.rule.backward(index, self.terms[start:stop], grad, self.to_v, self.to_h,
+                                                  *self.needs, grad)
+
+    def gradients(self, like: Tensor):
+        """dL/dv0, dL/dm0, dL/dmomentum, dL/dstep_size once every chunk is done."""
+        rule = self.rule
+        return (self.to_v if rule.moving else torch.zeros_like(like)), self.to_h * -0.5, rule.d_mu, rule.d_s
+
+
 class _AdditiveLoop(torch.autograd.Function):
     """RNN or LSTM over precomputed terms ``A`` (T, B, G*H) with the recurrent term
     ``r_t = U h_{t-1} + b_hh`` computed as the reference computes it:
@@ -140,22 +192,13 @@ class _AdditiveLoop(torch.autograd.Function):
         acts = _LSTMActivations(time, batch, hidden, terms, c0) if lstm else _RNNActivations(kind)
         outs = terms.new_empty(time, batch, hidden)
         pre = terms.new_empty(batch, gates)
-        chunks = _time_chunks(time, batch * gates)
+        drives = _Drives(terms, v0, m0, momentum, scale, adam)
         if nesterov:
             coefficient = coefficient[..., None]
             v_prev = v0
-        if adam is not None:
-            rule = AdamChunks(terms, momentum, scale, *adam)
-            drives = terms.new_empty(chunks[0][1], batch, gates)
-            rule_state = (v0, m0)
         u_t = weight_hh.t()
         h = h0
-        for index, (start, stop) in enumerate(chunks):
-            if adam is not None:
-                rule_state = rule.forward(index, terms[start:stop], *rule_state, drives[:stop - start])
-                block = drives
-            else:
-                block = terms[start:stop]
+        for start, stop, block in drives:
             for t in range(start, stop):
                 keep = _keep(mask, t)
                 rec = torch.mm(h, u_t) if bias is None else torch.addmm(bias, h, u_t)
@@ -172,21 +215,21 @@ class _AdditiveLoop(torch.autograd.Function):
                     torch.where(keep, outs[t], h, out=outs[t])
                 h = outs[t]
         ctx.acts, ctx.lstm, ctx.nesterov, ctx.has_bias = acts, lstm, nesterov, bias is not None
-        ctx.chunks, ctx.rule = chunks, (rule if adam is not None else None)
-        entering = [t for pair in rule.entering for t in pair] if adam is not None else []
+        ctx.drives = drives
         ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask, scale,
-                              terms if nesterov or adam is not None else None, momentum, *entering)
+                              terms if nesterov or adam is not None else None, *drives.saved())
         h_n = outs[time - 1].clone()
         c_n = acts.cells[time].clone() if lstm else None
-        v_n = v_prev.clone() if nesterov else (rule_state[0] if adam is not None else None)
-        m_n = rule_state[1] if adam is not None else None
+        v_n, m_n = drives.state if adam is not None else (v_prev.clone() if nesterov else None, None)
+        drives.terms = drives.state = None          # the saved tensors serve the backward
         return outs, h_n, c_n, v_n, m_n
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out, grad_h, grad_c, grad_v, grad_m):
-        outs, h0, weight_hh, coefficient, mask, scale, terms, momentum, *entering = ctx.saved_tensors
-        acts, lstm, nesterov, rule = ctx.acts, ctx.lstm, ctx.nesterov, ctx.rule
+        outs, h0, weight_hh, coefficient, mask, scale, terms, *entering = ctx.saved_tensors
+        acts, lstm, nesterov, drives = ctx.acts, ctx.lstm, ctx.nesterov, ctx.drives
+        adam = drives.rule is not None
         time, batch, hidden = outs.shape
         gates = weight_hh.size(0)
         d_pre = outs.new_empty(time, batch, gates)   # nesterov: d_pre[t] becomes dv_t once used; adam: du_t
@@ -197,14 +240,12 @@ class _AdditiveLoop(torch.autograd.Function):
             minus = -coefficient
             passed = grad_v if grad_v is not None else outs.new_zeros(batch, gates)
         need_weight, need_bias = ctx.needs_input_grad[5], ctx.has_bias and ctx.needs_input_grad[2]
-        if rule is not None:
-            rule.start_backward(entering)
-            to_v = grad_v
-            to_h = grad_m * -2.0 if grad_m is not None else outs.new_zeros(batch, gates)
+        if adam:
+            drives.start_backward(terms, entering, grad_v, grad_m, ctx.needs_input_grad[11], ctx.needs_input_grad[1])
             d_weight = outs.new_zeros(gates, hidden) if need_weight else None
             d_bias = outs.new_zeros(gates) if need_bias else None
-        for index in range(len(ctx.chunks) - 1, -1, -1):
-            start, stop = ctx.chunks[index]
+        for index in range(len(drives.chunks) - 1, -1, -1):
+            start, stop = drives.chunks[index]
             factors = acts.factors(outs, start, stop)
             for t in range(stop - 1, start - 1, -1):
                 keep = _keep(mask, t)
@@ -225,20 +266,16 @@ class _AdditiveLoop(torch.autograd.Function):
                 if held is not None:
                     dh = dh + held
             del factors
-            if rule is not None:      # dU and db of this chunk, then d(drive) -> du in place
-                chunk = d_pre[start:stop]
-                flat = chunk.view(-1, gates)
+            if adam:                  # dU and db of this chunk, then d(drive) -> du in place
+                flat = d_pre[start:stop].view(-1, gates)
                 if need_weight:
-                    previous = outs[start - 1:stop - 1] if start > 0 else _previous(outs[:stop], h0)
-                    d_weight.addmm_(flat.t(), previous.reshape(-1, hidden))
+                    d_weight.addmm_(flat.t(), _previous_chunk(outs, h0, start, stop).reshape(-1, hidden))
                 if need_bias:
                     d_bias += flat.sum(0)
-                to_v, to_h = rule.backward(index, terms[start:stop], chunk, to_v, to_h, ctx.needs_input_grad[11],
-                                           ctx.needs_input_grad[1], chunk)
-        if rule is not None:
-            d_v0 = to_v if rule.moving else torch.zeros_like(grad_v)
-            return (d_pre, rule.d_s, d_bias, dh, dc, d_weight, None, d_v0, None, None, to_h * -0.5, rule.d_mu,
-                    None)
+                drives.backward(index, d_pre[start:stop])
+        if adam:
+            d_v0, d_m0, d_momentum, d_step_size = drives.gradients(grad_v)
+            return (d_pre, d_step_size, d_bias, dh, dc, d_weight, None, d_v0, None, None, d_m0, d_momentum, None)
         flat = d_pre.view(time * batch, gates)
         d_weight = flat.t().mm(_previous(outs, h0).view(time * batch, hidden)) if need_weight else None
         d_bias = flat.sum(0) if need_bias else None
@@ -268,19 +305,10 @@ class _GRULoop(torch.autograd.Function):
         recurrent_n = drive.new_empty(time, batch, H)            # its candidate part, for the backward
         gate = drive.new_empty(time, batch, 2 * H)               # reset, update
         new = drive.new_empty(time, batch, H)                    # candidate n
-        chunks = _time_chunks(time, batch * gates)
-        if adam is not None:
-            rule = AdamChunks(drive, momentum, step_size, *adam)
-            drives = drive.new_empty(chunks[0][1], batch, gates)
-            rule_state = (v0, m0)
+        drives = _Drives(drive, v0, m0, momentum, step_size, adam)
         u_t = weight_hh.t()
         h_prev = h0
-        for index, (start, stop) in enumerate(chunks):
-            if adam is not None:
-                rule_state = rule.forward(index, drive[start:stop], *rule_state, drives[:stop - start])
-                block = drives
-            else:
-                block = drive[start:stop]
+        for start, stop, block in drives:
             for t in range(start, stop):
                 d = block[t - start]
                 if bias_hh is None:
@@ -301,32 +329,31 @@ class _GRULoop(torch.autograd.Function):
                 if keep is not None:
                     torch.where(keep, h, h_prev, out=h)
                 h_prev = h
-        ctx.chunks, ctx.rule = chunks, (rule if adam is not None else None)
-        entering = [t for pair in rule.entering for t in pair] if adam is not None else []
+        ctx.drives, ctx.has_bias = drives, bias_hh is not None
         ctx.save_for_backward(outs, h0, recurrent_n, gate, new, weight_hh, mask,
-                              drive if adam is not None else None, *entering)
-        ctx.has_bias = bias_hh is not None
-        v_n, m_n = rule_state if adam is not None else (None, None)
+                              drive if adam is not None else None, *drives.saved())
+        v_n, m_n = drives.state if adam is not None else (None, None)
+        drives.terms = drives.state = None          # the saved tensors serve the backward
         return outs, outs[time - 1].clone(), v_n, m_n
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out, grad_h, grad_v, grad_m):
         outs, h0, recurrent_n, gate, new, weight_hh, mask, u, *entering = ctx.saved_tensors
-        rule = ctx.rule
+        drives = ctx.drives
+        adam = drives.rule is not None
         time, batch, H = grad_out.shape
         need_weight, need_bias = ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3]
         d_weight = grad_out.new_zeros(3 * H, H) if need_weight else None
         d_bias = grad_out.new_zeros(3 * H) if need_bias else None
-        if rule is not None:
-            rule.start_backward(entering)
-            to_v, to_h = grad_v, grad_m * -2.0
+        if adam:
+            drives.start_backward(u, entering, grad_v, grad_m, ctx.needs_input_grad[7], ctx.needs_input_grad[8])
         d_drive = grad_out.new_empty(time, batch, 3 * H)
-        d_rec = grad_out.new_empty(ctx.chunks[0][1], batch, 3 * H)
+        d_rec = grad_out.new_empty(drives.chunks[0][1], batch, 3 * H)
         dh = grad_out[time - 1] + grad_h
-        for index in range(len(ctx.chunks) - 1, -1, -1):
-            start, stop = ctx.chunks[index]
-            previous = outs[start - 1:stop - 1] if start > 0 else _previous(outs[:stop], h0)
+        for index in range(len(drives.chunks) - 1, -1, -1):
+            start, stop = drives.chunks[index]
+            previous = _previous_chunk(outs, h0, start, stop)
             reset, update = gate[start:stop].split(H, dim=-1)
             candidate = new[start:stop]
             to_n = (1.0 - update) * (1.0 - candidate * candidate)              # dh -> d(drive_n)
@@ -356,14 +383,12 @@ class _GRULoop(torch.autograd.Function):
                 d_weight.addmm_(flat.t(), previous.reshape(-1, H))
             if need_bias:
                 d_bias += flat.sum(0)
-            if rule is not None:          # d(drive) -> du in place
-                chunk = d_drive[start:stop]
-                to_v, to_h = rule.backward(index, u[start:stop], chunk, to_v, to_h, ctx.needs_input_grad[7],
-                                           ctx.needs_input_grad[8], chunk)
-        if rule is None:
+            if adam:                      # d(drive) -> du in place
+                drives.backward(index, d_drive[start:stop])
+        if not adam:
             return d_drive, dh, d_weight, d_bias, None, None, None, None, None, None
-        d_v0 = to_v if rule.moving else torch.zeros_like(grad_v)
-        return d_drive, dh, d_weight, d_bias, None, d_v0, to_h * -0.5, rule.d_mu, rule.d_s, None
+        d_v0, d_m0, d_momentum, d_step_size = drives.gradients(grad_v)
+        return d_drive, dh, d_weight, d_bias, None, d_v0, d_m0, d_momentum, d_step_size, None
 
 
 def lstm_loop(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None,
