@@ -231,6 +231,28 @@ def evaluate_targets(rows, quick):
     return checks
 
 
+def summary(report):
+    """Two compact tables per device: f+b time / torch and peak memory / torch, layers x shapes."""
+    lines = []
+    for device in report["machine"]["devices"]:
+        rows = [r for r in report["results"] if r["device"] == device]
+        shapes = list(dict.fromkeys(r["shape"] for r in rows))
+        cell = {(r["layer"], r["shape"]): r for r in rows}
+        layers = list(dict.fromkeys(r["layer"] for r in rows))
+        for title, key in (("forward+backward time / torch's layer", "ratio_fb"),
+                           ("peak memory / torch's layer", "memory_ratio"),
+                           ("forward+backward speed-up over the reference", "speedup_fb")):
+            lines += [f"### Summary ({device}): {title}", "",
+                      "| layer | path | " + " | ".join(shapes) + " |", "|---|---|" + "---:|" * len(shapes)]
+            for layer in layers:
+                values = [cell.get((layer, shape), {}).get(key) for shape in shapes]
+                path = next(cell[(layer, shape)]["path"] for shape in shapes if (layer, shape) in cell)
+                text = ["-" if v is None else (f"{v:.1f}x" if key == "speedup_fb" else f"{v:.2f}") for v in values]
+                lines.append(f"| {layer} | {path} | " + " | ".join(text) + " |")
+            lines.append("")
+    return lines
+
+
 def markdown(report):
     m = report["machine"]
     lines = [f"# momentumrnn benchmark ({report['mode']} mode)", "",
@@ -240,8 +262,10 @@ def markdown(report):
              f"Load average at start: {m.get('load_average_at_start')}", "",
              f"Median of {report['settings']['repeats']} runs after one warm-up; the layer and torch's layer "
              "alternate, so each ratio is measured side by side. f+b = forward+backward of `output.sum()`. "
-             "Reference = `impl=\"reference\"` (per-step cells), "
-             f"{report['settings']['reference_repeats_note']}. Peak memory: one forward+backward.", ""]
+             "Reference = `impl=\"reference\"` (the input drive in one GEMM, then the rule and the cell step by "
+             f"step, recorded by autograd), {report['settings']['reference_repeats_note']}. Peak memory: one "
+             "forward+backward.", ""]
+    lines += summary(report)
     for device in report["machine"]["devices"]:
         for shape in dict.fromkeys(r["shape"] for r in report["results"] if r["device"] == device):
             rows = [r for r in report["results"] if r["device"] == device and r["shape"] == shape]
@@ -288,7 +312,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (5; quick: 3)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--name", default=None, help="file name stem (default: layers or layers-quick)")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="measure nothing: write the Markdown of an earlier run's JSON beside it")
     args = parser.parse_args(argv)
+    if args.from_json:
+        source = Path(args.from_json)
+        report = json.loads(source.read_text())
+        source.with_suffix(".md").write_text(markdown(report) + "\n")
+        print(f"wrote {source.with_suffix('.md')}")
+        return report
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 5)

@@ -35,7 +35,10 @@ def test_layers_quick_mode_writes_markdown_and_json(tmp_path):
         assert row["ratio_fb"] > 0 and row["speedup_fb"] > 0
     assert report["targets"] and all({"target", "where", "value", "met"} <= set(c) for c in report["targets"])
     text = (tmp_path / "layers-quick.md").read_text()
-    assert "| MomentumLSTM | fused |" in text and "## Targets" in text
+    assert "| MomentumLSTM | fused |" in text and "## Targets" in text and "### Summary (cpu)" in text
+    (tmp_path / "layers-quick.md").unlink()
+    layers.main(["--from-json", str(tmp_path / "layers-quick.json")])     # re-rendered, nothing measured
+    assert (tmp_path / "layers-quick.md").read_text() == text
 
 
 def test_scan_quick_mode_prints_a_table(capsys):
