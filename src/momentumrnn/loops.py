@@ -277,7 +277,11 @@ class _AdditiveLoop(torch.autograd.Function):
             d_v0, d_m0, d_momentum, d_step_size = drives.gradients(grad_v)
             return (d_pre, d_step_size, d_bias, dh, dc, d_weight, None, d_v0, None, None, d_m0, d_momentum, None)
         flat = d_pre.view(time * batch, gates)
-        d_weight = flat.t().mm(_previous(outs, h0).view(time * batch, hidden)) if need_weight else None
+        d_weight = None
+        if need_weight:             # sum_t dz_t^T h_{t-1}, without a copy of all h_{t-1}
+            d_weight = d_pre[0].t().mm(h0)
+            if time > 1:
+                d_weight.addmm_(flat[batch:].t(), outs[:-1].reshape(-1, hidden))
         d_bias = flat.sum(0) if need_bias else None
         d_scale = None
         if nesterov:
