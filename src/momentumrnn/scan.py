@@ -176,9 +176,10 @@ def _matmul(a: Tensor, constant: bool, x: Tensor, initial: Tensor | None, block:
 
 
 def _time_chunks(time: int, width: int):
-    """Chunks of time steps of about 2^18 elements (1 MB in float32: they stay in cache),
-    and at least 8 steps (fewer ops)."""
-    size = max(8, min(time, (1 << 18) // max(width, 1)))
+    """Chunks of time steps of at most about 2^18 elements (1 MB in float32: they stay in
+    cache) and at most an eighth of the sequence (the buffers of one chunk add little
+    memory), but at least 8 steps (fewer ops)."""
+    size = max(8, min(time, (1 << 18) // max(width, 1), -(-time // 8)))
     return [(start, min(start + size, time)) for start in range(0, time, size)]
 
 
