@@ -1,22 +1,24 @@
 """Tight per-step loops for the recurrences that cannot go through torch's fused layers.
 
 Used by ``impl="loop"`` (and by ``impl="auto"`` for Adam, RMSProp and Nesterov). The rule's
-part that does not depend on h is computed for all steps beforehand (one GEMM for the input
-drive, ``Rule.drives`` for the rule state), so only the recurrence itself runs step by step.
-Each loop is one ``torch.autograd.Function`` with a hand-written backward (backpropagation
-through time), which is what makes it tight:
+part that does not depend on h is computed beforehand (one GEMM for the input drive; the
+rule state by ``Rule.drives``, or for Adam/RMSProp on the CPU by ``scan.AdamChunks`` one
+chunk of steps at a time inside the loop, see ``adam_loop``), so only the recurrence itself
+runs step by step. Each loop is one ``torch.autograd.Function`` with a hand-written
+backward (backpropagation through time), which is what makes it tight. Time runs in
+cache-sized chunks of steps:
 
 * forward, per step: ``r_t = U h_{t-1} + b_hh`` (one ``addmm``, as the reference computes
   it), one add of the drive (or, for Nesterov, ``- s u_t`` and the extrapolation), and the
   gate nonlinearities written into preallocated buffers, with no autograd graph;
-* backward, per step: a handful of elementwise ops with factors precomputed for a
-  cache-sized chunk of steps at a time, and one GEMM for ``dh_{t-1}``; the weight gradient
-  ``dU = sum_t dz_t^T h_{t-1}`` is one GEMM over all steps after the loop, ``db_hh`` one sum.
+* backward, per step: a handful of elementwise ops with factors computed per chunk, and one
+  GEMM for ``dh_{t-1}``; the weight gradient ``dU = sum_t dz_t^T h_{t-1}`` and ``db_hh`` are
+  GEMMs and sums over whole chunks (or all steps) after their steps.
 
 Measured against the alternatives in ``benchmarks/loops.py`` (README, Performance): the same
-loop recorded by autograd op by op, and ``torch.compile`` of the step (on CPU it compiles
-for tens of seconds and gains little: torch's eager ``tanh`` is the dominant pointwise
-cost either way); TorchScript is deprecated in torch 2.13.
+loop recorded by autograd op by op, TorchScript (deprecated in torch 2.13) and
+``torch.compile`` of the step (on the CPU it is slower here and recompiles when shapes
+change).
 
 Padded steps of packed sequences (``mask`` False) hold the state, as in the reference: the
 forward keeps the old state with ``torch.where``, the backward passes the gradient through.
