@@ -18,6 +18,8 @@ import torch
 import momentumrnn as mrnn
 
 DATA = pathlib.Path(__file__).parent / "data" / "regression.json"
+#: The settings the saved outputs were made with: a frozen copy of conftest.ACTIVE on purpose,
+#: so that changing the other tests' settings cannot silently change what is compared here.
 HYPERPARAMETERS = {
     "momentum": {"momentum": 0.7, "step_size": 0.4},
     "adam": {"momentum": 0.5, "step_size": 0.3, "beta": 0.6},

@@ -273,11 +273,12 @@ class RecurrentLayer(RuleModule):
             output, h_n, v_n = rnn_loop(u, state[0], weight_hh, bias_hh, recurrence.nonlinearity, mask,
                                         coefficient, velocity, scale)
             return output, (h_n,), {"velocity": v_n}
-        if isinstance(self.rule, AdamRule) and mask is None and u.is_cpu:
+        settings = self.rule.chunk_kernel_settings(hp, u, mask) if isinstance(self.rule, AdamRule) else None
+        if settings is not None:
             # Adam/RMSProp on the CPU: the drive made chunk by chunk inside the loop (no tensor of all steps)
             kind = recurrence.nonlinearity if recurrence.name == "rnn" else recurrence.name
             output, state, v_n, m_n = adam_loop(kind, u, state, weight_hh, bias_hh, rules["velocity"],
-                                                rules["second_moment"], **self.rule.adam_settings(hp))
+                                                rules["second_moment"], **settings)
             return output, state, {"velocity": v_n, "second_moment": m_n}
         drives, rules = self.rule.drives(u, rules, hp, steps, mask)
         if recurrence.name == "gru":

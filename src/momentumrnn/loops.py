@@ -27,12 +27,10 @@ All arithmetic is torch's; results equal the per-step reference to rounding.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
-from .scan import AdamChunks, _time_chunks, first_order
+from .scan import AdamChunks, _time_chunks, adam_arguments, first_order
 
 __all__ = ["lstm_loop", "rnn_loop", "gru_loop", "adam_loop"]
 
@@ -131,8 +129,9 @@ class _Drives:
 
     def __init__(self, terms: Tensor, v0, m0, momentum, step_size, adam):
         time, batch, gates = terms.shape
-        self.terms, self.chunks = terms, _time_chunks(time, batch * gates)
+        self.terms = terms
         self.rule = None if adam is None else AdamChunks(terms, momentum, step_size, *adam)
+        self.chunks = _time_chunks(time, batch * gates) if self.rule is None else self.rule.chunks
         if self.rule is not None:
             self.buffer = terms.new_empty(self.chunks[0][1], batch, gates)
             self.state = (v0, m0)           # the rule state leaving the last chunk made
@@ -421,17 +420,14 @@ def adam_loop(kind: str, u: Tensor, state: tuple[Tensor, ...], weight_hh: Tensor
     """LSTM, GRU (``kind`` "lstm", "gru") or tanh/relu RNN driven by Adam's (RMSProp's: ``momentum`` 0)
     drive of ``u`` (T, B, G*H), made chunk by chunk inside the loop; no mask. ``state``:
     ``(h0, c0)`` or ``(h0,)``. Returns (out, final state tuple, v_T, m_T)."""
-    moving = not (isinstance(momentum, numbers.Real) and float(momentum) == 0.0)
-    momentum = torch.as_tensor(momentum, dtype=u.dtype, device=u.device)
-    step_size = torch.as_tensor(step_size, dtype=u.dtype, device=u.device)
+    momentum, step_size, settings = adam_arguments(momentum, step_size, beta, eps, u)
     if kind == "gru":
         out, h_n, v_n, m_n = _GRULoop.apply(u, state[0], weight_hh, bias_hh, None, velocity, second_moment, momentum,
-                                            step_size, (float(beta), float(eps), moving))
+                                            step_size, settings)
         return out, (h_n,), v_n, m_n
     c0 = state[1] if kind == "lstm" else None
     out, h_n, c_n, v_n, m_n = _AdditiveLoop.apply(u, step_size, bias_hh, state[0], c0, weight_hh, None, velocity,
-                                                  None, kind, second_moment, momentum,
-                                                  (float(beta), float(eps), moving))
+                                                  None, kind, second_moment, momentum, settings)
     return out, ((h_n, c_n) if kind == "lstm" else (h_n,)), v_n, m_n
 
 

@@ -222,17 +222,21 @@ class AdamRule(Rule):
         m = beta * state["second_moment"] + (1.0 - beta) * (u * u)
         return v / torch.sqrt(m + ADAM_EPS), {"velocity": v, "second_moment": m}
 
-    def adam_settings(self, hp: dict) -> dict:
-        """The arguments of ``loops.adam_loop`` / ``scan.adam_scan`` for these settings."""
+    def chunk_kernel_settings(self, hp: dict, u: Tensor, mask: Tensor | None) -> dict | None:
+        """The arguments of the chunk kernel (``scan.adam_scan``, ``loops.adam_loop``) where it
+        applies, on the CPU without a mask; else None (the parallel scans apply)."""
+        if mask is not None or u.device.type != "cpu":
+            return None
         return {"momentum": hp.get("momentum", 0.0), "step_size": hp["step_size"], "beta": hp["beta"],
                 "eps": ADAM_EPS}
 
     def drives(self, u, state, hp, steps, mask=None):
         """As ``Rule.drives``. On the CPU without a mask, one kernel (``scan.adam_scan``) that
         keeps each time chunk in cache; on CUDA the parallel scans of the base class."""
-        if mask is not None or u.device.type != "cpu":
+        settings = self.chunk_kernel_settings(hp, u, mask)
+        if settings is None:
             return super().drives(u, state, hp, steps, mask)
-        drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], **self.adam_settings(hp))
+        drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], **settings)
         return drive, {"velocity": v, "second_moment": m}
 
     def state_coefficients(self, hp, steps, time, mask=None, dtype=torch.float64):

@@ -312,6 +312,16 @@ class _AdamScan(torch.autograd.Function):
         return d_u, d_v0, to_h * -0.5, adam.d_mu, adam.d_s, None, None, None, None
 
 
+def adam_arguments(momentum, step_size, beta: float, eps: float, like: Tensor):
+    """Adam's settings as the chunk kernel takes them: ``momentum`` and ``step_size`` as 0-d
+    tensors of ``like``'s dtype and device, and ``(beta, eps, moving)`` with ``moving`` False
+    for a fixed momentum of 0 (RMSProp: no velocity recurrence)."""
+    moving = not _is_zero(momentum)
+    momentum = torch.as_tensor(momentum, dtype=like.dtype, device=like.device)
+    step_size = torch.as_tensor(step_size, dtype=like.dtype, device=like.device)
+    return momentum, step_size, (float(beta), float(eps), moving)
+
+
 def adam_scan(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: float, eps: float,
               keep: bool = False):
     """Adam's (and RMSProp's, ``momentum = 0``) drive for all steps of ``u`` (T, B, G) from
@@ -320,10 +330,8 @@ def adam_scan(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: floa
     or recompute them (less memory; see ``_AdamScan``). The recurrences take one op per step,
     everything else one op per cache-sized chunk of steps (on the CPU this beats the
     parallel scans for states over all gates; see ``benchmarks/scan.py``)."""
-    moving = not (isinstance(momentum, numbers.Real) and float(momentum) == 0.0)
-    momentum = torch.as_tensor(momentum, dtype=u.dtype, device=u.device)
-    step_size = torch.as_tensor(step_size, dtype=u.dtype, device=u.device)
-    return _AdamScan.apply(u, v0, m0, momentum, step_size, float(beta), float(eps), moving, bool(keep))
+    momentum, step_size, settings = adam_arguments(momentum, step_size, beta, eps, u)
+    return _AdamScan.apply(u, v0, m0, momentum, step_size, *settings, bool(keep))
 
 
 def default_block(time: int) -> int:
