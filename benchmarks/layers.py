@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import momentumrnn as mrnn
+from momentumrnn.paths import check_impl, scan_backend_override
 
 FULL_SHAPES = [  # name, (T, batch, input, hidden)
     ("pixel MNIST, H=128", (784, 128, 1, 128)),
@@ -50,9 +51,14 @@ TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 ORDER = ["momentum", "restart", "adam", "rmsprop", "nesterov"]
 LAYERS = sorted(mrnn.LAYERS.items(), key=lambda item: (["lstm", "gru", "rnn"].index(item[0][0]),
                                                       ORDER.index(item[0][1])))
-#: The issue's targets: ratio of f+b time to torch's fused layer, per layer name.
-TIME_TARGETS = {"MomentumLSTM": 1.10, "MomentumGRU": 1.10, "MomentumRNN": 1.10,
-                "AdamLSTM": 1.6, "RMSPropLSTM": 1.6, "NesterovLSTM": 2.0}
+#: Targets: ratio of f+b time to torch's fused layer, per device and layer name.
+TIME_TARGETS = {
+    "cpu": {"MomentumLSTM": 1.10, "MomentumGRU": 1.10, "MomentumRNN": 1.10,
+            "AdamLSTM": 1.6, "RMSPropLSTM": 1.6, "NesterovLSTM": 2.0},
+    "cuda": {**{f"{rule}{kind}": 1.15 for rule in ("Momentum", "Restart") for kind in ("LSTM", "GRU", "RNN")},
+             **{f"{rule}{kind}": 1.3 for rule in ("Adam", "RMSProp") for kind in ("LSTM", "GRU", "RNN")},
+             "NesterovLSTM": 2.0, "NesterovRNN": 2.0},
+}
 SPEEDUP_SHAPES = ("TIMIT-like", "PTB small")
 MEMORY_TARGET = 1.3
 
@@ -173,26 +179,36 @@ def reference_repeats(shape, repeats, quick):
     return 1 if T >= 200 or H >= 1000 else min(repeats, 3)
 
 
-def benchmark_shape(name, shape, device, repeats, quick, layers, log):
+def layer_impl(cls, impl):
+    """``impl`` where the layer's rule takes it, else "auto"."""
+    try:
+        check_impl(impl, cls.rule_type, cls.__name__)
+    except ValueError:
+        return "auto"
+    return impl
+
+
+def benchmark_shape(name, shape, device, repeats, quick, layers, log, impl="auto", reference=True):
     T, B, I, H = shape
     dtype = torch.float32
     torch.manual_seed(0)
     x = torch.randn(T, B, I, device=device, dtype=dtype)
     rows = []
+    nan = float("nan")
     for (kind, rule), cls in layers:
         torch.manual_seed(0)
-        fast = cls(I, H, device=device, dtype=dtype)
+        fast = cls(I, H, device=device, dtype=dtype, impl=layer_impl(cls, impl))
         ref = cls(I, H, device=device, dtype=dtype, impl="reference")
         ref.load_state_dict(fast.state_dict())
         theirs = TORCH[kind](I, H, device=device, dtype=dtype)
         fb_fast, fb_torch = side_by_side([forward_backward(fast, x), forward_backward(theirs, x)], repeats, device)
         fwd_fast, fwd_torch = side_by_side([forward_only(fast, x), forward_only(theirs, x)], repeats, device)
-        n_ref = reference_repeats(shape, repeats, quick)
-        fb_ref, = side_by_side([forward_backward(ref, x)], n_ref, device)
-        fwd_ref, = side_by_side([forward_only(ref, x)], n_ref, device)
+        n_ref = reference_repeats(shape, repeats, quick) if reference else 0
+        fb_ref, = side_by_side([forward_backward(ref, x)], n_ref, device) if reference else (nan,)
+        fwd_ref, = side_by_side([forward_only(ref, x)], n_ref, device) if reference else (nan,)
         mem = {"fast": peak_memory(forward_backward(fast, x), device),
                "torch": peak_memory(forward_backward(theirs, x), device),
-               "reference": peak_memory(forward_backward(ref, x), device)}
+               "reference": peak_memory(forward_backward(ref, x), device) if reference else None}
         row = {
             "shape": name, "T": T, "batch": B, "input": I, "hidden": H,
             "layer": cls.__name__, "path": fast.path, "torch_layer": TORCH[kind].__name__,
@@ -205,10 +221,10 @@ def benchmark_shape(name, shape, device, repeats, quick, layers, log):
             "repeats": repeats, "reference_repeats": n_ref,
         }
         rows.append(row)
-        log(f"  {row['layer']:13s} {row['path']:6s} f+b {row['fb_ms']['fast']:9.1f} ms  x{row['ratio_fb']:.2f} "
-            f"torch  fwd x{row['ratio_fwd']:.2f}  {row['speedup_fb']:.1f}x (f+b) / "
-            f"{row['speedup_fwd']:.1f}x (fwd) faster than reference  "
-            f"memory x{row['memory_ratio'] or float('nan'):.2f}")
+        versus_reference = (f"{row['speedup_fb']:.1f}x (f+b) / {row['speedup_fwd']:.1f}x (fwd) faster than "
+                            "reference  " if reference else "")
+        log(f"  {row['layer']:13s} {row['path']:11s} f+b {row['fb_ms']['fast']:9.1f} ms  x{row['ratio_fb']:.2f} "
+            f"torch  fwd x{row['ratio_fwd']:.2f}  {versus_reference}memory x{row['memory_ratio'] or float('nan'):.2f}")
     return rows
 
 
@@ -217,11 +233,11 @@ def evaluate_targets(rows, quick):
     checks = []
     for row in rows:
         where = f"{row['layer']} @ {row['shape']} ({row['device']})"
-        target = TIME_TARGETS.get(row["layer"])
+        target = TIME_TARGETS.get(row["device"], {}).get(row["layer"])
         if target is not None:
             checks.append({"target": f"f+b time / torch <= {target}", "where": where,
                            "value": row["ratio_fb"], "met": row["ratio_fb"] <= target})
-        if row["shape"] in SPEEDUP_SHAPES or quick:
+        if (row["shape"] in SPEEDUP_SHAPES or quick) and row["device"] == "cpu" and row["speedup_fb"] == row["speedup_fb"]:
             checks.append({"target": "f+b at least 2x faster than the reference", "where": where,
                            "value": row["speedup_fb"], "met": row["speedup_fb"] >= 2.0})
         if row["memory_ratio"] is not None:
@@ -246,7 +262,8 @@ def summary(report):
             for layer in layers:
                 values = [cell.get((layer, shape), {}).get(key) for shape in shapes]
                 path = next(cell[(layer, shape)]["path"] for shape in shapes if (layer, shape) in cell)
-                text = ["-" if v is None else (f"{v:.1f}x" if key == "speedup_fb" else f"{v:.2f}") for v in values]
+                text = ["-" if v is None or v != v else (f"{v:.1f}x" if key == "speedup_fb" else f"{v:.2f}")
+                        for v in values]
                 lines.append(f"| {layer} | {path} | " + " | ".join(text) + " |")
             lines.append("")
     return lines
@@ -262,8 +279,11 @@ def markdown(report):
              f"Median of {report['settings']['repeats']} runs after one warm-up; the layer and torch's layer "
              "alternate, so each ratio is measured side by side. f+b = forward+backward of `output.sum()`. "
              "Reference = `impl=\"reference\"` (the input drive in one GEMM, then the rule and the cell step by "
-             f"step, recorded by autograd), {report['settings']['reference_repeats_note']}. Peak memory: one "
-             "forward+backward.", ""]
+             "step, recorded by autograd), "
+             + (report['settings']['reference_repeats_note'] if report['settings'].get('reference', True)
+                else "not timed in this run (`--no-reference`)")
+             + f". Paths: `impl={report['settings'].get('impl', 'auto')!r}` where the rule takes it; scans: "
+             f"{report['settings'].get('scan_backend', 'default')}. Peak memory: one forward+backward.", ""]
     lines += summary(report)
     for device in report["machine"]["devices"]:
         for shape in dict.fromkeys(r["shape"] for r in report["results"] if r["device"] == device):
@@ -278,13 +298,14 @@ def markdown(report):
                 peak, peak_torch = r["peak_mib"]["fast"], r["peak_mib"]["torch"]
                 mem = f"{peak:.1f} ({peak_torch:.1f})" if peak is not None and peak_torch is not None else "n/a"
                 ratio = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] is not None else "n/a"
-                ref_fb = f"{r['fb_ms']['reference']:.0f}"
-                speedup_fb = f"{r['speedup_fb']:.1f}x"
-                ref_torch = f"{r['fb_ms']['reference'] / r['fb_ms']['torch']:.2f}"
+                timed_reference = r["fb_ms"]["reference"] == r["fb_ms"]["reference"]     # not NaN
+                ref_fb = f"{r['fb_ms']['reference']:.0f}" if timed_reference else "-"
+                speedup_fb = f"{r['speedup_fb']:.1f}x / {r['speedup_fwd']:.1f}x" if timed_reference else "-"
+                ref_torch = f"{r['fb_ms']['reference'] / r['fb_ms']['torch']:.2f}" if timed_reference else "-"
                 lines.append(
                     f"| {r['layer']} | {r['path']} | {r['fb_ms']['fast']:.1f} | **{r['ratio_fb']:.2f}** | "
                     f"{r['fwd_ms']['fast']:.1f} | {r['ratio_fwd']:.2f} | {ref_fb} | {ref_torch} | "
-                    f"{speedup_fb} / {r['speedup_fwd']:.1f}x | {mem} | {ratio} |")
+                    f"{speedup_fb} | {mem} | {ratio} |")
             lines.append("")
     checks = report["targets"]
     missed = [c for c in checks if not c["met"]]
@@ -310,6 +331,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (5; quick: 3)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--name", default=None, help="file name stem (default: layers or layers-quick)")
+    parser.add_argument("--impl", default="auto",
+                        help="path for every layer whose rule takes it (e.g. fused-drive), else auto")
+    parser.add_argument("--scan-backend", default=None, choices=("triton", "torch"),
+                        help="run the rules' scans with this backend (default: momentumrnn.paths decides)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="do not time impl='reference' (on CUDA it launches kernels at every step)")
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="measure nothing: write the Markdown of an earlier run's JSON beside it")
     args = parser.parse_args(argv)
@@ -337,7 +364,8 @@ def main(argv=None):
     command = "PYTHONPATH=src python benchmarks/layers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"mode": mode, "command": command.strip(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(devices, torch.get_num_threads()),
-              "settings": {"repeats": repeats, "warmup": 1, "dtype": "float32",
+              "settings": {"repeats": repeats, "warmup": 1, "dtype": "float32", "impl": args.impl,
+                           "scan_backend": args.scan_backend or "default", "reference": not args.no_reference,
                            "reference_repeats_note": "1 timed run after the warm-up in quick mode and at "
                                                      f"T >= 200 or hidden >= 1000, else {min(repeats, 3)}"},
               "results": []}
@@ -346,8 +374,9 @@ def main(argv=None):
         device = torch.device(device_name)
         for name, shape in shapes:
             print(f"{name} {shape} on {device_name}", flush=True)
-            rows = benchmark_shape(name, shape, device, repeats, args.quick or bool(args.shape), layers,
-                                   lambda line: print(line, flush=True))
+            with scan_backend_override(args.scan_backend) if args.scan_backend else contextlib.nullcontext():
+                rows = benchmark_shape(name, shape, device, repeats, args.quick or bool(args.shape), layers,
+                                       lambda line: print(line, flush=True), args.impl, not args.no_reference)
             for row in rows:
                 row["device"] = device_name
             report["results"] += rows

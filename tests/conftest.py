@@ -1,3 +1,4 @@
+import os
 import pathlib
 import sys
 
@@ -28,3 +29,17 @@ def layer_id(key):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="cuda: also run tests/test_cuda.py (every path on the GPU against the CPU reference)")
+
+
+def pytest_configure(config):
+    if config.getoption("--device") == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--device cuda: torch sees no CUDA device")
+    else:
+        # Triton's interpreter (tests/test_triton_kernels.py) must be chosen before triton is imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -13,8 +13,9 @@ from conftest import ACTIVE, LAYER_KEYS, layer_id
 
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
 FUSED_KEYS = [k for k in LAYER_KEYS if mrnn.LAYERS[k].rule_type.commutes_with_input_weights]
-PATHS = [(key, impl) for key in LAYER_KEYS for impl in ("loop", "fused")
-         if impl == "loop" or key in FUSED_KEYS]
+INPUT_ONLY_KEYS = [k for k in LAYER_KEYS if not mrnn.LAYERS[k].rule_type.couples_to_hidden]
+PATHS = [(key, impl) for key in LAYER_KEYS for impl in ("loop", "fused", "fused-drive")
+         if impl == "loop" or (impl == "fused" and key in FUSED_KEYS) or (impl == "fused-drive" and key in INPUT_ONLY_KEYS)]
 
 
 def path_id(item):
@@ -159,7 +160,8 @@ def test_unbatched_batch_first_and_no_bias(item):
 
 @pytest.mark.parametrize("key", [("rnn", "momentum"), ("rnn", "nesterov"), ("rnn", "adam")], ids=layer_id)
 def test_relu_rnn_paths(key):
-    for impl in ("loop", "fused") if key[1] == "momentum" else ("loop",):
+    impls = {"momentum": ("loop", "fused", "fused-drive"), "adam": ("loop", "fused-drive")}.get(key[1], ("loop",))
+    for impl in impls:
         fast, ref = pair(key, impl, 3, 4, 2, nonlinearity="relu")
         x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
         assert_same_values_and_gradients(fast, ref, lambda m: m(x), [x], torch.float64)
@@ -168,7 +170,7 @@ def test_relu_rnn_paths(key):
 @pytest.mark.parametrize("key", [k for k in LAYER_KEYS if k[1] in ("nesterov", "restart")], ids=layer_id)
 @pytest.mark.parametrize("restart", [0, 1, 5])
 def test_restart_schedules_on_fast_paths(key, restart):
-    for impl in ("loop", "fused") if key in FUSED_KEYS else ("loop",):
+    for impl in ("loop", "fused", "fused-drive") if key in FUSED_KEYS else ("loop",):
         fast, ref = pair(key, impl, 3, 4, hp={"step_size": 0.5, "restart": restart})
         x = torch.randn(11, 2, 3, dtype=torch.float64, requires_grad=True)
         assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
@@ -186,14 +188,28 @@ def test_zero_momentum_and_dropout_match_reference(key):
     torch.testing.assert_close(got, ref(x)[0], **TOL[torch.float64])
 
 
-def test_auto_picks_the_fastest_exact_path():
+def test_auto_picks_the_path_of_the_table():
+    """One table (paths.AUTO) decides impl="auto" by device and rule; layer.path reports it."""
+    from momentumrnn.paths import AUTO, choose_path
+
     assert mrnn.MomentumLSTM(2, 3).path == "fused"
     assert mrnn.RestartGRU(2, 3).path == "fused"
     assert mrnn.AdamLSTM(2, 3).path == "loop"
     assert mrnn.NesterovRNN(2, 3).path == "loop"
     assert mrnn.MomentumLSTM(2, 3, impl="reference").path == "reference"
+    assert mrnn.AdamGRU(2, 3, impl="fused-drive").path == "fused-drive"
+    assert AUTO["cuda"] == {"momentum": "fused", "restart": "fused", "adam": "fused-drive",
+                            "rmsprop": "fused-drive", "nesterov": "loop"}
+    for (_, rule), cls in mrnn.LAYERS.items():
+        for device in ("cpu", "cuda", "mps"):
+            assert choose_path("auto", cls.rule_type, device) == AUTO["cuda" if device == "cuda" else "cpu"][rule]
+        assert choose_path("loop", cls.rule_type, "cuda") == "loop"
     with pytest.raises(ValueError, match="impl='fused' needs a rule that commutes with the input weights"):
         mrnn.AdamLSTM(2, 3, impl="fused")
+    with pytest.raises(ValueError, match="impl='fused-drive' needs an input-only rule.*'auto', 'loop', 'reference'"):
+        mrnn.NesterovLSTM(2, 3, impl="fused-drive")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        mrnn.MomentumLSTM(2, 3, impl="cudnn")
 
 
 def test_momentum_commutes_with_the_input_weights():

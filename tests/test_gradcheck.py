@@ -48,3 +48,12 @@ def test_cell_gradcheck(key):
             return torch.stack(outs), rs.velocity
 
     check(Unroll(), lambda x: (x,))
+
+
+@pytest.mark.parametrize("key", [k for k in LAYER_KEYS if not mrnn.LAYERS[k].rule_type.couples_to_hidden],
+                         ids=layer_id)
+def test_fused_drive_gradcheck(key):
+    """The rule's drive through torch's fused kernel with identity input weights."""
+    layer = mrnn.LAYERS[key](3, 2, 2, bidirectional=True, dtype=torch.float64, learnable=True, impl="fused-drive",
+                             **ACTIVE[key[1]])
+    check(layer, lambda x: (x,))

@@ -42,6 +42,7 @@ All of this is exact algebra; the results equal the per-step reference to roundi
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -50,10 +51,11 @@ from torch import Tensor, _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .recurrences import Recurrence
+from .paths import scan_backend
 from .rules import Rule
 from .scan import default_block, first_order, scan_
 
-__all__ = ["fused_direction", "fused_kernel"]
+__all__ = ["fused_direction", "fused_kernel", "drive_kernel"]
 
 #: torch's CPU GRU and RNN (unlike its LSTM, not oneDNN) take the input weights' gradient as
 #: one GEMM ``dG^T x'`` whose narrow side is the input width. MKL runs that GEMM about 10x
@@ -186,9 +188,16 @@ def filter_inputs(coefficient, step_size, x: Tensor, ones: bool) -> Tensor:
     """``[x~, beta]`` (T, B, I + 1), or ``x~`` alone without ``ones``; ``coefficient`` a number,
     a 0-d tensor (learnable) or (T, B)/(T, 1), ``step_size`` a number or a 0-d tensor."""
     if not isinstance(coefficient, Tensor):     # a fixed momentum of 0 (the PTB setting): no filter
-        coefficient = None if float(coefficient) == 0.0 else x.new_tensor(float(coefficient))
+        coefficient = (None if float(coefficient) == 0.0
+                       else torch.full((), float(coefficient), dtype=x.dtype, device=x.device))
     elif coefficient.dim() == 2 and coefficient.requires_grad:
         raise ValueError("a per-step coefficient cannot be learnable")
+    if scan_backend(x) == "triton":          # one kernel (momentumrnn.kernels), autograd around it
+        from . import kernels
+
+        inputs = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1) if ones else x
+        inputs = inputs * step_size
+        return inputs if coefficient is None else kernels.linear_scan(coefficient, inputs)
     step_size = step_size.to(x.dtype) if isinstance(step_size, Tensor) else x.new_tensor(float(step_size))
     return _Filter.apply(None if coefficient is None else coefficient.to(x.dtype), step_size, x, ones)
 
@@ -200,3 +209,27 @@ def _products(coefficient, time: int, like: Tensor) -> Tensor:
     if coefficient.dim() == 0:
         coefficient = coefficient.reshape(1, 1)
     return torch.cumprod(coefficient.to(like.dtype).expand(time, coefficient.size(-1)), dim=0)
+
+
+def drive_kernel(recurrence: Recurrence, drives: Tensor, weight_hh: Tensor, bias_hh: Tensor | None,
+                 hidden: tuple[Tensor, ...], lengths: Tensor | None):
+    """Torch's fused kernel run on a rule's drive ``d`` (T, B, G*H) of all steps: input weights
+    ``I`` (G*H x G*H) and a zero input bias, so that the kernel's input term ``I d_t + 0`` is
+    exactly ``d_t`` (a product with the identity adds only zeros; cuDNN's TF32 mode, where
+    enabled, rounds ``d_t`` as it rounds ``W x_t`` in ``torch.nn.LSTM``). Its input gradient
+    is then dL/dd. Holds for the LSTM, the GRU (torch adds the n gate's input term outside
+    the reset gate, as ``GRURecurrence``) and the RNN. Returns the output and final state."""
+    identity = _identity(drives.size(-1), drives.dtype, drives.device)
+    if bias_hh is not None:
+        flat = [identity, weight_hh, torch.zeros_like(bias_hh), bias_hh]
+    else:
+        flat = [identity, weight_hh]
+    return fused_kernel(recurrence, drives, hidden, flat, bias_hh is not None, lengths)
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The identity input weight, made once per size, dtype and device (kept: at G*H = 4,600
+    it is 85 MB in float32, and a new one per call would cost an allocation and a fill)."""
+    with torch.inference_mode(False):           # usable with autograd even if first made under inference
+        return torch.eye(size, dtype=dtype, device=device)

@@ -9,18 +9,10 @@ zero on every call unless carried explicitly::
     out, hx, rs = layer(x, hx, return_rule_state=True)        # also return the rule state
     out, hx, rs = layer(x2, hx, rule_state=rs, return_rule_state=True)   # continue it
 
-Computation paths (``impl``), all equal to rounding, values and gradients:
-
-* ``"reference"``: per layer and direction the input drive ``u_t = W x_t + b_ih`` of all
-  time steps is one matrix multiply; the rule (``Rule.drives_stepwise``) and the recurrence
-  then run step by step, with autograd recording every op. The reference of the others.
-* ``"fused"`` (momentum and input-only restart rules): the rule commutes with the input
-  weights, so each layer and direction is one call of torch's fused kernel on the filtered
-  input (``momentumrnn.fused``).
-* ``"loop"`` (every rule): the input drive in one GEMM, the rule state of all steps in
-  parallel (``Rule.drives``; the Nesterov rule's input term likewise), then only the
-  recurrence runs step by step in a loop with a hand-written backward (``momentumrnn.loops``).
-* ``"auto"`` (default): ``"fused"`` where the rule allows it, else ``"loop"``.
+Computation paths (``impl``: "auto", "fused", "fused-drive", "loop", "reference"), all
+equal to rounding, values and gradients, are described and chosen in ``momentumrnn.paths``;
+``layer.path`` tells which one a layer takes. Each path is one ``_run_*`` method with the
+same signature, run per layer and direction.
 """
 
 from __future__ import annotations
@@ -36,8 +28,9 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from .base import RuleModule
 from .checks import (check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
                      zero_rule_state)
-from .fused import fused_direction
+from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
+from .paths import check_impl, choose_path
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
@@ -50,11 +43,6 @@ __all__ = [
     "MomentumGRU", "AdamGRU", "RMSPropGRU", "RestartGRU",
 ]
 
-#: Computation paths a layer can take (see the module docstring). "auto" picks the fastest
-#: exact one the rule allows: "fused" for momentum and restart, else "loop".
-IMPLS = ("auto", "fused", "loop", "reference")
-
-
 class RecurrentLayer(RuleModule):
     """A stack of ``recurrence_type`` cells driven by ``rule_type``, over whole sequences.
 
@@ -64,7 +52,7 @@ class RecurrentLayer(RuleModule):
     ``restart``: each rule takes its own, defaults are the paper's pixel-MNIST settings),
     ``learnable`` (momentum and step size become trainable, one scalar per layer and
     direction), ``init`` ("torch" or "paper"), ``forget_bias`` (LSTM, paper init),
-    ``impl`` (computation path, see ``IMPLS``).
+    ``impl`` (computation path, see ``momentumrnn.paths``).
 
     Every layer applies its rule to its own input drive; the reverse direction runs its
     own rule over each sequence's reversed valid steps.
@@ -82,11 +70,7 @@ class RecurrentLayer(RuleModule):
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers: with num_layers=1 it does nothing", stacklevel=2)
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        if impl == "fused" and not self.rule_type.commutes_with_input_weights:
-            raise ValueError(f"impl='fused' needs a rule that commutes with the input weights (momentum, "
-                             f"restart); {type(self).__name__} takes 'auto', 'loop' or 'reference', got {impl!r}")
+        check_impl(impl, self.rule_type, type(self).__name__)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -116,10 +100,9 @@ class RecurrentLayer(RuleModule):
 
     @property
     def path(self) -> str:
-        """The computation path ``impl`` resolves to: "fused", "loop" or "reference"."""
-        if self.impl != "auto":
-            return self.impl
-        return "fused" if self.rule_type.commutes_with_input_weights else "loop"
+        """The computation path ``impl`` resolves to on the weights' device: "fused",
+        "fused-drive", "loop" or "reference" (``momentumrnn.paths``)."""
+        return choose_path(self.impl, self.rule_type, self.weight_ih_l0.device)
 
     def hyperparameters(self, layer: int = 0, reverse: bool = False) -> dict:
         """Hyperparameters in force for one layer and direction (tensors where learnable)."""
@@ -152,7 +135,8 @@ class RecurrentLayer(RuleModule):
             mask = torch.arange(steps_in_call, device=x.device)[:, None] < lengths.to(x.device)[None, :]
 
         final_states, final_rules = [], []
-        path = self.path
+        run = {"reference": self._run_reference, "fused": self._run_fused, "fused-drive": self._run_fused_drive,
+               "loop": self._run_loop}[choose_path(self.impl, self.rule_type, x.device)]
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
@@ -162,18 +146,9 @@ class RecurrentLayer(RuleModule):
                 weights = self._weights(suffix)
                 stack_state = tuple(h[index] for h in hidden)
                 stack_rules = {k: v[index] for k, v in rules.items()}
-                if path == "reference":
-                    weight_ih, weight_hh, bias_ih, bias_hh = weights
-                    u = F.linear(layer_input, weight_ih, bias_ih)          # all time steps at once
-                    if direction == 1:
-                        u = reverse_sequences(u, lengths)
-                    output, state, rule_out = self._run_reference(
-                        u, weight_hh, bias_hh, self._hyperparameters(suffix), stack_state, stack_rules, steps, mask)
-                else:
-                    run = self._run_fused if path == "fused" else self._run_loop
-                    sequence = layer_input if direction == 0 else reverse_sequences(layer_input, lengths)
-                    output, state, rule_out = run(sequence, weights, self._hyperparameters(suffix), stack_state,
-                                                  stack_rules, steps, mask, lengths, rule_state is not None)
+                sequence = layer_input if direction == 0 else reverse_sequences(layer_input, lengths)
+                output, state, rule_out = run(sequence, weights, self._hyperparameters(suffix), stack_state,
+                                              stack_rules, steps, mask, lengths, rule_state is not None)
                 if direction == 1:
                     output = reverse_sequences(output, lengths)
                 outputs.append(output)
@@ -226,10 +201,17 @@ class RecurrentLayer(RuleModule):
             raise ValueError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {x.size(-1)}")
         expect_like("input", x, self.weight_ih_l0)
 
-    def _run_reference(self, u, weight_hh, bias_hh, hp, state, rules, steps, mask):
-        """The per-step path. Input-only rules make all drives first (``Rule.drives_stepwise``), then
-        the recurrence loops; the coupled rule runs ``cell_step`` at every step. Padded
-        steps of packed sequences change no state."""
+    # Each path: ``x`` (T, B, I) of one layer and direction in processing order (reversed
+    # within each sequence for the reverse direction), its weights ``(W, U, b_ih, b_hh)``,
+    # hyperparameters, initial state and rule state, step counters (B,), the mask and lengths
+    # of packed input (else None) and whether the rule state was given; returns the output
+    # (T, B, H), the final state (a tuple) and the final rule state (a dict).
+    def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+        """The per-step path. The input drive of all steps in one GEMM; input-only rules make
+        all drives (``Rule.drives_stepwise``), then the recurrence loops; the coupled rule
+        runs ``cell_step`` at every step. Padded steps of packed sequences change no state."""
+        weight_ih, weight_hh, bias_ih, bias_hh = weights
+        u = F.linear(x, weight_ih, bias_ih)
         outputs = []
         # unbind, not u[t]: indexing in a loop makes backward add a full-size zero gradient
         # per step (quadratic in sequence length); unbind's backward is one stack.
@@ -255,6 +237,15 @@ class RecurrentLayer(RuleModule):
         output, state, velocity = fused_direction(self.recurrence, self.rule, x, weights, hp, state,
                                                   rules["velocity"] if carried else None, steps, lengths)
         return output, state, {"velocity": velocity}
+
+    def _run_fused_drive(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+        """The input drive in one GEMM, the rule's drive of all steps (``Rule.drives``), then
+        torch's fused kernel with identity input weights (``fused.drive_kernel``)."""
+        weight_ih, weight_hh, bias_ih, bias_hh = weights
+        u = F.linear(x, weight_ih, bias_ih)
+        drives, rules = self.rule.drives(u, rules, hp, steps, mask)
+        output, state = drive_kernel(self.recurrence, drives, weight_hh, bias_hh, state, lengths)
+        return output, state, rules
 
     def _run_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
         """The input drive in one GEMM, the rule's input side for all steps in parallel, then

@@ -25,6 +25,7 @@ import numbers
 from typing import ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
@@ -210,10 +211,12 @@ class OrthogonalRNN(RecurrentLayer):
         return False
 
     # ------------------------------------------------------------- forward
-    def _run_reference(self, u, weight_hh, bias, hp, state, rules, steps, mask):
+    def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
         """The input-side rule over all time steps at once (``Rule.drives``), then the
-        recurrence loops: ``h_t = modReLU(d_t + U h_{t-1}; b)``. Here ``weight_hh`` is the
-        orthogonal ``U`` and ``bias`` the modReLU bias (``_weights``)."""
+        recurrence loops: ``h_t = modReLU(d_t + U h_{t-1}; b)``. ``weights`` are
+        ``(W, U, None, b)``: the orthogonal ``U`` and the modReLU bias ``b`` (``_weights``)."""
+        weight_ih, weight_hh, _, bias = weights
+        u = F.linear(x, weight_ih)
         drives, rules = self.rule.drives(u, rules, hp, steps, mask)
         recurrent_t = weight_hh.t()
         outputs = []

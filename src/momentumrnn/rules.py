@@ -26,6 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .paths import scan_backend
 from .scan import adam_scan, linear_scan, step_indices
 
 __all__ = [
@@ -231,8 +232,24 @@ class AdamRule(Rule):
                 "eps": ADAM_EPS}
 
     def drives(self, u, state, hp, steps, mask=None):
-        """As ``Rule.drives``. On the CPU without a mask, one kernel (``scan.adam_scan``) that
-        keeps each time chunk in cache; on CUDA the parallel scans of the base class."""
+        """As ``Rule.drives``. With the Triton backend (``paths.scan_backend``: CUDA), one
+        kernel for the states and the drive (``kernels.adam_drive``; a mask must be the
+        trailing padding of packed sequences, ``t < lengths``, and the drive at its steps is
+        the held state's); on the CPU without a mask, the chunk kernel (``scan.adam_scan``)
+        that keeps each time chunk in cache; else the parallel scans of the base class."""
+        if scan_backend(u) == "triton":
+            from . import kernels
+
+            lengths = None
+            if mask is not None:
+                lengths = mask.sum(0)
+                trailing = torch.arange(u.size(0), device=mask.device)[:, None] < lengths[None, :]
+                if not torch.equal(mask, trailing):
+                    raise ValueError("AdamRule.drives on the Triton backend takes only trailing padding as "
+                                     "mask (steps t < lengths of each sequence)")
+            drive, v, m = kernels.adam_drive(u, state["velocity"], state["second_moment"], hp.get("momentum", 0.0),
+                                             hp["step_size"], hp["beta"], ADAM_EPS, lengths)
+            return drive, {"velocity": v, "second_moment": m}
         settings = self.chunk_kernel_settings(hp, u, mask)
         if settings is None:
             return super().drives(u, state, hp, steps, mask)

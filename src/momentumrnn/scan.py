@@ -7,7 +7,7 @@ does not depend on the inputs::
 
 (momentum: ``a_t = mu``, ``x_t = s u_t``; Adam's second moment: ``a_t = beta``,
 ``x_t = (1 - beta) u_t**2``; restart: ``a_t = (k'-1)/(k'+2)``). ``linear_scan`` computes all
-T states without a Python loop over time steps. Two exact methods:
+T states without a Python loop over time steps. Three exact methods:
 
 * ``"matmul"`` (blocked transfer matrices): time is cut into blocks of C steps; inside a
   block ``y = L x + P y_prev`` with the lower-triangular transfer matrix
@@ -17,14 +17,16 @@ T states without a Python loop over time steps. Two exact methods:
 * ``"chunked"`` (two-level scan): the C steps inside every block run as a loop that is
   vectorized over all T/C blocks at once, then the block boundaries are carried as above.
   Cost a few elementwise passes over ``T * B * F`` and about ``C + T/C`` small ops.
+* ``"triton"``: one Triton kernel that streams time in tiles (``momentumrnn.kernels``);
+  ``"auto"`` takes it for CUDA tensors when Triton is installed (``paths.scan_backend``).
 
-Both sum the same terms as the step-by-step recurrence in a different order, so they agree
-with it to rounding (about 1e-16 relative in float64), values and gradients; both are
+All three sum the same terms as the step-by-step recurrence in a different order, so they agree
+with it to rounding (about 1e-16 relative in float64), values and gradients; all are
 differentiable in the coefficient (learnable momentum). ``"sequential"`` is the plain loop,
-kept as the reference. ``"auto"`` takes ``"matmul"`` for few features (the input-side
-filter of the fused path: ``F = input_size + 1``) and ``"chunked"`` for wide ones (a rule's
-state over all gates: ``F = G * hidden_size``), the faster of the two in
-``benchmarks/scan.py`` at T = 784 and T = 35.
+kept as the reference; ``"loop"`` the same loop in place with a hand-written adjoint.
+``"auto"`` takes ``"triton"`` where ``paths.scan_backend`` says so, else on the CPU
+``"loop"`` for wide states (more than ``LOOP_MIN_FEATURES`` features) and ``"chunked"``
+otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from torch import Tensor
 
 __all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS", "first_order"]
 
-SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential")
+SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential", "triton")
 
 #: Block length of the "matmul" method.
 MATMUL_BLOCK = 64
@@ -105,7 +107,16 @@ def linear_scan(coefficient, inputs: Tensor, initial: Tensor | None = None, *, m
     if _is_zero(coefficient):                       # mu = 0: the filter is the identity
         return inputs
     if method == "auto":
-        method = "loop" if inputs.device.type == "cpu" and inputs.size(-1) > LOOP_MIN_FEATURES else "chunked"
+        from .paths import scan_backend
+        if scan_backend(inputs) == "triton":
+            method = "triton"
+        else:
+            method = "loop" if inputs.device.type == "cpu" and inputs.size(-1) > LOOP_MIN_FEATURES else "chunked"
+    if method == "triton":
+        from . import kernels
+        if not isinstance(coefficient, Tensor):
+            coefficient = torch.full((), float(coefficient), dtype=inputs.dtype, device=inputs.device)
+        return kernels.linear_scan(coefficient, inputs, initial)
     if method == "sequential":
         return _sequential(coefficient, inputs, initial)
     if method == "matmul":

@@ -1,0 +1,325 @@
+"""Triton kernels: the input-only rules streamed over time in a few launches (CUDA).
+
+Imported only when a CUDA path needs it (``momentumrnn.paths.scan_backend``), so CPU users
+need no Triton. Each program owns a block of channels (a channel is one feature of one
+sequence: ``n = b * F + f`` in a (T, B, F) tensor) and walks time in tiles of ``BT``
+steps; inside a tile the first-order recurrence
+
+    y_t = a_t y_{t-1} + x_t
+
+is one ``tl.associative_scan`` over the pairs (a_t, x_t) with the combine
+``(a1, x1) o (a2, x2) = (a1 a2, a2 x1 + x2)``, and the state leaving the tile is carried to
+the next one in registers. Memory traffic is one read of the inputs and one write of the
+outputs; one launch per call, forward and backward.
+
+* ``linear_scan``: ``y_t = a_t y_{t-1} + x_t`` with ``y_0 = a_1 y_init + x_1``; ``a`` a 0-d
+  tensor or (T, Bc) with Bc in {1, B}. Backward: the adjoint ``g_t = dy_t + a_{t+1} g_{t+1}``
+  by the same kernel walking time backwards.
+* ``adam_drive``: Adam's (RMSProp's: ``mu = 0``) two states and the drive in one pass::
+
+      v_t = mu v_{t-1} + s u_t,   m_t = beta m_{t-1} + (1 - beta) u_t^2,   d_t = v_t / sqrt(m_t + eps)
+
+  It stores the states entering each tile (two rows per tile: little memory); the backward
+  walks the tiles in reverse, recomputes each tile's states from them and runs the adjoint
+  (``Gv_t = dd_t / q_t + mu Gv_{t+1}``, ``Hm_t = dd_t v_t / q_t^3 + beta Hm_{t+1}``,
+  ``du_t = s Gv_t - (1 - beta) u_t Hm_t``, with ``q_t = sqrt(m_t + eps)``) as reverse scans.
+  Optional ``lengths`` (B,): steps ``t >= lengths[b]`` (the padding of packed sequences,
+  always at the end) hold the state, so the final state is each sequence's own; the drive
+  there is the held state's (the layers never read it).
+
+Scalars (mu, s, beta, eps) travel as a small tensor of the data's dtype, so float64 runs
+keep float64 constants. Division and square root are the correctly rounded ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .scan import first_order
+
+__all__ = ["linear_scan", "adam_drive"]
+
+#: Time steps per tile and channels per program.
+TILE_STEPS = 32
+TILE_CHANNELS = 64
+
+
+@triton.jit
+def _combine(a1, x1, a2, x2):
+    """(a1, x1) then (a2, x2): y = a2 (a1 y + x1) + x2."""
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _row(tile, rows, index):
+    """Row ``index`` of a (BT, BC) tile as a (BC,) vector."""
+    return tl.sum(tl.where(rows[:, None] == index, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _scan_kernel(x_ptr, y_ptr, a_ptr, a_stride_t, a_stride_b, init_ptr, T, N, F,
+                 REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """Forward: y_t = a_t y_{t-1} + x_t. REVERSE: y_t = x_t + a_{t+1} y_{t+1} (t from T-1 down)."""
+    cols = tl.program_id(0) * BC + tl.arange(0, BC)
+    in_cols = cols < N
+    seq = cols // F
+    rows = tl.arange(0, BT)
+    carry = tl.zeros((BC,), dtype=y_ptr.dtype.element_ty)
+    if HAS_INIT:
+        carry = tl.load(init_ptr + cols, mask=in_cols, other=0.0).to(y_ptr.dtype.element_ty)
+    for tile in range(0, tl.cdiv(T, BT)):
+        step = tile * BT + rows                      # position in processing order
+        if REVERSE:
+            t = T - 1 - step
+            t_a = t + 1                              # the coefficient of the step after
+        else:
+            t = step
+            t_a = t
+        in_time = step < T
+        inside = in_time[:, None] & in_cols[None, :]
+        offsets = t[:, None].to(tl.int64) * N + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+        a_mask = inside & (t_a < T)[:, None]
+        a = tl.load(a_ptr + t_a[:, None] * a_stride_t + seq[None, :] * a_stride_b, mask=a_mask, other=1.0)
+        a_scan, x_scan = tl.associative_scan((a, x), 0, _combine)
+        y = x_scan + a_scan * carry[None, :]
+        tl.store(y_ptr + offsets, y, mask=inside)
+        carry = _row(y, rows, BT - 1)
+
+
+def _grid(channels: int):
+    return (triton.cdiv(channels, TILE_CHANNELS),)
+
+
+def _coefficient_strides(a: Tensor) -> tuple[int, int]:
+    if a.dim() == 0:
+        return 0, 0
+    return a.stride(0), (0 if a.size(1) == 1 else a.stride(1))
+
+
+def _launch_scan(a: Tensor, x: Tensor, initial: Tensor | None, reverse: bool) -> Tensor:
+    time, batch, features = x.shape
+    y = torch.empty_like(x)
+    stride_t, stride_b = _coefficient_strides(a)
+    _scan_kernel[_grid(batch * features)](
+        x, y, a, stride_t, stride_b, x if initial is None else initial, time, batch * features, features,
+        REVERSE=reverse, HAS_INIT=initial is not None, BT=TILE_STEPS, BC=TILE_CHANNELS)
+    return y
+
+
+class _LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, x, initial):
+        y = _launch_scan(a, x, initial, reverse=False)
+        ctx.save_for_backward(a, y if ctx.needs_input_grad[0] else None, initial)
+        return y
+
+    @staticmethod
+    @first_order
+    def backward(ctx, grad):
+        a, y, initial = ctx.saved_tensors
+        g = _launch_scan(a, grad.contiguous(), None, reverse=True)
+        first = a if a.dim() == 0 else a[0][:, None]
+        d_initial = None if initial is None else g[0] * first
+        d_a = None
+        if ctx.needs_input_grad[0] and a.dim() == 0:         # learnable momentum: sum_t g_t . y_{t-1}
+            d_a = torch.dot(g[1:].reshape(-1), y[:-1].reshape(-1))
+            if initial is not None:
+                d_a = d_a + torch.dot(g[0].reshape(-1), initial.reshape(-1))
+        elif ctx.needs_input_grad[0]:                        # per step (a learnable momentum held by a mask)
+            before = torch.cat([torch.zeros_like(y[:1]) if initial is None else initial[None], y[:-1]])
+            d_a = (g * before).sum(-1).sum_to_size(a.shape)
+        return d_a, g, d_initial
+
+
+def linear_scan(a: Tensor, x: Tensor, initial: Tensor | None = None) -> Tensor:
+    """All states of ``y_t = a_t y_{t-1} + x_t`` for ``x`` (T, B, F); ``a`` a 0-d tensor or
+    (T, 1)/(T, B), differentiable; ``initial`` (B, F) or None (zero)."""
+    a = a.to(x.dtype).contiguous()
+    initial = None if initial is None else initial.contiguous()
+    return _LinearScan.apply(a, x.contiguous(), initial)
+
+
+@triton.jit
+def _div(a, b, FP32: tl.constexpr):
+    if FP32:
+        return tl.math.div_rn(a, b)          # plain "/" is approximate in float32
+    return a / b
+
+
+@triton.jit
+def _sqrt(a, FP32: tl.constexpr):
+    if FP32:
+        return tl.math.sqrt_rn(a)
+    return tl.sqrt(a)
+
+
+@triton.jit
+def _adam_states(u, valid, v_in, m_in, mu, s, beta, one_minus_beta):
+    """v, m of a tile from the states entering it (held where not ``valid``)."""
+    a_v = tl.where(valid, mu, 1.0)
+    a_m = tl.where(valid, beta, 1.0)
+    b_v = tl.where(valid, s * u, 0.0)
+    b_m = tl.where(valid, one_minus_beta * u * u, 0.0)
+    av, bv = tl.associative_scan((a_v, b_v), 0, _combine)
+    am, bm = tl.associative_scan((a_m, b_m), 0, _combine)
+    return bv + av * v_in[None, :], bm + am * m_in[None, :]
+
+
+@triton.jit
+def _adam_forward_kernel(u_ptr, d_ptr, params_ptr, v0_ptr, m0_ptr, v_out_ptr, m_out_ptr, saved_ptr, len_ptr,
+                         T, N, F, HAS_LENGTHS: tl.constexpr, FP32: tl.constexpr, BT: tl.constexpr,
+                         BC: tl.constexpr):
+    cols = tl.program_id(0) * BC + tl.arange(0, BC)
+    in_cols = cols < N
+    rows = tl.arange(0, BT)
+    mu = tl.load(params_ptr)
+    s = tl.load(params_ptr + 1)
+    beta = tl.load(params_ptr + 2)
+    one_minus_beta = tl.load(params_ptr + 3)
+    eps = tl.load(params_ptr + 4)
+    length = T
+    if HAS_LENGTHS:
+        length = tl.load(len_ptr + cols // F, mask=in_cols, other=0)
+    v = tl.load(v0_ptr + cols, mask=in_cols, other=0.0)
+    m = tl.load(m0_ptr + cols, mask=in_cols, other=0.0)
+    for tile in range(0, tl.cdiv(T, BT)):
+        tl.store(saved_ptr + (2 * tile) * N + cols, v, mask=in_cols)
+        tl.store(saved_ptr + (2 * tile + 1) * N + cols, m, mask=in_cols)
+        t = tile * BT + rows
+        inside = (t < T)[:, None] & in_cols[None, :]
+        valid = inside & (t[:, None] < length)
+        offsets = t[:, None].to(tl.int64) * N + cols[None, :]
+        u = tl.load(u_ptr + offsets, mask=inside, other=0.0)
+        vt, mt = _adam_states(u, valid, v, m, mu, s, beta, one_minus_beta)
+        d = _div(vt, _sqrt(mt + eps, FP32), FP32)
+        tl.store(d_ptr + offsets, d, mask=inside)
+        v = _row(vt, rows, BT - 1)
+        m = _row(mt, rows, BT - 1)
+    tl.store(v_out_ptr + cols, v, mask=in_cols)
+    tl.store(m_out_ptr + cols, m, mask=in_cols)
+
+
+@triton.jit
+def _adam_backward_kernel(u_ptr, dd_ptr, du_ptr, params_ptr, saved_ptr, gv_ptr, gm_ptr, dv0_ptr, dm0_ptr,
+                          partial_ptr, len_ptr, T, N, F, HAS_LENGTHS: tl.constexpr, NEED_MU: tl.constexpr,
+                          NEED_S: tl.constexpr, FP32: tl.constexpr, BT: tl.constexpr,
+                          BC: tl.constexpr):
+    cols = tl.program_id(0) * BC + tl.arange(0, BC)
+    in_cols = cols < N
+    rows = tl.arange(0, BT)
+    mu = tl.load(params_ptr)
+    s = tl.load(params_ptr + 1)
+    beta = tl.load(params_ptr + 2)
+    one_minus_beta = tl.load(params_ptr + 3)
+    eps = tl.load(params_ptr + 4)
+    length = T
+    if HAS_LENGTHS:
+        length = tl.load(len_ptr + cols // F, mask=in_cols, other=0)
+    gv = tl.load(gv_ptr + cols, mask=in_cols, other=0.0)             # reaching v_T, m_T from after the call
+    hm = -2.0 * tl.load(gm_ptr + cols, mask=in_cols, other=0.0)      # Hm = -2 Gm
+    sum_mu = tl.zeros((BC,), dtype=gv.dtype)
+    sum_s = tl.zeros((BC,), dtype=gv.dtype)
+    tiles = tl.cdiv(T, BT)
+    for back in range(0, tiles):
+        tile = tiles - 1 - back
+        v_in = tl.load(saved_ptr + (2 * tile) * N + cols, mask=in_cols, other=0.0)
+        m_in = tl.load(saved_ptr + (2 * tile + 1) * N + cols, mask=in_cols, other=0.0)
+        t = tile * BT + rows
+        inside = (t < T)[:, None] & in_cols[None, :]
+        valid = inside & (t[:, None] < length)
+        offsets = t[:, None].to(tl.int64) * N + cols[None, :]
+        u = tl.load(u_ptr + offsets, mask=inside, other=0.0)
+        vt, mt = _adam_states(u, valid, v_in, m_in, mu, s, beta, one_minus_beta)
+        q2 = mt + eps
+        q = _sqrt(q2, FP32)
+        dd = tl.load(dd_ptr + offsets, mask=inside, other=0.0)
+        c_v = _div(dd, q, FP32)
+        c_m = _div(c_v * vt, q2, FP32)
+        # coefficients of the step after t (1 past the end: the gradient from after the call passes as is)
+        after = inside & ((t + 1)[:, None] < length) & ((t + 1) < T)[:, None]
+        a_v, g_v = tl.associative_scan((tl.where(after, mu, 1.0), c_v), 0, _combine, reverse=True)
+        a_m, h_m = tl.associative_scan((tl.where(after, beta, 1.0), c_m), 0, _combine, reverse=True)
+        g_v = g_v + a_v * gv[None, :]
+        h_m = h_m + a_m * hm[None, :]
+        du = tl.where(valid, s * g_v - one_minus_beta * u * h_m, 0.0)
+        tl.store(du_ptr + offsets, du, mask=inside)
+        if NEED_S:
+            sum_s += tl.sum(tl.where(valid, g_v * u, 0.0), axis=0)
+        if NEED_MU:
+            # v_{t-1} of the tile: the same scan one step behind, starting from the state entering it
+            before = inside & (t >= 1)[:, None]
+            u_prev = tl.load(u_ptr + offsets - N, mask=before & (rows >= 1)[:, None], other=0.0)
+            valid_prev = before & (rows >= 1)[:, None] & ((t - 1)[:, None] < length)
+            a_p = tl.where(rows[:, None] == 0, 0.0, tl.where(valid_prev, mu, 1.0))
+            b_p = tl.where(rows[:, None] == 0, v_in[None, :], tl.where(valid_prev, s * u_prev, 0.0))
+            _, v_prev = tl.associative_scan((a_p, b_p), 0, _combine)
+            sum_mu += tl.sum(tl.where(valid, g_v * v_prev, 0.0), axis=0)
+        gv = _row(g_v, rows, 0)
+        hm = _row(h_m, rows, 0)
+    first_valid = in_cols & (length > 0)
+    tl.store(dv0_ptr + cols, tl.where(first_valid, mu, 1.0) * gv, mask=in_cols)
+    tl.store(dm0_ptr + cols, -0.5 * tl.where(first_valid, beta, 1.0) * hm, mask=in_cols)
+    if NEED_MU:
+        tl.store(partial_ptr + cols, sum_mu, mask=in_cols)
+    if NEED_S:
+        tl.store(partial_ptr + N + cols, sum_s, mask=in_cols)
+
+
+class _AdamDrive(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, lengths):
+        time, batch, gates = u.shape
+        params = torch.stack([momentum, step_size, torch.full_like(step_size, beta),
+                              torch.full_like(step_size, 1.0 - beta), torch.full_like(step_size, eps)])
+        d = torch.empty_like(u)
+        v_out, m_out = torch.empty_like(v0), torch.empty_like(m0)
+        saved = u.new_empty(triton.cdiv(time, TILE_STEPS), 2, batch, gates)
+        _adam_forward_kernel[_grid(batch * gates)](
+            u, d, params, v0, m0, v_out, m_out, saved, u if lengths is None else lengths,
+            time, batch * gates, gates, HAS_LENGTHS=lengths is not None, FP32=u.dtype == torch.float32,
+            BT=TILE_STEPS, BC=TILE_CHANNELS)
+        ctx.save_for_backward(u, params, saved, lengths)
+        return d, v_out, m_out
+
+    @staticmethod
+    @first_order
+    def backward(ctx, grad_d, grad_v, grad_m):
+        u, params, saved, lengths = ctx.saved_tensors
+        time, batch, gates = u.shape
+        need_mu, need_s = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        grad_d = torch.zeros_like(u) if grad_d is None else grad_d.contiguous()
+        grad_v = torch.zeros_like(u[0]) if grad_v is None else grad_v.contiguous()
+        grad_m = torch.zeros_like(u[0]) if grad_m is None else grad_m.contiguous()
+        d_u = torch.empty_like(u)
+        d_v0, d_m0 = torch.empty_like(grad_v), torch.empty_like(grad_m)
+        partial = u.new_empty(2, batch * gates) if (need_mu or need_s) else u
+        _adam_backward_kernel[_grid(batch * gates)](
+            u, grad_d, d_u, params, saved, grad_v, grad_m, d_v0, d_m0, partial,
+            u if lengths is None else lengths, time, batch * gates, gates, HAS_LENGTHS=lengths is not None,
+            NEED_MU=need_mu, NEED_S=need_s, FP32=u.dtype == torch.float32, BT=TILE_STEPS, BC=TILE_CHANNELS)
+        d_mu = partial[0].sum() if need_mu else None
+        d_s = partial[1].sum() if need_s else None
+        return d_u, d_v0, d_m0, d_mu, d_s, None, None, None
+
+
+def _scalar(value, like: Tensor) -> Tensor:
+    """A 0-d tensor of ``like``'s dtype and device (``torch.full`` for a number: no host copy)."""
+    if isinstance(value, Tensor):
+        return value.to(like.dtype)
+    return torch.full((), float(value), dtype=like.dtype, device=like.device)
+
+
+def adam_drive(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: float, eps: float,
+               lengths: Tensor | None = None):
+    """Adam's drive of all steps of ``u`` (T, B, G) from ``v0``, ``m0`` (B, G): returns
+    ``(d, v_T, m_T)``. ``momentum``, ``step_size``: numbers or 0-d tensors (learnable);
+    ``momentum = 0`` is RMSProp. ``lengths`` (B,): steps past a sequence's length hold its state."""
+    momentum, step_size = (_scalar(value, u) for value in (momentum, step_size))
+    if lengths is not None:
+        lengths = lengths.to(device=u.device, dtype=torch.int32).contiguous()
+    return _AdamDrive.apply(u.contiguous(), v0.contiguous(), m0.contiguous(), momentum, step_size,
+                            float(beta), float(eps), lengths)

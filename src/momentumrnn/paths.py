@@ -1,0 +1,101 @@
+"""Which computation path a layer takes, and which kernels run the rules' scans: decided here.
+
+Paths (``impl``), all equal to the per-step reference to rounding, values and gradients:
+
+* ``"reference"``: the input drive ``u_t = W x_t + b_ih`` of all steps in one GEMM, then the
+  rule and the cell step by step, recorded by autograd (``RecurrentLayer._run_reference``).
+* ``"fused"`` (momentum, restart: rules that commute with the input weights): torch's fused
+  RNN/LSTM/GRU kernel on the filtered input ``[x~_t, beta_t]`` (``momentumrnn.fused``).
+* ``"fused-drive"`` (every input-only rule): the rule's drive ``d_t`` of all steps, then
+  torch's fused kernel with identity input weights and a zero input bias, so that the
+  kernel's input term is ``I d_t = d_t`` (``fused.drive_kernel``).
+* ``"loop"`` (every rule): the recurrence in a loop with a hand-written backward
+  (``momentumrnn.loops``); the only fast path of the Nesterov rule, which is coupled to h.
+
+``impl="auto"`` looks the path up in ``AUTO`` by device and rule. On the CPU the loops beat
+the identity GEMMs of ``"fused-drive"`` (oneDNN's LSTM is not much faster than our loop, and
+the extra GEMM costs more than it saves); on CUDA a Python loop launches kernels at every
+step, while cuDNN runs the whole recurrence, so every input-only rule goes through cuDNN.
+
+Scans (``scan_backend``): the rules' input-side recurrences over time (momentum's filter,
+Adam's states) run as Triton kernels on CUDA when Triton can be imported
+(``momentumrnn.kernels``: one launch per call and direction), else as torch ops
+(``momentumrnn.scan``: parallel over blocks of time on CUDA, chunked loops on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+__all__ = ["IMPLS", "AUTO", "choose_path", "check_impl", "scan_backend", "scan_backend_override"]
+
+#: Every value of a layer's ``impl``.
+IMPLS = ("auto", "fused", "fused-drive", "loop", "reference")
+
+#: The path ``impl="auto"`` takes, by device type and rule name. Devices other than CUDA
+#: take the CPU row.
+AUTO = {
+    "cpu": {"momentum": "fused", "restart": "fused", "adam": "loop", "rmsprop": "loop", "nesterov": "loop"},
+    "cuda": {"momentum": "fused", "restart": "fused", "adam": "fused-drive", "rmsprop": "fused-drive",
+             "nesterov": "loop"},
+}
+
+
+def check_impl(impl: str, rule_type, layer_name: str) -> None:
+    """Refuse an ``impl`` the layer's rule cannot take, naming the ones it can."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    allowed = ["auto", "loop", "reference"]
+    if not rule_type.couples_to_hidden:
+        allowed.insert(1, "fused-drive")
+    if rule_type.commutes_with_input_weights:
+        allowed.insert(1, "fused")
+    if impl == "fused" and impl not in allowed:
+        raise ValueError(f"impl='fused' needs a rule that commutes with the input weights (momentum, restart); "
+                         f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
+    if impl == "fused-drive" and impl not in allowed:
+        raise ValueError(f"impl='fused-drive' needs an input-only rule (not coupled to the hidden state); "
+                         f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
+
+
+def choose_path(impl: str, rule_type, device: torch.device | str) -> str:
+    """The path a layer with this ``impl`` and rule takes on ``device``."""
+    if impl != "auto":
+        return impl
+    kind = torch.device(device).type
+    return AUTO["cuda" if kind == "cuda" else "cpu"][rule_type.name]
+
+
+_override: list[str] = []
+
+
+@contextlib.contextmanager
+def scan_backend_override(backend: str):
+    """Within the block, run the scans with ``backend`` ("triton" or "torch") on every device
+    (tests run the Triton kernels on the CPU under Triton's interpreter this way)."""
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"backend must be 'triton' or 'torch', got {backend!r}")
+    _override.append(backend)
+    try:
+        yield
+    finally:
+        _override.pop()
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def scan_backend(tensor: torch.Tensor) -> str:
+    """"triton" for CUDA tensors when Triton can be imported, else "torch"."""
+    if _override:
+        return _override[-1]
+    return "triton" if tensor.is_cuda and triton_available() else "torch"

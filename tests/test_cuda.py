@@ -1,0 +1,224 @@
+"""Every path on CUDA against the per-step reference on the CPU (``pytest --device cuda``).
+
+Skipped without ``--device cuda``. float64: to 1e-9 (the paths sum the same terms in
+another order); float32 with TF32 off in cuDNN and cuBLAS: against the float64 reference,
+``||got - want|| / ||want|| <= 1e-5`` for every output and gradient (1e-3 for the
+gradients of learnable hyperparameters, single sums with cancellation). Covered: all 14 layers
+on every path their rule allows (auto, fused, fused-drive, loop) and the 5 orthogonal
+layers, with two layers, both directions, an initial state, packed input, a carried rule
+state with step counters that differ, learnable momentum and step size, and no bias; the
+Triton kernels at pixel-MNIST length; and the torch scans (no Triton) on CUDA.
+"""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import momentumrnn as mrnn
+from conftest import ACTIVE, LAYER_KEYS
+from momentumrnn.paths import choose_path, scan_backend_override
+
+TOL = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
+#: float32 against the float64 reference: ||got - want|| / ||want|| per tensor.
+FLOAT32_RELATIVE = 1e-5
+#: The gradient of a learnable hyperparameter is one sum over every element, with
+#: cancellation: float32 paths on the CPU already differ from float64 there by up to 2.4e-4.
+FLOAT32_SCALAR_RELATIVE = 1e-3
+
+
+def assert_close(got, want, dtype, name=""):
+    got = got.double().cpu()
+    if dtype == torch.float64:
+        torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        return
+    assert torch.isfinite(got).all(), name
+    error = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+    bound = FLOAT32_SCALAR_RELATIVE if want.numel() == 1 else FLOAT32_RELATIVE
+    assert error <= bound, f"{name}: relative error {error:.2e} > {bound}"
+
+
+@pytest.fixture(autouse=True)
+def _cuda_only(request):
+    if request.config.getoption("--device") != "cuda":
+        pytest.skip("CUDA tests run with --device cuda")
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def impls(cls):
+    rule = cls.rule_type
+    out = ["auto", "loop"]
+    if not rule.couples_to_hidden:
+        out.append("fused-drive")
+    if rule.commutes_with_input_weights:
+        out.append("fused")
+    return out
+
+
+CASES = [(key, impl) for key in LAYER_KEYS for impl in impls(mrnn.LAYERS[key])]
+
+
+def case_id(case):
+    key, impl = case
+    return f"{mrnn.LAYERS[key].__name__}-{impl}"
+
+
+def flat(result):
+    out = []
+    for item in result:
+        if isinstance(item, PackedSequence):
+            out.append(item.data)
+        elif isinstance(item, tuple):
+            out += flat(item)
+        elif isinstance(item, torch.Tensor) and item.is_floating_point():
+            out.append(item)
+    return out
+
+
+def to(value, device, dtype):
+    if isinstance(value, tuple):
+        return type(value)(*(to(v, device, dtype) for v in value)) if hasattr(value, "_fields") else \
+            tuple(to(v, device, dtype) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.to(device, dtype if value.is_floating_point() else value.dtype)
+    return value
+
+
+def check(fast, ref, call, leaves, dtype):
+    """``call(module, leaves, device, dtype)`` -> result. Outputs and the gradients of a
+    random projection of them (inputs and parameters): ``fast`` on CUDA in ``dtype``,
+    ``ref`` on the CPU in float64."""
+    cuda_leaves = [leaf.detach().to("cuda", dtype).requires_grad_() for leaf in leaves]
+    got = flat(call(fast, cuda_leaves, "cuda", dtype))
+    want = flat(call(ref, leaves, "cpu", torch.float64))
+    assert len(got) == len(want)
+    weights = [torch.randn_like(w) for w in want]
+    got_grads = torch.autograd.grad(sum((w.to("cuda", dtype) * g).sum() for w, g in zip(weights, got)),
+                                    cuda_leaves + list(fast.parameters()), allow_unused=True)
+    want_grads = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, want)),
+                                     leaves + list(ref.parameters()), allow_unused=True)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, dtype, f"output {i}")
+    names = [f"input{i}" for i in range(len(leaves))] + [n for n, _ in ref.named_parameters()]
+    for name, g, w in zip(names, got_grads, want_grads, strict=True):
+        if w is None:
+            assert g is None or torch.all(g == 0), name
+            continue
+        assert g is not None, name
+        assert_close(g, w, dtype, name)
+
+
+def plain(module, leaves, device, dtype):
+    return module(leaves[0], return_rule_state=True)
+
+
+def packed_call(lengths):
+    def call(module, leaves, device, dtype):
+        return module(pack_padded_sequence(leaves[0], lengths, enforce_sorted=False), return_rule_state=True)
+    return call
+
+
+def pair(cls, impl, dtype, *args, **kwargs):
+    ref = cls(*args, dtype=torch.float64, impl="reference", **kwargs)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    fast = cls(*args, device="cuda", dtype=dtype, impl=impl, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_layer_on_cuda_equals_the_reference(case, dtype):
+    key, impl = case
+    cls = mrnn.LAYERS[key]
+    hp = ACTIVE[key[1]]
+    fast, ref = pair(cls, impl, dtype, 3, 5, 2, bidirectional=True, learnable=True, **hp)
+    if impl == "auto":
+        assert fast.path == choose_path("auto", cls.rule_type, "cuda")
+    x = torch.randn(40, 3, 3, dtype=torch.float64, requires_grad=True)      # 40 steps: two time tiles
+    h0 = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    lstm = key[0] == "lstm"
+
+    def with_state(module, leaves, device, dtype_):
+        x, h0 = leaves
+        return module(x, (h0, h0 * 0.5) if lstm else h0, return_rule_state=True)
+
+    check(fast, ref, with_state, [x, h0], dtype)
+    # packed input, then a second call carrying the rule state of the first (counters 40, 7, 23)
+    lengths = torch.tensor([40, 7, 23])
+    check(fast, ref, packed_call(lengths), [x], dtype)
+    _, hidden, rs = ref(pack_padded_sequence(x.detach(), lengths, enforce_sorted=False), return_rule_state=True)
+    velocity = rs.velocity.detach().requires_grad_()
+    moment = None if rs.second_moment is None else rs.second_moment.detach().requires_grad_()
+    hidden = tuple(h.detach() for h in hidden) if lstm else hidden.detach()
+    x2 = torch.randn(9, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def carried(module, leaves, device, dtype_):
+        x, v, *m = leaves
+        state = mrnn.RuleState(v, m[0] if m else None, rs.steps.to(device))
+        return module(x, to(hidden, device, dtype_), rule_state=state, return_rule_state=True)
+
+    check(fast, ref, carried, [x2, velocity] + ([moment] if moment is not None else []), dtype)
+
+
+@pytest.mark.parametrize("key", [k for k in LAYER_KEYS if k[1] != "nesterov"], ids=lambda k: mrnn.LAYERS[k].__name__)
+def test_no_bias_on_cuda(key):
+    fast, ref = pair(mrnn.LAYERS[key], "auto", torch.float64, 3, 5, bias=False, **ACTIVE[key[1]])
+    x = torch.randn(33, 2, 3, dtype=torch.float64, requires_grad=True)
+    check(fast, ref, plain, [x], torch.float64)
+
+
+@pytest.mark.parametrize("rule", ["none", "momentum", "adam", "rmsprop", "restart"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_orthogonal_on_cuda(rule, dtype):
+    cls = mrnn.ORTHOGONAL_LAYERS[rule]
+    torch.manual_seed(3)
+    ref = cls(3, 6, 2, bidirectional=True, dtype=torch.float64, learnable=bool(cls.rule_type.learnable))
+    fast = cls(3, 6, 2, bidirectional=True, dtype=dtype, device="cuda", learnable=bool(cls.rule_type.learnable))
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(37, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([37, 5, 20])
+    check(fast, ref, packed_call(lengths), [x], dtype)
+
+
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("gru", "momentum"), ("rnn", "restart")],
+                         ids=lambda k: mrnn.LAYERS[k].__name__)
+def test_torch_scans_on_cuda(key):
+    """Without Triton (``scan_backend_override("torch")``) the CUDA paths still equal the reference."""
+    fast, ref = pair(mrnn.LAYERS[key], "auto", torch.float64, 3, 5, 2, learnable=True, **ACTIVE[key[1]])
+    x = torch.randn(30, 2, 3, dtype=torch.float64, requires_grad=True)
+    with scan_backend_override("torch"):
+        check(fast, ref, plain, [x], torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_kernels_at_pixel_mnist_length(dtype):
+    """The compiled kernels over 784 steps and 2,000 channels (partial last tiles) against
+    the step-by-step loops on the CPU in float64."""
+    from momentumrnn import kernels
+    from momentumrnn.rules import ADAM_EPS, AdamRule
+    from momentumrnn.scan import linear_scan
+
+    T, B, G = 784, 4, 500
+    u = torch.randn(T, B, G, dtype=torch.float64)
+    v0, m0 = torch.randn(B, G, dtype=torch.float64), torch.rand(B, G, dtype=torch.float64)
+    lengths = torch.tensor([784, 300, 1, 0])
+    mask = torch.arange(T)[:, None] < lengths[None, :]
+    want, state = AdamRule().drives_stepwise(u, {"velocity": v0, "second_moment": m0},
+                                             {"momentum": 0.6, "step_size": 0.6, "beta": 0.1},
+                                             torch.zeros(B, dtype=torch.long), mask)
+    d, v, m = kernels.adam_drive(*(t.to("cuda", dtype) for t in (u, v0, m0)), 0.6, 0.6, 0.1, ADAM_EPS,
+                                 lengths.cuda())
+    tol = TOL[dtype] if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
+    keep = mask[..., None].double()
+    torch.testing.assert_close(d.double().cpu() * keep, want * keep, **tol)
+    torch.testing.assert_close(v.double().cpu(), state["velocity"], **tol)
+    torch.testing.assert_close(m.double().cpu(), state["second_moment"], **tol)
+    a = torch.rand(T, B, dtype=torch.float64)
+    torch.testing.assert_close(kernels.linear_scan(a.to("cuda", dtype), u.to("cuda", dtype), v0.to("cuda", dtype))
+                               .double().cpu(), linear_scan(a, u, v0, method="sequential"), **tol)

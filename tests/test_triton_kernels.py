@@ -1,0 +1,156 @@
+"""The Triton kernels (``momentumrnn.kernels``) under Triton's interpreter, on CPU tensors.
+
+On CUDA they are compiled (``tests/test_cuda.py`` checks them there with ``--device cuda``);
+here ``TRITON_INTERPRET=1`` runs the same kernel code with numpy, so CI exercises the
+algorithm: values and gradients against step-by-step loops, tile boundaries (tiles of 8
+steps and 16 channels here), masks, learnable coefficients, float64 and float32, and whole
+layers with the scans forced onto the kernels (``paths.scan_backend_override``).
+"""
+
+import os
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import momentumrnn as mrnn
+from conftest import ACTIVE, layer_id
+from momentumrnn.paths import scan_backend_override
+from momentumrnn.rules import ADAM_EPS, AdamRule
+from momentumrnn.scan import linear_scan
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture(scope="module")
+def kernels(request):
+    """``momentumrnn.kernels`` in interpreter mode (conftest sets ``TRITON_INTERPRET=1`` for
+    CPU runs before anything imports triton)."""
+    if request.config.getoption("--device") == "cuda":
+        pytest.skip("the interpreter tests run on the CPU; with --device cuda test_cuda.py checks the compiled kernels")
+    import triton
+
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if runtime is not None and not runtime.interpret:
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set")
+    from momentumrnn import kernels
+
+    # Small tiles keep the interpreter quick while the shapes below still cross tile boundaries.
+    saved = kernels.TILE_STEPS, kernels.TILE_CHANNELS
+    kernels.TILE_STEPS, kernels.TILE_CHANNELS = 8, 16
+    yield kernels
+    kernels.TILE_STEPS, kernels.TILE_CHANNELS = saved
+
+
+TOL = {torch.float64: dict(atol=1e-12, rtol=1e-11), torch.float32: dict(atol=1e-5, rtol=1e-4)}
+
+
+def compare(got, want, leaves, dtype):
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL[dtype])
+    weights = [torch.randn_like(w) for w in want]
+    grads = [torch.autograd.grad(sum((c * o).sum() for c, o in zip(weights, outs)), leaves)
+             for outs in (got, want)]
+    for name, g, w in zip([f"leaf {i}" for i in range(len(leaves))], *grads, strict=True):
+        torch.testing.assert_close(g, w, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["learnable", "per step", "per sequence"])
+@pytest.mark.parametrize("T", [1, 9, 20])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_linear_scan_kernel_equals_the_loop(kernels, kind, T, dtype):
+    B, F = 3, 7                                    # 21 channels: two programs, the second partial
+    x = torch.randn(T, B, F, dtype=dtype, requires_grad=True)
+    y0 = torch.randn(B, F, dtype=dtype, requires_grad=True)
+    if kind == "learnable":
+        a = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+    else:
+        a = torch.rand(T, 1 if kind == "per step" else B, dtype=dtype)
+        a[T // 2] = 0.0                              # a restart: an exact zero coefficient
+        a.requires_grad_(kind == "per sequence")     # as a learnable momentum held by a mask
+    leaves = [x, y0] + ([a] if a.requires_grad else [])
+    compare([kernels.linear_scan(a, x, y0)], [linear_scan(a, x, y0, method="sequential")], leaves, dtype)
+    compare([kernels.linear_scan(a, x)], [linear_scan(a, x, None, method="sequential")], leaves[:1], dtype)
+
+
+@pytest.mark.parametrize("rule", ["adam", "rmsprop"])
+@pytest.mark.parametrize("T,lengths", [(1, None), (9, None), (20, [20, 7, 0, 9])])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_adam_kernel_equals_the_step_by_step_rule(kernels, rule, T, lengths, dtype):
+    """States, drive and every gradient (u, v0, m0, learnable mu and s); with lengths the
+    padded steps hold the state (the drive there is not compared: the layers never read it)."""
+    B, G = 4 if lengths else 2, 5
+    u = torch.randn(T, B, G, dtype=dtype, requires_grad=True)
+    v0 = torch.randn(B, G, dtype=dtype, requires_grad=True)
+    m0 = torch.rand(B, G, dtype=dtype, requires_grad=True)
+    s = torch.tensor(0.4, dtype=dtype, requires_grad=True)
+    mu = torch.tensor(0.6, dtype=dtype, requires_grad=True) if rule == "adam" else 0.0
+    hp = {"momentum": mu, "step_size": s, "beta": 0.3}
+    lengths = None if lengths is None else torch.tensor(lengths)
+    mask = None if lengths is None else torch.arange(T)[:, None] < lengths[None, :]
+    d, v, m = kernels.adam_drive(u, v0, m0, mu, s, 0.3, ADAM_EPS, lengths)
+    want, state = AdamRule().drives_stepwise(u, {"velocity": v0, "second_moment": m0}, hp,
+                                             torch.zeros(B, dtype=torch.long), mask)
+    keep = 1.0 if mask is None else mask[..., None].to(dtype)
+    leaves = [u, v0, m0, s] + ([mu] if rule == "adam" else [])
+    compare([d * keep, v, m], [want * keep, state["velocity"], state["second_moment"]], leaves, dtype)
+
+
+def test_adam_kernel_gradcheck(kernels):
+    u = torch.randn(3, 1, 2, dtype=torch.float64, requires_grad=True)
+    v0 = torch.randn(1, 2, dtype=torch.float64, requires_grad=True)
+    m0 = torch.rand(1, 2, dtype=torch.float64, requires_grad=True)
+    mu = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: kernels.adam_drive(*a, 0.3, ADAM_EPS), (u, v0, m0, mu, s),
+                                    fast_mode=True)
+
+
+def test_adam_on_the_kernel_refuses_a_mask_with_holes(kernels):
+    u = torch.randn(4, 2, 3, dtype=torch.float64)
+    state = {"velocity": torch.zeros(2, 3, dtype=torch.float64), "second_moment": torch.zeros(2, 3, dtype=torch.float64)}
+    mask = torch.tensor([[True, True], [False, True], [True, True], [False, False]])
+    with scan_backend_override("triton"), pytest.raises(ValueError, match="trailing padding"):
+        AdamRule().drives(u, state, ACTIVE["adam"], torch.zeros(2, dtype=torch.long), mask)
+
+
+LAYER_CASES = [(("lstm", "adam"), "fused-drive"), (("gru", "rmsprop"), "fused-drive"), (("rnn", "adam"), "loop"),
+               (("lstm", "momentum"), "fused"), (("gru", "restart"), "fused"), (("rnn", "momentum"), "loop")]
+
+
+@pytest.mark.parametrize("key,impl", LAYER_CASES, ids=lambda v: layer_id(v) if isinstance(v, tuple) else v)
+def test_layers_with_the_scans_on_the_kernels(kernels, key, impl):
+    """Whole layers with the scans forced onto the kernels (as on CUDA): two layers, both
+    directions, packed input, a carried rule state with step counters that differ, learnable."""
+    from test_fast_paths import assert_same_values_and_gradients, pair
+
+    fast, ref = pair(key, impl, 3, 4, 2, bidirectional=True, learnable=True)
+    x0 = torch.randn(5, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4])
+    _, hidden, rs = ref(pack_padded_sequence(x0, lengths, enforce_sorted=False), return_rule_state=True)
+    velocity = rs.velocity.detach().requires_grad_()
+    moment = None if rs.second_moment is None else rs.second_moment.detach().requires_grad_()
+    state = mrnn.RuleState(velocity, moment, rs.steps)
+    hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+    x = torch.randn(6, 3, 3, dtype=torch.float64, requires_grad=True)
+    leaves = [x, velocity] + ([moment] if moment is not None else [])
+    with scan_backend_override("triton"):
+        assert_same_values_and_gradients(
+            fast, ref, lambda m: m(x, hidden, rule_state=state, return_rule_state=True), leaves, torch.float64)
+        lengths = torch.tensor([6, 1, 4])
+        assert_same_values_and_gradients(
+            fast, ref, lambda m: m(pack_padded_sequence(x, lengths, enforce_sorted=False), return_rule_state=True),
+            [x], torch.float64)
+
+
+def test_orthogonal_layer_with_the_scans_on_the_kernels(kernels):
+    from test_fast_paths import tensors
+
+    torch.manual_seed(1)
+    layer = mrnn.AdamOrthogonalRNN(3, 4, dtype=torch.float64, bidirectional=True)
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    with scan_backend_override("triton"):
+        got = tensors(layer(x, return_rule_state=True))
+    want = tensors(layer(x, return_rule_state=True))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
