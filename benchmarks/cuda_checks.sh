@@ -4,7 +4,7 @@
 #   the alternatives the path table was decided on (alt-*.*), and the training throughput of
 #   `momentumrnn train` (train-throughput.*). DATA_DIR holds mnist/ for the throughput runs.
 #
-#   bash benchmarks/cuda_checks.sh OUT_DIR [DATA_DIR]
+#   bash benchmarks/cuda_checks.sh OUT_DIR [DATA_DIR]          (ALTERNATIVES=0: skip the alternatives)
 set -u
 out=${1:?usage: bash benchmarks/cuda_checks.sh OUT_DIR [DATA_DIR]}
 data=${2:-}
@@ -27,6 +27,7 @@ step "layers vs cuDNN"
 $python benchmarks/layers.py --device cuda --no-reference --name layers-cuda --out "$out" > "$out/layers-cuda.log" 2>&1
 echo "exit $?"; grep -A 20 "Summary (cuda): forward+backward" "$out/layers-cuda.md" | head -n 20
 
+if [ "${ALTERNATIVES:-1}" = 1 ]; then
 step "alternatives: momentum through identity weights (fused-drive) instead of the filtered input"
 $python benchmarks/layers.py --device cuda --no-reference --name alt-fused-drive --out "$out" --impl fused-drive \
   --layers MomentumLSTM,MomentumGRU,MomentumRNN --shape 784,128,1,128 --shape 70,20,400,1150 > "$out/alt.log" 2>&1
@@ -35,6 +36,7 @@ step "alternatives: the torch scans instead of the Triton kernels"
 $python benchmarks/layers.py --device cuda --no-reference --name alt-torch-scans --out "$out" --scan-backend torch \
   --layers MomentumLSTM,AdamLSTM --shape 784,128,1,128 --shape 35,20,200,200 >> "$out/alt.log" 2>&1
 echo "exit $?"; grep -h -A 6 "Summary (cuda): forward+backward" "$out"/alt-*.md
+fi
 
 if [ -n "$data" ]; then
   step "training throughput"

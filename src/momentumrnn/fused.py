@@ -109,14 +109,15 @@ def fused_kernel(recurrence: Recurrence, x: Tensor, hidden: tuple[Tensor, ...], 
 
 def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tuple, hp: dict,
                     hidden: tuple[Tensor, ...], velocity: Tensor | None, steps: Tensor,
-                    lengths: Tensor | None):
+                    lengths: Tensor | None, final_velocity: bool = True):
     """One layer and direction of a momentum/restart layer through the fused kernel.
 
     ``x`` (T, B, I) in processing order (already reversed within each sequence for the
     reverse direction); ``weights`` ``(W, U, b_ih, b_hh)``; ``hidden`` the initial state;
     ``velocity`` (B, G*H) the carried velocity, or None when it is zero; ``steps`` (B,) the
     steps already taken; ``lengths`` (B,) for packed sequences. Returns the output (T, B, H),
-    the final state and the final velocity (at each sequence's last valid step).
+    the final state and the final velocity (at each sequence's last valid step; None unless
+    ``final_velocity``: it costs a GEMM).
     """
     weight_ih, weight_hh, bias_ih, bias_hh = weights
     time, batch, _ = x.shape
@@ -138,6 +139,8 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
     else:
         flat = [weight, weight_hh]
     output, final = fused_kernel(recurrence, filtered, hidden, flat, bias_hh is not None, lengths)
+    if not final_velocity:
+        return output, final, None
     if lengths is None:
         last = filtered[time - 1]
     else:
@@ -148,22 +151,22 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
 
 class _Filter(torch.autograd.Function):
     """``[x~, beta]`` in one output buffer: ``x~_t = a_t x~_{t-1} + s x_t``, ``beta_t =
-    a_t beta_{t-1} + s``, by ``scan.scan_`` in place (the two-level scan, parallel over
-    blocks of time); the backward is the adjoint scan. No autograd temporaries: the one
-    extra tensor of the fused path is its input."""
+    a_t beta_{t-1} + s``, in place (one Triton kernel, or the two-level scan of torch ops,
+    as ``paths.scan_backend`` says); the backward is the adjoint scan. No autograd
+    temporaries: the one extra tensor of the fused path is its input."""
 
     @staticmethod
-    def forward(ctx, a, step_size, x, ones):
+    def forward(ctx, a, step_size, x, ones, triton):
         time, batch, features = x.shape
         out = x.new_empty(time, batch, features + int(ones))
         torch.mul(x, step_size, out=out[..., :features])
         if ones:
             out[..., features] = step_size
         if a is not None:
-            scan_(a, out, default_block(time))
+            _scan_in_place(a, out, triton, reverse=False)
         ctx.save_for_backward(a, step_size, out if ctx.needs_input_grad[0] else None,
                               x if ctx.needs_input_grad[1] else None)
-        ctx.features = features
+        ctx.features, ctx.triton = features, triton
         return out
 
     @staticmethod
@@ -173,15 +176,24 @@ class _Filter(torch.autograd.Function):
         features = ctx.features
         g = grad
         if a is not None:
-            g = scan_(a, grad.clone(memory_format=torch.contiguous_format), default_block(grad.size(0)),
-                      reverse=True)
+            g = _scan_in_place(a, grad.clone(memory_format=torch.contiguous_format), ctx.triton, reverse=True)
         d_a = d_s = None
         if ctx.needs_input_grad[0]:                      # sum_t g_t . y_{t-1} (a learnable momentum)
             d_a = torch.dot(g[1:].reshape(-1), out[:-1].reshape(-1))
         if ctx.needs_input_grad[1]:                      # sum_t g_t . [x_t, 1]
             d_s = (g[..., :features] * x).sum() + g[..., features:].sum()
         d_x = g[..., :features] * step_size if ctx.needs_input_grad[2] else None
-        return d_a, d_s, d_x, None
+        return d_a, d_s, d_x, None, None
+
+
+def _scan_in_place(a: Tensor, y: Tensor, triton: bool, reverse: bool) -> Tensor:
+    """The filter's recurrence in place: one Triton kernel (``kernels.scan_``) or the
+    two-level scan of torch ops (``scan.scan_``)."""
+    if triton:
+        from . import kernels
+
+        return kernels.scan_(a, y, reverse)
+    return scan_(a, y, default_block(y.size(0)), reverse=reverse)
 
 
 def filter_inputs(coefficient, step_size, x: Tensor, ones: bool) -> Tensor:
@@ -192,14 +204,10 @@ def filter_inputs(coefficient, step_size, x: Tensor, ones: bool) -> Tensor:
                        else torch.full((), float(coefficient), dtype=x.dtype, device=x.device))
     elif coefficient.dim() == 2 and coefficient.requires_grad:
         raise ValueError("a per-step coefficient cannot be learnable")
-    if scan_backend(x) == "triton":          # one kernel (momentumrnn.kernels), autograd around it
-        from . import kernels
-
-        inputs = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1) if ones else x
-        inputs = inputs * step_size
-        return inputs if coefficient is None else kernels.linear_scan(coefficient, inputs)
-    step_size = step_size.to(x.dtype) if isinstance(step_size, Tensor) else x.new_tensor(float(step_size))
-    return _Filter.apply(None if coefficient is None else coefficient.to(x.dtype), step_size, x, ones)
+    step_size = (step_size.to(x.dtype) if isinstance(step_size, Tensor)
+                 else torch.full((), float(step_size), dtype=x.dtype, device=x.device))
+    coefficient = None if coefficient is None else coefficient.to(x.dtype).contiguous()
+    return _Filter.apply(coefficient, step_size, x, ones, scan_backend(x) == "triton")
 
 
 def _products(coefficient, time: int, like: Tensor) -> Tensor:

@@ -33,6 +33,8 @@ keep float64 constants. Division and square root are the correctly rounded ones.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from .scan import first_order
 
-__all__ = ["linear_scan", "adam_drive"]
+__all__ = ["linear_scan", "scan_", "adam_drive"]
 
 #: Time steps per tile and channels per program.
 TILE_STEPS = 32
@@ -100,9 +102,16 @@ def _coefficient_strides(a: Tensor) -> tuple[int, int]:
     return a.stride(0), (0 if a.size(1) == 1 else a.stride(1))
 
 
-def _launch_scan(a: Tensor, x: Tensor, initial: Tensor | None, reverse: bool) -> Tensor:
+def scan_(a: Tensor, y: Tensor, reverse: bool = False) -> Tensor:
+    """In place, without autograd: ``y`` (T, B, F, contiguous) holding the inputs becomes the
+    states (forward) or the adjoint states (``reverse``); ``a`` 0-d or (T, Bc), contiguous.
+    Each program reads a tile before it writes it, so in place is safe."""
+    return _launch_scan(a, y, None, reverse, out=y)
+
+
+def _launch_scan(a: Tensor, x: Tensor, initial: Tensor | None, reverse: bool, out: Tensor | None = None) -> Tensor:
     time, batch, features = x.shape
-    y = torch.empty_like(x)
+    y = torch.empty_like(x) if out is None else out
     stride_t, stride_b = _coefficient_strides(a)
     _scan_kernel[_grid(batch * features)](
         x, y, a, stride_t, stride_b, x if initial is None else initial, time, batch * features, features,
@@ -269,12 +278,28 @@ def _adam_backward_kernel(u_ptr, dd_ptr, du_ptr, params_ptr, saved_ptr, gv_ptr, 
         tl.store(partial_ptr + N + cols, sum_s, mask=in_cols)
 
 
+def _parameters(momentum, step_size, beta: float, eps: float, like: Tensor) -> Tensor:
+    """``[mu, s, beta, 1 - beta, eps]`` as one tensor of ``like``'s dtype and device; made
+    once per set of numbers (fixed hyperparameters: no work per call), or stacked from
+    learnable 0-d tensors."""
+    if isinstance(momentum, Tensor) or isinstance(step_size, Tensor):
+        momentum, step_size = (_scalar(value, like) for value in (momentum, step_size))
+        return torch.stack([momentum, step_size, torch.full_like(step_size, beta),
+                            torch.full_like(step_size, 1.0 - beta), torch.full_like(step_size, eps)])
+    return _constants((float(momentum), float(step_size), beta, 1.0 - beta, eps), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 class _AdamDrive(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, lengths):
         time, batch, gates = u.shape
-        params = torch.stack([momentum, step_size, torch.full_like(step_size, beta),
-                              torch.full_like(step_size, 1.0 - beta), torch.full_like(step_size, eps)])
+        params = _parameters(momentum, step_size, beta, eps, u)
         d = torch.empty_like(u)
         v_out, m_out = torch.empty_like(v0), torch.empty_like(m0)
         saved = u.new_empty(triton.cdiv(time, TILE_STEPS), 2, batch, gates)
@@ -294,7 +319,7 @@ class _AdamDrive(torch.autograd.Function):
         grad_d = torch.zeros_like(u) if grad_d is None else grad_d.contiguous()
         grad_v = torch.zeros_like(u[0]) if grad_v is None else grad_v.contiguous()
         grad_m = torch.zeros_like(u[0]) if grad_m is None else grad_m.contiguous()
-        d_u = torch.empty_like(u)
+        d_u = torch.empty_like(u)      # not into grad_d: a caller may reuse it (autograd.grad's grad_outputs)
         d_v0, d_m0 = torch.empty_like(grad_v), torch.empty_like(grad_m)
         partial = u.new_empty(2, batch * gates) if (need_mu or need_s) else u
         _adam_backward_kernel[_grid(batch * gates)](
@@ -318,7 +343,6 @@ def adam_drive(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: flo
     """Adam's drive of all steps of ``u`` (T, B, G) from ``v0``, ``m0`` (B, G): returns
     ``(d, v_T, m_T)``. ``momentum``, ``step_size``: numbers or 0-d tensors (learnable);
     ``momentum = 0`` is RMSProp. ``lengths`` (B,): steps past a sequence's length hold its state."""
-    momentum, step_size = (_scalar(value, u) for value in (momentum, step_size))
     if lengths is not None:
         lengths = lengths.to(device=u.device, dtype=torch.int32).contiguous()
     return _AdamDrive.apply(u.contiguous(), v0.contiguous(), m0.contiguous(), momentum, step_size,

@@ -148,7 +148,8 @@ class RecurrentLayer(RuleModule):
                 stack_rules = {k: v[index] for k, v in rules.items()}
                 sequence = layer_input if direction == 0 else reverse_sequences(layer_input, lengths)
                 output, state, rule_out = run(sequence, weights, self._hyperparameters(suffix), stack_state,
-                                              stack_rules, steps, mask, lengths, rule_state is not None)
+                                              stack_rules, steps, mask, lengths, rule_state is not None,
+                                              return_rule_state)
                 if direction == 1:
                     output = reverse_sequences(output, lengths)
                 outputs.append(output)
@@ -159,8 +160,9 @@ class RecurrentLayer(RuleModule):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
 
         hidden_out = tuple(torch.stack([s[i] for s in final_states]) for i in range(self.recurrence.state_tensors))
-        rules_out = {k: torch.stack([r[k] for r in final_rules]) for k in rules}
-        steps_out = steps + (lengths.to(steps.device) if lengths is not None else steps_in_call)
+        if return_rule_state:
+            rules_out = {k: torch.stack([r[k] for r in final_rules]) for k in rules}
+            steps_out = steps + (lengths.to(steps.device) if lengths is not None else steps_in_call)
 
         output = layer_input
         if packed is not None:
@@ -168,7 +170,8 @@ class RecurrentLayer(RuleModule):
         elif unbatched:
             output = output.squeeze(1)
             hidden_out = tuple(h.squeeze(1) for h in hidden_out)
-            rules_out, steps_out = {k: v.squeeze(1) for k, v in rules_out.items()}, steps_out.squeeze(0)
+            if return_rule_state:
+                rules_out, steps_out = {k: v.squeeze(1) for k, v in rules_out.items()}, steps_out.squeeze(0)
         elif self.batch_first:
             output = output.transpose(0, 1)
         result = (output, hidden_out if self.recurrence.state_tensors == 2 else hidden_out[0])
@@ -204,9 +207,10 @@ class RecurrentLayer(RuleModule):
     # Each path: ``x`` (T, B, I) of one layer and direction in processing order (reversed
     # within each sequence for the reverse direction), its weights ``(W, U, b_ih, b_hh)``,
     # hyperparameters, initial state and rule state, step counters (B,), the mask and lengths
-    # of packed input (else None) and whether the rule state was given; returns the output
-    # (T, B, H), the final state (a tuple) and the final rule state (a dict).
-    def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+    # of packed input (else None), whether the rule state was given and whether the final
+    # one is wanted; returns the output (T, B, H), the final state (a tuple) and the final
+    # rule state (a dict; its values may be None where it is not wanted).
+    def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """The per-step path. The input drive of all steps in one GEMM; input-only rules make
         all drives (``Rule.drives_stepwise``), then the recurrence loops; the coupled rule
         runs ``cell_step`` at every step. Padded steps of packed sequences change no state."""
@@ -232,13 +236,13 @@ class RecurrentLayer(RuleModule):
             outputs.append(state[0])
         return torch.stack(outputs), state, rules
 
-    def _run_fused(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+    def _run_fused(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``)."""
         output, state, velocity = fused_direction(self.recurrence, self.rule, x, weights, hp, state,
-                                                  rules["velocity"] if carried else None, steps, lengths)
+                                                  rules["velocity"] if carried else None, steps, lengths, wanted)
         return output, state, {"velocity": velocity}
 
-    def _run_fused_drive(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+    def _run_fused_drive(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """The input drive in one GEMM, the rule's drive of all steps (``Rule.drives``), then
         torch's fused kernel with identity input weights (``fused.drive_kernel``)."""
         weight_ih, weight_hh, bias_ih, bias_hh = weights
@@ -247,7 +251,7 @@ class RecurrentLayer(RuleModule):
         output, state = drive_kernel(self.recurrence, drives, weight_hh, bias_hh, state, lengths)
         return output, state, rules
 
-    def _run_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+    def _run_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """The input drive in one GEMM, the rule's input side for all steps in parallel, then
         the recurrence in a tight loop with a hand-written backward (``momentumrnn.loops``)."""
         weight_ih, weight_hh, bias_ih, bias_hh = weights

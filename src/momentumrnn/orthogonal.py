@@ -211,7 +211,7 @@ class OrthogonalRNN(RecurrentLayer):
         return False
 
     # ------------------------------------------------------------- forward
-    def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried):
+    def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """The input-side rule over all time steps at once (``Rule.drives``), then the
         recurrence loops: ``h_t = modReLU(d_t + U h_{t-1}; b)``. ``weights`` are
         ``(W, U, None, b)``: the orthogonal ``U`` and the modReLU bias ``b`` (``_weights``)."""
