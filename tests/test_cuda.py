@@ -2,7 +2,7 @@
 
 Skipped without ``--device cuda``. float64: to 1e-9 (the paths sum the same terms in
 another order); float32 with TF32 off in cuDNN and cuBLAS: against the float64 reference,
-``||got - want|| / ||want|| <= 3e-5`` for every output and gradient (1e-3 for the
+``||got - want|| / ||want|| <= 1e-4`` for every output and gradient (1e-3 for the
 gradients of learnable hyperparameters, single sums with cancellation). Covered: all 14 layers
 on every path their rule allows (auto, fused, fused-drive, loop) and the 5 orthogonal
 layers, with two layers, both directions, an initial state, packed input, a carried rule
@@ -19,9 +19,11 @@ from conftest import ACTIVE, LAYER_KEYS
 from momentumrnn.paths import choose_path, scan_backend_override
 
 TOL = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
-#: float32 against the float64 reference: ||got - want|| / ||want|| per tensor (measured on
-#: an H200 with TF32 off: up to 1.53e-5, from cuDNN's own float32 arithmetic).
-FLOAT32_RELATIVE = 3e-5
+#: float32 against the float64 reference: ||got - want|| / ||want|| per tensor. Measured on an
+#: H200 with TF32 off, over two runs: up to 6.9e-5 (a weight gradient through the Adam drive,
+#: whose division by sqrt(m) amplifies float32 rounding; float64 agrees to 1e-9 everywhere);
+#: the float32 results of cuDNN's kernels also vary from run to run.
+FLOAT32_RELATIVE = 1e-4
 #: The gradient of a learnable hyperparameter is one sum over every element, with
 #: cancellation: float32 paths on the CPU already differ from float64 there by up to 2.4e-4.
 FLOAT32_SCALAR_RELATIVE = 1e-3

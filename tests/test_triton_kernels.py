@@ -96,6 +96,30 @@ def test_adam_kernel_equals_the_step_by_step_rule(kernels, rule, T, lengths, dty
     compare([d * keep, v, m], [want * keep, state["velocity"], state["second_moment"]], leaves, dtype)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_adam_drive_of_inputs_equals_the_step_by_step_rule(kernels, bias):
+    """The input GEMM inside, its output made again in the backward: every gradient (x, W, b,
+    v0, m0, mu, s), with lengths."""
+    T, B, I, G = 20, 3, 4, 6
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(G, I, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(G, dtype=torch.float64, requires_grad=True) if bias else None
+    v0 = torch.randn(B, G, dtype=torch.float64, requires_grad=True)
+    m0 = torch.rand(B, G, dtype=torch.float64, requires_grad=True)
+    mu = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([20, 9, 1])
+    mask = torch.arange(T)[:, None] < lengths[None, :]
+    d, v, m = kernels.adam_drive_of_inputs(x, weight, b, v0, m0, mu, s, 0.3, ADAM_EPS, lengths)
+    want, state = AdamRule().drives_stepwise(torch.nn.functional.linear(x, weight, b),
+                                             {"velocity": v0, "second_moment": m0},
+                                             {"momentum": mu, "step_size": s, "beta": 0.3},
+                                             torch.zeros(B, dtype=torch.long), mask)
+    keep = mask[..., None].double()
+    leaves = [x, weight, v0, m0, mu, s] + ([b] if bias else [])
+    compare([d * keep, v, m], [want * keep, state["velocity"], state["second_moment"]], leaves, torch.float64)
+
+
 def test_adam_kernel_gradcheck(kernels):
     u = torch.randn(3, 1, 2, dtype=torch.float64, requires_grad=True)
     v0 = torch.randn(1, 2, dtype=torch.float64, requires_grad=True)

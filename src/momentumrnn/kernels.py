@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .scan import first_order
 
-__all__ = ["linear_scan", "scan_", "adam_drive"]
+__all__ = ["linear_scan", "scan_", "adam_drive", "adam_drive_of_inputs"]
 
 #: Time steps per tile and channels per program.
 TILE_STEPS = 32
@@ -255,7 +255,6 @@ def _adam_backward_kernel(u_ptr, dd_ptr, du_ptr, params_ptr, saved_ptr, gv_ptr, 
         g_v = g_v + a_v * gv[None, :]
         h_m = h_m + a_m * hm[None, :]
         du = tl.where(valid, s * g_v - one_minus_beta * u * h_m, 0.0)
-        tl.store(du_ptr + offsets, du, mask=inside)
         if NEED_S:
             sum_s += tl.sum(tl.where(valid, g_v * u, 0.0), axis=0)
         if NEED_MU:
@@ -267,6 +266,7 @@ def _adam_backward_kernel(u_ptr, dd_ptr, du_ptr, params_ptr, saved_ptr, gv_ptr, 
             b_p = tl.where(rows[:, None] == 0, v_in[None, :], tl.where(valid_prev, s * u_prev, 0.0))
             _, v_prev = tl.associative_scan((a_p, b_p), 0, _combine)
             sum_mu += tl.sum(tl.where(valid, g_v * v_prev, 0.0), axis=0)
+        tl.store(du_ptr + offsets, du, mask=inside)
         gv = _row(g_v, rows, 0)
         hm = _row(h_m, rows, 0)
     first_valid = in_cols & (length > 0)
@@ -295,18 +295,42 @@ def _constants(values: tuple, dtype: torch.dtype, device: torch.device) -> Tenso
         return torch.tensor(values, dtype=dtype, device=device)
 
 
+def _adam_forward(u, v0, m0, params, lengths):
+    """Launch the forward kernel: ``(d, v_T, m_T, saved)`` (saved: the states entering each tile)."""
+    time, batch, gates = u.shape
+    d = torch.empty_like(u)
+    v_out, m_out = torch.empty_like(v0), torch.empty_like(m0)
+    saved = u.new_empty(triton.cdiv(time, TILE_STEPS), 2, batch, gates)
+    _adam_forward_kernel[_grid(batch * gates)](
+        u, d, params, v0, m0, v_out, m_out, saved, u if lengths is None else lengths,
+        time, batch * gates, gates, HAS_LENGTHS=lengths is not None, FP32=u.dtype == torch.float32,
+        BT=TILE_STEPS, BC=TILE_CHANNELS)
+    return d, v_out, m_out, saved
+
+
+def _adam_backward(u, grads, params, saved, lengths, need_mu, need_s, out):
+    """Launch the adjoint kernel: dL/du into ``out`` and ``(dL/dv0, dL/dm0, dL/dmu, dL/ds)``."""
+    time, batch, gates = u.shape
+    grad_d, grad_v, grad_m = grads
+    grad_d = torch.zeros_like(u) if grad_d is None else grad_d.contiguous()
+    grad_v = torch.zeros_like(u[0]) if grad_v is None else grad_v.contiguous()
+    grad_m = torch.zeros_like(u[0]) if grad_m is None else grad_m.contiguous()
+    d_v0, d_m0 = torch.empty_like(grad_v), torch.empty_like(grad_m)
+    partial = u.new_empty(2, batch * gates) if (need_mu or need_s) else u
+    _adam_backward_kernel[_grid(batch * gates)](
+        u, grad_d, out, params, saved, grad_v, grad_m, d_v0, d_m0, partial,
+        u if lengths is None else lengths, time, batch * gates, gates, HAS_LENGTHS=lengths is not None,
+        NEED_MU=need_mu, NEED_S=need_s, FP32=u.dtype == torch.float32, BT=TILE_STEPS, BC=TILE_CHANNELS)
+    return d_v0, d_m0, partial[0].sum() if need_mu else None, partial[1].sum() if need_s else None
+
+
 class _AdamDrive(torch.autograd.Function):
+    """Adam's drive of ``u``; keeps ``u`` for the backward."""
+
     @staticmethod
     def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, lengths):
-        time, batch, gates = u.shape
         params = _parameters(momentum, step_size, beta, eps, u)
-        d = torch.empty_like(u)
-        v_out, m_out = torch.empty_like(v0), torch.empty_like(m0)
-        saved = u.new_empty(triton.cdiv(time, TILE_STEPS), 2, batch, gates)
-        _adam_forward_kernel[_grid(batch * gates)](
-            u, d, params, v0, m0, v_out, m_out, saved, u if lengths is None else lengths,
-            time, batch * gates, gates, HAS_LENGTHS=lengths is not None, FP32=u.dtype == torch.float32,
-            BT=TILE_STEPS, BC=TILE_CHANNELS)
+        d, v_out, m_out, saved = _adam_forward(u, v0, m0, params, lengths)
         ctx.save_for_backward(u, params, saved, lengths)
         return d, v_out, m_out
 
@@ -314,21 +338,41 @@ class _AdamDrive(torch.autograd.Function):
     @first_order
     def backward(ctx, grad_d, grad_v, grad_m):
         u, params, saved, lengths = ctx.saved_tensors
-        time, batch, gates = u.shape
-        need_mu, need_s = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        grad_d = torch.zeros_like(u) if grad_d is None else grad_d.contiguous()
-        grad_v = torch.zeros_like(u[0]) if grad_v is None else grad_v.contiguous()
-        grad_m = torch.zeros_like(u[0]) if grad_m is None else grad_m.contiguous()
         d_u = torch.empty_like(u)      # not into grad_d: a caller may reuse it (autograd.grad's grad_outputs)
-        d_v0, d_m0 = torch.empty_like(grad_v), torch.empty_like(grad_m)
-        partial = u.new_empty(2, batch * gates) if (need_mu or need_s) else u
-        _adam_backward_kernel[_grid(batch * gates)](
-            u, grad_d, d_u, params, saved, grad_v, grad_m, d_v0, d_m0, partial,
-            u if lengths is None else lengths, time, batch * gates, gates, HAS_LENGTHS=lengths is not None,
-            NEED_MU=need_mu, NEED_S=need_s, FP32=u.dtype == torch.float32, BT=TILE_STEPS, BC=TILE_CHANNELS)
-        d_mu = partial[0].sum() if need_mu else None
-        d_s = partial[1].sum() if need_s else None
+        d_v0, d_m0, d_mu, d_s = _adam_backward(u, (grad_d, grad_v, grad_m), params, saved, lengths,
+                                               ctx.needs_input_grad[3], ctx.needs_input_grad[4], d_u)
         return d_u, d_v0, d_m0, d_mu, d_s, None, None, None
+
+
+class _InputAdamDrive(torch.autograd.Function):
+    """Adam's drive of ``u = x W^T + b``, made inside: ``u`` is not kept but made again in
+    the backward (one GEMM), so it does not live through the backward of the recurrence
+    (where torch's fused kernel already holds the drive and its gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, v0, m0, momentum, step_size, beta, eps, lengths):
+        u = torch.nn.functional.linear(x, weight, bias)
+        params = _parameters(momentum, step_size, beta, eps, u)
+        d, v_out, m_out, saved = _adam_forward(u, v0, m0, params, lengths)
+        ctx.save_for_backward(x, weight, bias, params, saved, lengths)
+        return d, v_out, m_out
+
+    @staticmethod
+    @first_order
+    def backward(ctx, grad_d, grad_v, grad_m):
+        x, weight, bias, params, saved, lengths = ctx.saved_tensors
+        u = torch.nn.functional.linear(x, weight, bias)
+        needs = ctx.needs_input_grad
+        d_u = torch.empty_like(u)
+        d_v0, d_m0, d_mu, d_s = _adam_backward(u, (grad_d, grad_v, grad_m), params, saved, lengths,
+                                               needs[5], needs[6], d_u)
+        del u
+        d_u = d_u.reshape(-1, d_u.size(-1))
+        rows = x.reshape(-1, x.size(-1))
+        d_x = (d_u @ weight).view_as(x) if needs[0] else None
+        d_weight = d_u.t() @ rows if needs[1] else None
+        d_bias = d_u.sum(0) if bias is not None and needs[2] else None
+        return d_x, d_weight, d_bias, d_v0, d_m0, d_mu, d_s, None, None, None
 
 
 def _scalar(value, like: Tensor) -> Tensor:
@@ -347,3 +391,13 @@ def adam_drive(u: Tensor, v0: Tensor, m0: Tensor, momentum, step_size, beta: flo
         lengths = lengths.to(device=u.device, dtype=torch.int32).contiguous()
     return _AdamDrive.apply(u.contiguous(), v0.contiguous(), m0.contiguous(), momentum, step_size,
                             float(beta), float(eps), lengths)
+
+
+def adam_drive_of_inputs(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor, m0: Tensor, momentum,
+                         step_size, beta: float, eps: float, lengths: Tensor | None = None):
+    """``adam_drive`` of ``u = x W^T + b`` (``x`` (T, B, I)), with ``u`` made again in the
+    backward rather than kept (less memory, one more GEMM)."""
+    if lengths is not None:
+        lengths = lengths.to(device=x.device, dtype=torch.int32).contiguous()
+    return _InputAdamDrive.apply(x.contiguous(), weight, bias, v0.contiguous(), m0.contiguous(), momentum,
+                                 step_size, float(beta), float(eps), lengths)

@@ -243,11 +243,11 @@ class RecurrentLayer(RuleModule):
         return output, state, {"velocity": velocity}
 
     def _run_fused_drive(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
-        """The input drive in one GEMM, the rule's drive of all steps (``Rule.drives``), then
-        torch's fused kernel with identity input weights (``fused.drive_kernel``)."""
+        """The rule's drive of all steps from the input drive ``W x + b_ih`` (one GEMM;
+        ``Rule.drives_of_inputs``), then torch's fused kernel with identity input weights
+        (``fused.drive_kernel``)."""
         weight_ih, weight_hh, bias_ih, bias_hh = weights
-        u = F.linear(x, weight_ih, bias_ih)
-        drives, rules = self.rule.drives(u, rules, hp, steps, mask)
+        drives, rules = self.rule.drives_of_inputs(x, weight_ih, bias_ih, rules, hp, steps, mask)
         output, state = drive_kernel(self.recurrence, drives, weight_hh, bias_hh, state, lengths)
         return output, state, rules
 

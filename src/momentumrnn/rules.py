@@ -24,6 +24,7 @@ import numbers
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .paths import scan_backend
@@ -114,6 +115,12 @@ class Rule:
         before = {f: torch.cat([state[f][None], states[f][:-1]]) for f in self.state_fields}
         drive, _ = self.drive(u, before, hp, step_indices(steps, time, mask))
         return drive, {f: states[f][-1] for f in self.state_fields}
+
+    def drives_of_inputs(self, x: Tensor, weight: Tensor, bias: Tensor | None, state: dict[str, Tensor], hp: dict,
+                         steps: Tensor, mask: Tensor | None = None):
+        """``drives`` of the input drive ``u = W x + b`` (``x`` (T, B, I)); a rule may avoid
+        keeping ``u`` for the backward (``AdamRule`` on the Triton backend does)."""
+        return self.drives(F.linear(x, weight, bias), state, hp, steps, mask)
 
     def drives_stepwise(self, u: Tensor, state: dict[str, Tensor], hp: dict, steps: Tensor,
                         mask: Tensor | None = None):
@@ -240,20 +247,25 @@ class AdamRule(Rule):
         if scan_backend(u) == "triton":
             from . import kernels
 
-            lengths = None
-            if mask is not None:
-                lengths = mask.sum(0)
-                trailing = torch.arange(u.size(0), device=mask.device)[:, None] < lengths[None, :]
-                if not torch.equal(mask, trailing):
-                    raise ValueError("AdamRule.drives on the Triton backend takes only trailing padding as "
-                                     "mask (steps t < lengths of each sequence)")
             drive, v, m = kernels.adam_drive(u, state["velocity"], state["second_moment"], hp.get("momentum", 0.0),
-                                             hp["step_size"], hp["beta"], ADAM_EPS, lengths)
+                                             hp["step_size"], hp["beta"], ADAM_EPS, _trailing_lengths(mask, u))
             return drive, {"velocity": v, "second_moment": m}
         settings = self.chunk_kernel_settings(hp, u, mask)
         if settings is None:
             return super().drives(u, state, hp, steps, mask)
         drive, v, m = adam_scan(u, state["velocity"], state["second_moment"], **settings)
+        return drive, {"velocity": v, "second_moment": m}
+
+    def drives_of_inputs(self, x, weight, bias, state, hp, steps, mask=None):
+        """As ``Rule.drives_of_inputs``; on the Triton backend ``u`` is made again in the
+        backward instead of kept (``kernels.adam_drive_of_inputs``)."""
+        if scan_backend(x) != "triton":
+            return super().drives_of_inputs(x, weight, bias, state, hp, steps, mask)
+        from . import kernels
+
+        drive, v, m = kernels.adam_drive_of_inputs(x, weight, bias, state["velocity"], state["second_moment"],
+                                                   hp.get("momentum", 0.0), hp["step_size"], hp["beta"], ADAM_EPS,
+                                                   _trailing_lengths(mask, x))
         return drive, {"velocity": v, "second_moment": m}
 
     def state_coefficients(self, hp, steps, time, mask=None, dtype=torch.float64):
@@ -264,6 +276,18 @@ class AdamRule(Rule):
 
     def drive_from_state(self, states, hp):
         return states["velocity"] / torch.sqrt(states["second_moment"] + ADAM_EPS)
+
+
+def _trailing_lengths(mask: Tensor | None, like: Tensor) -> Tensor | None:
+    """The lengths of a mask that is trailing padding (``t < lengths``); anything else is refused."""
+    if mask is None:
+        return None
+    lengths = mask.sum(0)
+    trailing = torch.arange(like.size(0), device=mask.device)[:, None] < lengths[None, :]
+    if not torch.equal(mask, trailing):
+        raise ValueError("AdamRule.drives on the Triton backend takes only trailing padding as mask "
+                         "(steps t < lengths of each sequence)")
+    return lengths
 
 
 class RMSPropRule(AdamRule):
