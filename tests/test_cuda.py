@@ -15,7 +15,8 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import momentumrnn as mrnn
-from conftest import ACTIVE, LAYER_KEYS
+from conftest import LAYER_KEYS
+from test_fast_paths import pair
 from momentumrnn.paths import choose_path, scan_backend_override
 
 TOL = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
@@ -123,24 +124,12 @@ def packed_call(lengths):
     return call
 
 
-def pair(cls, impl, dtype, *args, **kwargs):
-    ref = cls(*args, dtype=torch.float64, impl="reference", **kwargs)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if name.startswith("bias"):
-                p.add_(0.3 * torch.randn_like(p))
-    fast = cls(*args, device="cuda", dtype=dtype, impl=impl, **kwargs)
-    fast.load_state_dict(ref.state_dict())
-    return fast, ref
-
-
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_layer_on_cuda_equals_the_reference(case, dtype):
     key, impl = case
     cls = mrnn.LAYERS[key]
-    hp = ACTIVE[key[1]]
-    fast, ref = pair(cls, impl, dtype, 3, 5, 2, bidirectional=True, learnable=True, **hp)
+    fast, ref = pair(key, impl, 3, 5, 2, bidirectional=True, learnable=True, device="cuda", fast_dtype=dtype)
     if impl == "auto":
         assert fast.path == choose_path("auto", cls.rule_type, "cuda")
     x = torch.randn(40, 3, 3, dtype=torch.float64, requires_grad=True)      # 40 steps: two time tiles
@@ -171,7 +160,7 @@ def test_layer_on_cuda_equals_the_reference(case, dtype):
 
 @pytest.mark.parametrize("key", [k for k in LAYER_KEYS if k[1] != "nesterov"], ids=lambda k: mrnn.LAYERS[k].__name__)
 def test_no_bias_on_cuda(key):
-    fast, ref = pair(mrnn.LAYERS[key], "auto", torch.float64, 3, 5, bias=False, **ACTIVE[key[1]])
+    fast, ref = pair(key, "auto", 3, 5, bias=False, device="cuda")
     x = torch.randn(33, 2, 3, dtype=torch.float64, requires_grad=True)
     check(fast, ref, plain, [x], torch.float64)
 
@@ -193,7 +182,7 @@ def test_orthogonal_on_cuda(rule, dtype):
                          ids=lambda k: mrnn.LAYERS[k].__name__)
 def test_torch_scans_on_cuda(key):
     """Without Triton (``scan_backend_override("torch")``) the CUDA paths still equal the reference."""
-    fast, ref = pair(mrnn.LAYERS[key], "auto", torch.float64, 3, 5, 2, learnable=True, **ACTIVE[key[1]])
+    fast, ref = pair(key, "auto", 3, 5, 2, learnable=True, device="cuda")
     x = torch.randn(30, 2, 3, dtype=torch.float64, requires_grad=True)
     with scan_backend_override("torch"):
         check(fast, ref, plain, [x], torch.float64)

@@ -23,15 +23,16 @@ def path_id(item):
     return f"{mrnn.LAYERS[key].__name__}-{impl}"
 
 
-def pair(key, impl, *args, dtype=torch.float64, hp=None, **kwargs):
-    """The same layer twice: ``impl`` and the reference, with biases made visible."""
+def pair(key, impl, *args, dtype=torch.float64, hp=None, device=None, fast_dtype=None, **kwargs):
+    """The same layer twice: ``impl`` (on ``device`` in ``fast_dtype``, default the CPU and
+    ``dtype``) and the reference on the CPU, with biases made visible."""
     hp = ACTIVE[key[1]] if hp is None else hp
     ref = mrnn.LAYERS[key](*args, dtype=dtype, impl="reference", **hp, **kwargs)
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if name.startswith("bias"):
                 p.add_(0.3 * torch.randn_like(p))
-    fast = mrnn.LAYERS[key](*args, dtype=dtype, impl=impl, **hp, **kwargs)
+    fast = mrnn.LAYERS[key](*args, dtype=fast_dtype or dtype, device=device, impl=impl, **hp, **kwargs)
     fast.load_state_dict(ref.state_dict())
     return fast, ref
 
@@ -119,17 +120,24 @@ def test_carried_state_path_equals_reference(item):
     between sequences) with a nonzero hidden state."""
     key, impl = item
     fast, ref = pair(key, impl, 3, 4, 2, bidirectional=True)
+    x, hidden, state, leaves = carried_state(ref)
+    assert_same_values_and_gradients(
+        fast, ref, lambda m: m(x, hidden, rule_state=state, return_rule_state=True), leaves, torch.float64)
+
+
+def carried_state(ref):
+    """A second call's input, hidden state and rule state (leaves requiring grad) after a
+    packed first call of ``ref`` whose step counters differ (5, 2, 4); returns
+    ``(x, hidden, rule_state, [x, velocity(, second moment)])``."""
     x0 = torch.randn(5, 3, 3, dtype=torch.float64)
-    lengths = torch.tensor([5, 2, 4])             # the counters differ: 5, 2, 4
+    lengths = torch.tensor([5, 2, 4])
     _, hidden, rs = ref(pack_padded_sequence(x0, lengths, enforce_sorted=False), return_rule_state=True)
     velocity = rs.velocity.detach().requires_grad_()
     moment = None if rs.second_moment is None else rs.second_moment.detach().requires_grad_()
     state = mrnn.RuleState(velocity, moment, rs.steps)
     hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
     x = torch.randn(6, 3, 3, dtype=torch.float64, requires_grad=True)
-    leaves = [x, velocity] + ([moment] if moment is not None else [])
-    assert_same_values_and_gradients(
-        fast, ref, lambda m: m(x, hidden, rule_state=state, return_rule_state=True), leaves, torch.float64)
+    return x, hidden, state, [x, velocity] + ([moment] if moment is not None else [])
 
 
 @pytest.mark.parametrize("item", PATHS, ids=path_id)

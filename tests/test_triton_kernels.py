@@ -7,7 +7,6 @@ steps and 16 channels here), masks, learnable coefficients, float64 and float32,
 layers with the scans forced onto the kernels (``paths.scan_backend_override``).
 """
 
-import os
 
 import pytest
 import torch
@@ -146,18 +145,10 @@ LAYER_CASES = [(("lstm", "adam"), "fused-drive"), (("gru", "rmsprop"), "fused-dr
 def test_layers_with_the_scans_on_the_kernels(kernels, key, impl):
     """Whole layers with the scans forced onto the kernels (as on CUDA): two layers, both
     directions, packed input, a carried rule state with step counters that differ, learnable."""
-    from test_fast_paths import assert_same_values_and_gradients, pair
+    from test_fast_paths import assert_same_values_and_gradients, carried_state, pair
 
     fast, ref = pair(key, impl, 3, 4, 2, bidirectional=True, learnable=True)
-    x0 = torch.randn(5, 3, 3, dtype=torch.float64)
-    lengths = torch.tensor([5, 2, 4])
-    _, hidden, rs = ref(pack_padded_sequence(x0, lengths, enforce_sorted=False), return_rule_state=True)
-    velocity = rs.velocity.detach().requires_grad_()
-    moment = None if rs.second_moment is None else rs.second_moment.detach().requires_grad_()
-    state = mrnn.RuleState(velocity, moment, rs.steps)
-    hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
-    x = torch.randn(6, 3, 3, dtype=torch.float64, requires_grad=True)
-    leaves = [x, velocity] + ([moment] if moment is not None else [])
+    x, hidden, state, leaves = carried_state(ref)
     with scan_backend_override("triton"):
         assert_same_values_and_gradients(
             fast, ref, lambda m: m(x, hidden, rule_state=state, return_rule_state=True), leaves, torch.float64)

@@ -179,18 +179,21 @@ def _adam_states(u, valid, v_in, m_in, mu, s, beta, one_minus_beta):
 
 
 @triton.jit
+def _settings(params_ptr):
+    """mu, s, beta, 1 - beta, eps."""
+    return (tl.load(params_ptr), tl.load(params_ptr + 1), tl.load(params_ptr + 2), tl.load(params_ptr + 3),
+            tl.load(params_ptr + 4))
+
+
+@triton.jit
 def _adam_forward_kernel(u_ptr, d_ptr, params_ptr, v0_ptr, m0_ptr, v_out_ptr, m_out_ptr, saved_ptr, len_ptr,
                          T, N, F, HAS_LENGTHS: tl.constexpr, FP32: tl.constexpr, BT: tl.constexpr,
                          BC: tl.constexpr):
     cols = tl.program_id(0) * BC + tl.arange(0, BC)
     in_cols = cols < N
     rows = tl.arange(0, BT)
-    mu = tl.load(params_ptr)
-    s = tl.load(params_ptr + 1)
-    beta = tl.load(params_ptr + 2)
-    one_minus_beta = tl.load(params_ptr + 3)
-    eps = tl.load(params_ptr + 4)
-    length = T
+    mu, s, beta, one_minus_beta, eps = _settings(params_ptr)
+    length = T                                        # steps at or past a sequence's length hold the state
     if HAS_LENGTHS:
         length = tl.load(len_ptr + cols // F, mask=in_cols, other=0)
     v = tl.load(v0_ptr + cols, mask=in_cols, other=0.0)
@@ -220,12 +223,8 @@ def _adam_backward_kernel(u_ptr, dd_ptr, du_ptr, params_ptr, saved_ptr, gv_ptr, 
     cols = tl.program_id(0) * BC + tl.arange(0, BC)
     in_cols = cols < N
     rows = tl.arange(0, BT)
-    mu = tl.load(params_ptr)
-    s = tl.load(params_ptr + 1)
-    beta = tl.load(params_ptr + 2)
-    one_minus_beta = tl.load(params_ptr + 3)
-    eps = tl.load(params_ptr + 4)
-    length = T
+    mu, s, beta, one_minus_beta, eps = _settings(params_ptr)
+    length = T                                        # steps at or past a sequence's length hold the state
     if HAS_LENGTHS:
         length = tl.load(len_ptr + cols // F, mask=in_cols, other=0)
     gv = tl.load(gv_ptr + cols, mask=in_cols, other=0.0)             # reaching v_T, m_T from after the call
