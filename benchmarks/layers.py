@@ -11,6 +11,8 @@ JSON with the machine's description to ``--out`` (default ``benchmarks/results/`
     PYTHONPATH=src python benchmarks/layers.py              # full: the shapes
     PYTHONPATH=src python benchmarks/layers.py --quick      # smaller shapes, < 2 minutes
     PYTHONPATH=src python benchmarks/layers.py --device cpu,cuda --threads 2
+    PYTHONPATH=src python benchmarks/layers.py --device cuda --no-reference --name layers-cuda
+    PYTHONPATH=src python benchmarks/layers.py --impl fused-drive --scan-backend torch ...   # alternatives
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the allocations the
 profiler records during one forward+backward (tensors that exist before, such as the
