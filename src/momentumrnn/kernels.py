@@ -25,7 +25,9 @@ outputs; one launch per call, forward and backward.
   ``du_t = s Gv_t - (1 - beta) u_t Hm_t``, with ``q_t = sqrt(m_t + eps)``) as reverse scans.
   Optional ``lengths`` (B,): steps ``t >= lengths[b]`` (the padding of packed sequences,
   always at the end) hold the state, so the final state is each sequence's own; the drive
-  there is the held state's (the layers never read it).
+  there is the held state's (the layers never read it). ``adam_drive_of_inputs`` takes
+  ``x, W, b`` instead of ``u = x W^T + b`` and makes ``u`` again in the backward, so that it
+  is not kept.
 
 Scalars (mu, s, beta, eps) travel as a small tensor of the data's dtype, so float64 runs
 keep float64 constants. Division and square root are the correctly rounded ones.
