@@ -12,11 +12,11 @@ Triton kernels at pixel-MNIST length; and the torch scans (no Triton) on CUDA.
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import momentumrnn as mrnn
 from conftest import LAYER_KEYS
-from test_fast_paths import pair
+from test_fast_paths import pair, tensors
 from momentumrnn.paths import choose_path, scan_backend_override
 
 TOL = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
@@ -69,18 +69,6 @@ def case_id(case):
     return f"{mrnn.LAYERS[key].__name__}-{impl}"
 
 
-def flat(result):
-    out = []
-    for item in result:
-        if isinstance(item, PackedSequence):
-            out.append(item.data)
-        elif isinstance(item, tuple):
-            out += flat(item)
-        elif isinstance(item, torch.Tensor) and item.is_floating_point():
-            out.append(item)
-    return out
-
-
 def to(value, device, dtype):
     if isinstance(value, tuple):
         return type(value)(*(to(v, device, dtype) for v in value)) if hasattr(value, "_fields") else \
@@ -95,8 +83,8 @@ def check(fast, ref, call, leaves, dtype):
     random projection of them (inputs and parameters): ``fast`` on CUDA in ``dtype``,
     ``ref`` on the CPU in float64."""
     cuda_leaves = [leaf.detach().to("cuda", dtype).requires_grad_() for leaf in leaves]
-    got = flat(call(fast, cuda_leaves, "cuda", dtype))
-    want = flat(call(ref, leaves, "cpu", torch.float64))
+    got = tensors(call(fast, cuda_leaves, "cuda", dtype))
+    want = tensors(call(ref, leaves, "cpu", torch.float64))
     assert len(got) == len(want)
     weights = [torch.randn_like(w) for w in want]
     got_grads = torch.autograd.grad(sum((w.to("cuda", dtype) * g).sum() for w, g in zip(weights, got)),

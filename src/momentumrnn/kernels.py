@@ -146,10 +146,10 @@ class _LinearScan(torch.autograd.Function):
         return d_a, g, d_initial
 
 
-def linear_scan(a: Tensor, x: Tensor, initial: Tensor | None = None) -> Tensor:
-    """All states of ``y_t = a_t y_{t-1} + x_t`` for ``x`` (T, B, F); ``a`` a 0-d tensor or
-    (T, 1)/(T, B), differentiable; ``initial`` (B, F) or None (zero)."""
-    a = a.to(x.dtype).contiguous()
+def linear_scan(a, x: Tensor, initial: Tensor | None = None) -> Tensor:
+    """All states of ``y_t = a_t y_{t-1} + x_t`` for ``x`` (T, B, F); ``a`` a number, a 0-d
+    tensor or (T, 1)/(T, B), differentiable; ``initial`` (B, F) or None (zero)."""
+    a = _scalar(a, x).contiguous()
     initial = None if initial is None else initial.contiguous()
     return _LinearScan.apply(a, x.contiguous(), initial)
 

@@ -114,8 +114,6 @@ def linear_scan(coefficient, inputs: Tensor, initial: Tensor | None = None, *, m
             method = "loop" if inputs.device.type == "cpu" and inputs.size(-1) > LOOP_MIN_FEATURES else "chunked"
     if method == "triton":
         from . import kernels
-        if not isinstance(coefficient, Tensor):
-            coefficient = torch.full((), float(coefficient), dtype=inputs.dtype, device=inputs.device)
         return kernels.linear_scan(coefficient, inputs, initial)
     if method == "sequential":
         return _sequential(coefficient, inputs, initial)
