@@ -1,6 +1,6 @@
 """Orthogonal RNNs (DTRIV / expRNN) and their momentum, Adam, RMSProp and restart variants.
 
-PAPER.md section 2: ``h_t = modReLU(U h_{t-1} + d_t)`` where ``d_t`` is the rule's drive
+The paper's section 2: ``h_t = modReLU(U h_{t-1} + d_t)`` where ``d_t`` is the rule's drive
 made from ``u_t = W x_t`` (W without bias), ``U`` is orthogonal and
 ``modReLU(z) = sign(z) relu(|z| + b)`` with a learnable bias ``b`` per unit.
 

@@ -15,9 +15,9 @@ Paths (``impl``), all equal to the per-step reference to rounding, values and gr
 ``impl="auto"`` looks the path up in ``AUTO`` by device and rule, as measured with
 ``benchmarks/layers.py``: on the CPU the loops beat the identity GEMMs of ``"fused-drive"``
 (AdamLSTM at PTB small 1.58x ``nn.LSTM`` against 2.82x); on CUDA a Python loop launches
-kernels at every step (AdamLSTM 35.8x cuDNN at pixel MNIST) while cuDNN runs the whole
-recurrence (1.41x), so every input-only rule goes through cuDNN; momentum keeps its
-filtered narrow input there (1.12x against 1.29x through identity weights).
+kernels at every step (the Nesterov loop: 44-50x cuDNN at pixel MNIST) while cuDNN runs the
+whole recurrence (AdamLSTM 1.41x), so every input-only rule goes through cuDNN; momentum
+keeps its filtered narrow input there (1.12x against 1.29x through identity weights).
 
 Scans (``scan_backend``): the rules' input-side recurrences over time (momentum's filter,
 Adam's states) run as Triton kernels on CUDA when Triton can be imported
