@@ -316,3 +316,48 @@ def test_adam_loop_over_several_chunks_learnable_and_carried(key):
     x = torch.randn(21, 32, 3, dtype=torch.float64, requires_grad=True)
     assert_same_values_and_gradients(fast, ref, lambda m: m(x, rule_state=state, return_rule_state=True),
                                      [x, velocity, moment], torch.float64)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("item", PATHS + [(key, "reference") for key in LAYER_KEYS], ids=path_id)
+def test_a_non_finite_sequence_leaves_the_others_alone(item, bad):
+    """A nan or inf in one sequence's carried rule state or input reaches no other sequence,
+    on every path, as in ``torch.nn.LSTM``: the other sequences equal the reference run
+    without it. (Within the sequence the result is not finite for most rules; README.)"""
+    key, impl = item
+    fast, ref = pair(key, impl, 3, 4, 2, bidirectional=True)
+    x, hidden, state, _ = carried_state(ref)
+    x = x.detach()
+    with torch.no_grad():
+        want = tensors(ref(x, hidden, rule_state=state, return_rule_state=True))
+        velocity = state.velocity.clone()
+        velocity[:, 0, 1] = bad
+        poisoned = mrnn.RuleState(velocity, state.second_moment, state.steps)
+        x_bad = x.clone()
+        x_bad[2, 0, 0] = bad
+        for args, kwargs in (((x, hidden), {"rule_state": poisoned}), ((x_bad, hidden), {"rule_state": state})):
+            got = tensors(fast(*args, **kwargs, return_rule_state=True))
+            for g, w in zip(got, want, strict=True):
+                if g.dim() == 1:                          # step counters are per sequence, (B,)
+                    continue
+                torch.testing.assert_close(g[..., 1:, :], w[..., 1:, :], **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("key", [k for k in LAYER_KEYS if k[0] == "lstm"], ids=layer_id)
+def test_an_inf_input_within_its_sequence(key):
+    """What the README documents for an inf input in one sequence (reference path): the rules
+    that divide by a running magnitude (inf / inf) give nan from that step on, those that
+    difference two velocities (inf - inf) from a later step; the momentum rule (mu > 0) saturates the gates and stays
+    finite, as torch.nn.LSTM does."""
+    layer = mrnn.LAYERS[key](3, 4, dtype=torch.float64, impl="reference", **ACTIVE[key[1]])
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x[2, 0, 0] = float("inf")
+    with torch.no_grad():
+        out, _ = layer(x)
+    assert torch.isfinite(out[:2]).all() and torch.isfinite(out[:, 1]).all()
+    if key[1] == "momentum":
+        assert torch.isfinite(out).all()
+    elif key[1] in ("nesterov", "restart"):    # nan once a nonzero coefficient meets inf - inf
+        assert torch.isnan(out[2:, 0]).any()
+    else:
+        assert torch.isnan(out[2:, 0]).all()

@@ -11,9 +11,10 @@ import momentumrnn as mrnn
     ({"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\), got -0.1"),
     ({"momentum": float("nan")}, ValueError, "momentum must be a number"),
     ({"momentum": "0.5"}, TypeError, "momentum must be a real number"),
-    ({"step_size": 0.0}, ValueError, r"step_size must be a finite number > 0, got 0.0"),
-    ({"step_size": -1}, ValueError, "step_size must be a finite number > 0"),
-    ({"step_size": float("inf")}, ValueError, "step_size must be a finite number > 0"),
+    ({"step_size": 0.0}, ValueError, r"step_size must be a number in \(0, 3.403e\+38\] \(finite in float32\), got 0.0"),
+    ({"step_size": -1}, ValueError, r"step_size must be a number in \(0, "),
+    ({"step_size": float("inf")}, ValueError, r"step_size must be a number in \(0, "),
+    ({"step_size": 1e300}, ValueError, r"finite in float32\), got 1e\+300"),
     ({"beta": 0.5}, TypeError, "MomentumRule takes hyperparameters .* got unexpected \\['beta'\\]"),
 ])
 def test_momentum_hyperparameters(kwargs, error, match):
@@ -25,7 +26,8 @@ def test_momentum_hyperparameters(kwargs, error, match):
     (mrnn.AdamLSTM, {"beta": 1.0}, ValueError, r"beta must be in \[0, 1\), got 1.0"),
     (mrnn.RMSPropGRU, {"beta": -0.5}, ValueError, r"beta must be in \[0, 1\)"),
     (mrnn.RMSPropLSTM, {"momentum": 0.5}, TypeError, "got unexpected \\['momentum'\\]"),
-    (mrnn.NesterovLSTM, {"restart": -1}, ValueError, r"restart must be >= 0 \(0 = never restart\), got -1"),
+    (mrnn.NesterovLSTM, {"restart": -1}, ValueError, r"restart must be in \[0, 2\*\*63 - 1\] \(0 = never restart.*got -1"),
+    (mrnn.RestartLSTM, {"restart": 10**30}, ValueError, r"restart must be in \[0, 2\*\*63 - 1\].*got 10{30}"),
     (mrnn.NesterovRNN, {"restart": 2.5}, TypeError, "restart must be a non-negative int"),
     (mrnn.RestartGRU, {"restart": True}, TypeError, "restart must be a non-negative int"),
     (mrnn.MomentumLSTM, {"init": "xavier"}, ValueError, "init must be one of \\('torch', 'paper'\\), got 'xavier'"),

@@ -237,9 +237,15 @@ class RecurrentLayer(RuleModule):
         return torch.stack(outputs), state, rules
 
     def _run_fused(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
-        """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``)."""
+        """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``).
+        A carried velocity enters as weight columns that the whole batch multiplies (by zero
+        for the other sequences), so a non-finite one would reach every sequence (0 * inf =
+        nan): such a call takes the loop path, which keeps sequences apart."""
+        velocity = rules["velocity"] if carried else None
+        if velocity is not None and not bool(torch.isfinite(velocity).all()):
+            return self._run_loop(x, weights, hp, state, rules, steps, mask, lengths, carried, wanted)
         output, state, velocity = fused_direction(self.recurrence, self.rule, x, weights, hp, state,
-                                                  rules["velocity"] if carried else None, steps, lengths, wanted)
+                                                  velocity, steps, lengths, wanted)
         return output, state, {"velocity": velocity}
 
     def _run_fused_drive(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):

@@ -43,6 +43,10 @@ __all__ = [
 
 #: Added to the second moment inside the square root, as in the authors' code.
 ADAM_EPS = 1e-16
+#: The largest restart period: the step counters are int64.
+MAX_RESTART = 2**63 - 1
+#: The largest step size: the largest finite float32 (a larger one is inf in a float32 layer).
+MAX_STEP_SIZE = float(torch.finfo(torch.float32).max)
 
 
 def restart_coefficient(k: Tensor, restart: int, dtype: torch.dtype) -> Tensor:
@@ -173,8 +177,9 @@ def _check_hyperparameter(name: str, value):
     if name == "restart":
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"restart must be a non-negative int (0 = never restart), got {value!r}")
-        if value < 0:
-            raise ValueError(f"restart must be >= 0 (0 = never restart), got {value}")
+        if not 0 <= value <= MAX_RESTART:
+            raise ValueError(f"restart must be in [0, 2**63 - 1] (0 = never restart; the step counters are "
+                             f"int64), got {value}")
         return int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
@@ -183,8 +188,8 @@ def _check_hyperparameter(name: str, value):
         raise ValueError(f"{name} must be a number, got nan")
     if name in ("momentum", "beta") and not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if name == "step_size" and not (value > 0.0 and math.isfinite(value)):
-        raise ValueError(f"step_size must be a finite number > 0, got {value}")
+    if name == "step_size" and not 0.0 < value <= MAX_STEP_SIZE:
+        raise ValueError(f"step_size must be a number in (0, {MAX_STEP_SIZE:.4g}] (finite in float32), got {value}")
     return value
 
 
