@@ -1,4 +1,4 @@
-"""An independent, deliberately plain implementation of PAPER.md section 2.
+"""An independent, deliberately plain implementation of the paper's equations.
 
 Written from the paper's equations without importing the library, so that the library's
 layers and cells can be checked against it. One function per cell step, one loop per

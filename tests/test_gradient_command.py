@@ -40,11 +40,11 @@ def test_gradients_command_reads_a_trained_checkpoint(tmp_path):
 
 
 def test_gradients_command_errors(tmp_path, capsys):
-    assert main(["gradients", "--out", str(tmp_path)]) == 1
+    assert main(["gradients", "--out", str(tmp_path)]) == 2
     assert "at least one --model or --checkpoint" in capsys.readouterr().err
-    assert main(["gradients", "--model", "lstm", "--out", str(tmp_path)]) == 1
+    assert main(["gradients", "--model", "lstm", "--out", str(tmp_path)]) == 2
     assert "--model needs --task" in capsys.readouterr().err
-    assert main(["gradients", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
+    assert main(["gradients", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
 

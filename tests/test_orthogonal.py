@@ -1,6 +1,6 @@
 """Orthogonal RNNs (DTRIV) and their momentum, Adam, RMSProp and restart variants.
 
-The reference below is written from PAPER.md section 2 without the library's rules,
+The reference below is written from the paper's equations without the library's rules,
 recurrences or step functions: one loop per time step, layer and direction.
 """
 
@@ -43,7 +43,7 @@ def perturb(layer, scale=0.3):
 
 # --------------------------------------------------------------- the reference
 def reference_step(rule, hp, x, h, v, m, k, W, U, b):
-    """One step of PAPER.md section 2 at time index k (1-based): h, v, m -> h, v, m."""
+    """One step of the equations at time index k (1-based): h, v, m -> h, v, m."""
     u = x @ W.T                                                   # W without bias
     if rule == "none":
         drive = u

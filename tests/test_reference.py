@@ -1,4 +1,4 @@
-"""Every layer and cell against tests/paper_reference.py (PAPER.md section 2), float64."""
+"""Every layer and cell against tests/paper_reference.py (the paper's equations), float64."""
 
 import pytest
 import torch
@@ -67,7 +67,7 @@ def test_learnable_layer_matches_paper_equations(key):
 
 
 def test_nesterov_restart_two_alternates_zero_and_quarter():
-    """PAPER.md: with r = 2 the coefficient alternates 0, 1/4."""
+    """The paper: with r = 2 the coefficient alternates 0, 1/4."""
     from momentumrnn.rules import restart_coefficient
     k = torch.arange(1, 7)
     assert restart_coefficient(k, 2, torch.float64).squeeze(-1).tolist() == [0.0, 0.25] * 3

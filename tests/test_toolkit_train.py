@@ -108,19 +108,19 @@ def test_resume_after_a_kill_gives_the_uninterrupted_run(tmp_path):
 def test_refuses_to_overwrite_or_to_resume_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     cli("train", *TINY_ADDING, "--model", "rnn", "--out", run, "--max-steps", 2)
-    assert cli("train", *TINY_ADDING, "--model", "rnn", "--out", run, "--max-steps", 2) == 1
+    assert cli("train", *TINY_ADDING, "--model", "rnn", "--out", run, "--max-steps", 2) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert cli("train", "--out", tmp_path / "empty", "--resume") == 1
+    assert cli("train", "--out", tmp_path / "empty", "--resume") == 2
     assert "nothing to resume" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_different_configuration(tmp_path, capsys):
     run = tmp_path / "run"
     cli("train", *TINY_ADDING, "--model", "momentum-lstm", "--out", run, "--max-steps", 2)
-    assert cli("train", "--out", run, "--resume", "--hidden-size", 16) == 1
+    assert cli("train", "--out", run, "--resume", "--hidden-size", 16) == 2
     err = capsys.readouterr().err
     assert "--hidden-size 16" in err and "the run has 8" in err
-    assert cli("train", "--out", run, "--resume", "--model", "lstm") == 1
+    assert cli("train", "--out", run, "--resume", "--model", "lstm") == 2
     assert "--model 'lstm'" in capsys.readouterr().err
     assert cli("train", "--out", run, "--resume", "--max-steps", 3, "--model", "momentum-lstm") == 0
 
@@ -132,7 +132,7 @@ def test_mismatched_checkpoint_is_an_error_not_a_fresh_start(tmp_path, capsys):
     import shutil
     shutil.rmtree(big / "checkpoints")
     shutil.copytree(small / "checkpoints", big / "checkpoints")
-    assert cli("train", "--out", big, "--resume", "--max-steps", 4) == 1
+    assert cli("train", "--out", big, "--resume", "--max-steps", 4) == 2
     err = capsys.readouterr().err
     assert "different configuration" in err and "hidden_size: 8 (checkpoint) vs 16 (run)" in err
     assert summary(big)["steps"] == 2                                   # nothing was overwritten
@@ -146,7 +146,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, capsys, victim, damage):
     path = latest(run) / victim
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncate" else os.urandom(len(data)))
-    assert cli("train", "--out", run, "--resume", "--max-steps", 6) == 1
+    assert cli("train", "--out", run, "--resume", "--max-steps", 6) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "corrupt or unreadable" in err
 
@@ -158,7 +158,7 @@ def test_checkpoint_state_is_never_unpickled(tmp_path, capsys):
     state = torch.load(path, weights_only=True)
     state["progress"]["evil"] = Path("/")                      # needs unpickling of an arbitrary class
     torch.save(state, path)
-    assert cli("train", "--out", run, "--resume", "--max-steps", 3) == 1
+    assert cli("train", "--out", run, "--resume", "--max-steps", 3) == 2
     assert "corrupt or unreadable" in capsys.readouterr().err
 
 
@@ -167,7 +167,7 @@ def test_files_of_two_saves_are_not_mixed(tmp_path, capsys):
     cli("train", *TINY_ADDING, "--model", "lstm", "--out", run, "--max-steps", 3)
     cli("train", *TINY_ADDING, "--model", "lstm", "--out", other, "--max-steps", 3)
     (latest(run) / "model.safetensors").write_bytes((latest(other) / "model.safetensors").read_bytes())
-    assert cli("train", "--out", run, "--resume", "--max-steps", 4) == 1
+    assert cli("train", "--out", run, "--resume", "--max-steps", 4) == 2
     assert "written by a different save" in capsys.readouterr().err
 
 

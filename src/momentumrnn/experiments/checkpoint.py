@@ -6,18 +6,21 @@ Layout under ``RUN_DIR/checkpoints``::
     step-00001234/
         model.safetensors       the weights at that step
         best.safetensors        the weights at the best validation so far (when there is one)
-        state.pt                optimizer state, progress counters, RNG states
+        state.pt                optimizer state, progress counters, RNG states, and the
+                                SHA-256 of each weights file
 
 A checkpoint folder is written under a temporary name and renamed into place, then
 ``latest`` is replaced (write, then rename): a run killed at any moment leaves the
 previous checkpoint intact. ``state.pt`` is read with ``torch.load(weights_only=True)``;
-nothing else is unpickled. Unreadable files, files from two different saves and
+nothing else is unpickled. Unreadable files, a weights file whose digest differs from
+the one recorded (a flipped byte) or that is missing, files from two different saves and
 checkpoints of a differently configured run raise ``CheckpointError`` naming the file
-or the difference.
+or the difference. (Checkpoints of format 1 have no digests; they are read unchecked.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -27,7 +30,18 @@ import torch
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "has_checkpoint", "atomic_write_text"]
 
-FORMAT = 1
+FORMAT = 2
+#: Formats this version reads: 1 (no digests of the weights files) and 2.
+READABLE = (1, 2)
+WEIGHTS_FILES = ("model.safetensors", "best.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class CheckpointError(RuntimeError):
@@ -67,8 +81,10 @@ def save_checkpoint(run_dir: Path, *, model_state: dict, best_state: dict | None
     save_file(_cpu(model_state), tmp / "model.safetensors", metadata=meta)
     if best_state is not None:
         save_file(_cpu(best_state), tmp / "best.safetensors", metadata=meta)
+    digests = {name: _sha256(tmp / name) for name in WEIGHTS_FILES if (tmp / name).exists()}
     torch.save({"format": FORMAT, "fingerprint": fingerprint, "token": token, "identity": identity,
-                "optimizer": optimizer_state, "progress": progress, "rng": rng}, tmp / "state.pt")
+                "digests": digests, "optimizer": optimizer_state, "progress": progress, "rng": rng},
+               tmp / "state.pt")
     for file in tmp.iterdir():
         with open(file, "rb") as f:
             os.fsync(f.fileno())
@@ -112,8 +128,9 @@ def load_checkpoint(run_dir: Path, *, fingerprint: str, identity: dict) -> dict:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as error:                      # truncated, garbage, or needs unpickling
         raise CheckpointError(f"checkpoint file {state_path} is corrupt or unreadable: {error}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint file {state_path} is not a momentumrnn checkpoint (format {FORMAT})")
+    if not isinstance(state, dict) or state.get("format") not in READABLE:
+        raise CheckpointError(f"checkpoint file {state_path} is not a momentumrnn checkpoint "
+                              f"(format {' or '.join(map(str, READABLE))})")
     if state["fingerprint"] != fingerprint:
         diff = ", ".join(f"{k}: {state['identity'].get(k, '<absent>')!r} (checkpoint) vs "
                          f"{identity.get(k, '<absent>')!r} (run)"
@@ -121,8 +138,21 @@ def load_checkpoint(run_dir: Path, *, fingerprint: str, identity: dict) -> dict:
                          if state["identity"].get(k, "<absent>") != identity.get(k, "<absent>"))
         raise CheckpointError(f"checkpoint {folder} was written by a run with a different configuration: "
                               f"{diff or 'fingerprints differ'}")
+    digests = state.get("digests")                  # format 2: every recorded file, unchanged
+    for name in digests or ():
+        if not (folder / name).exists():
+            raise CheckpointError(f"checkpoint file {folder / name} is missing (recorded in {state_path}); "
+                                  f"the weights it held are lost")
     model_state = _read_safetensors(folder / "model.safetensors", state["token"])
     best_path = folder / "best.safetensors"
     best_state = _read_safetensors(best_path, state["token"]) if best_path.exists() else None
+    if digests is not None:
+        for name in WEIGHTS_FILES:
+            path = folder / name
+            if name not in digests and path.exists():
+                raise CheckpointError(f"checkpoint file {path} was not written with {state_path}")
+            if name in digests and _sha256(path) != digests[name]:
+                raise CheckpointError(f"checkpoint file {path} is corrupt: its SHA-256 differs from the one "
+                                      f"recorded in {state_path}")
     return {"model_state": model_state, "best_state": best_state, "optimizer_state": state["optimizer"],
             "progress": state["progress"], "rng": state["rng"], "path": folder}

@@ -5,11 +5,17 @@
     momentumrnn report runs/* --out runs/report
     momentumrnn gradients --task adding --model lstm --model momentum-lstm --out runs/gradients
     momentumrnn list
+
+Exit status: 0 done; 2 refused (a bad flag or value, a run directory, checkpoint or data
+file that cannot be used: one line on stderr names the problem); 1 a run that failed
+while training (its loss diverged) or a report with runs it could not read; 130
+interrupted (the run saved a checkpoint); 141 the reader of stdout went away.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
-    from .train import RunError
+    from .report import ReportError
+    from .train import Diverged, RunError
 
     try:
         if args.command == "train":
@@ -166,16 +173,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gradients":
             return _gradients(args)
         if args.command == "report":
-            from .report import write_report
-            print(write_report(args.runs, args.out))
-            return 0
+            return _report(args)
         return _list()
     except KeyboardInterrupt:
         print(f"momentumrnn {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, RunError, CheckpointError, DataError, FileNotFoundError) as error:
+    except BrokenPipeError:                 # e.g. `momentumrnn list | head`: stop quietly, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (Diverged, ReportError) as error:
         print(f"momentumrnn {args.command}: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, ConfigError) else 1
+        return 1
+    except (ConfigError, RunError, CheckpointError, DataError) as error:
+        print(f"momentumrnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    text, failed = write_report(args.runs, args.out)
+    print(text)
+    for run_dir, reason in failed:
+        print(f"momentumrnn report: could not read {run_dir}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _train(args, parser, command) -> int:
@@ -201,6 +222,7 @@ def _train(args, parser, command) -> int:
 def _gradients(args) -> int:
     import torch
 
+    from .config import ConfigError
     from .gradient_analysis import run_gradients
 
     keys = ("hidden_size", "momentum", "step_size", "beta", "restart", "init", "forget_bias", "length", "delay",

@@ -12,11 +12,14 @@ import json
 import math
 import numbers
 
+import torch
+
 from .models import model_options, model_spec, rule_hyperparameters
 from .presets import named_preset, paper_preset
 from .tasks import TASKS
 
-__all__ = ["DEFAULTS", "RESUMABLE", "ConfigError", "resolve_config", "identity", "fingerprint", "describe_difference"]
+__all__ = ["DEFAULTS", "RESUMABLE", "ConfigError", "resolve_config", "identity", "fingerprint", "describe_difference",
+           "parse_device", "MAX_SEED"]
 
 
 class ConfigError(ValueError):
@@ -63,7 +66,10 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd", "ntasgd")
 _POSITIVE_INTS = ("hidden_size", "num_layers", "batch_size", "eval_batch_size", "epochs", "max_steps",
                   "train_subset", "val_subset", "test_subset", "eval_every", "log_every", "threads", "delay",
                   "length", "train_size", "val_size", "test_size")
-_NON_NEGATIVE = ("clip", "weight_decay", "checkpoint_every", "time_budget")
+_NON_NEGATIVE = ("clip", "weight_decay", "checkpoint_every")
+_SEEDS = ("seed", "data_seed", "permutation_seed")
+#: Seeds are integers in [0, MAX_SEED].
+MAX_SEED = 2**32 - 1
 
 
 def resolve_config(task: str, model: str, overrides: dict | None = None, preset: str | None = None) -> dict:
@@ -122,8 +128,29 @@ def _not_applicable(key: str, task: str, model: str, task_type, hyperparameters:
     return f"unknown setting {key!r}"
 
 
+def parse_device(name) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``; anything else is a ``ConfigError``."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
 def check_config(config: dict) -> None:
     """Raise ``ConfigError`` naming the key for values out of range."""
+    for key, value in config.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    for key in _SEEDS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                  or not 0 <= value <= MAX_SEED):
+            raise ConfigError(f"{key} must be an integer in [0, 2**32 - 1], got {value!r}")
+    if config.get("device", "auto") != "auto":
+        parse_device(config["device"])
     for key in _POSITIVE_INTS:
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
@@ -132,8 +159,14 @@ def check_config(config: dict) -> None:
         value = config.get(key)
         if value is not None and (not isinstance(value, numbers.Real) or value < 0 or math.isnan(value)):
             raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+    if config.get("time_budget") is not None and not (isinstance(config["time_budget"], numbers.Real)
+                                                      and config["time_budget"] > 0):
+        raise ConfigError(f"time_budget must be a number of seconds > 0 (leave it out for no budget), "
+                          f"got {config['time_budget']!r}")
     if not (isinstance(config["lr"], numbers.Real) and config["lr"] > 0):
         raise ConfigError(f"lr must be a number > 0, got {config['lr']!r}")
+    if not (isinstance(config["alpha"], numbers.Real) and 0 <= config["alpha"] < 1):
+        raise ConfigError(f"alpha (RMSprop's smoothing constant) must be in [0, 1), got {config['alpha']!r}")
     if config["optimizer"] not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {config['optimizer']!r}")
     if config.get("init", "torch") not in ("torch", "paper"):
@@ -170,9 +203,10 @@ def identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUMABLE and k not in _BOOKKEEPING}
 
 
-def fingerprint(config: dict) -> str:
-    """A short hash of ``identity(config)``."""
-    text = json.dumps(identity(config), sort_keys=True)
+def fingerprint(config: dict, files: dict | None = None) -> str:
+    """A short hash of ``identity(config)`` and of ``files`` (name -> digest of the run's
+    task files, such as its permutation)."""
+    text = json.dumps({**identity(config), **(files or {})}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,4 +1,4 @@
-"""The authors' settings (PAPER.md section 3) and published figures (section 4), as data.
+"""The authors' settings and the figures they published, as data.
 
 ``paper_preset(task, model)`` returns the configuration keys that ``--preset paper``
 sets for a (task, model) pair, and notes saying where a setting was carried over from
@@ -49,8 +49,8 @@ PAPER_RULES = {
     "ptb": {"momentum": {"momentum": 0.0, "step_size": 0.6}},
 }
 
-#: Rule settings of the orthogonal (DTRIV) models per experiment (PAPER.md section 3:
-#: PMNIST at H 170; at H 360/512 the authors used mu .3, s .3).
+#: Rule settings of the orthogonal (DTRIV) models per experiment (the paper's
+#: PMNIST runs at H 170; at H 360/512 the authors used mu .3, s .3).
 PAPER_RULES_DTRIV = {
     "pmnist": {"momentum": {"momentum": 0.6, "step_size": 0.9}},
     "timit": {"momentum": {"momentum": 0.3, "step_size": 0.1}},
@@ -79,7 +79,7 @@ NAMED_PRESETS = {
                        "ptb", "2 layers of 200 units, bptt 35, SGD lr 20 (/4 on a stalled validation), dropout 0.2"),
 }
 
-#: Figures the authors published (PAPER.md section 4), shown beside ours by ``report``.
+#: Figures the authors published, shown beside ours by ``report``.
 #: ``value`` is in the unit of ``metric``; ``hidden`` None means any hidden size.
 PUBLISHED = [
     {"task": "smnist", "model": "lstm", "hidden": None, "metric": "test accuracy %", "value": "98.90",
@@ -144,7 +144,7 @@ def paper_preset(task: str, recurrence: str | None, rule: str | None) -> tuple[d
     notes = [note] if note else []
     if recurrence == "orthogonal":
         settings["lr_orth"] = settings["lr"] / 10
-        notes.append("PAPER.md gives no learning rates for DTRIV: lr as for the LSTM, lr_orth = lr / 10")
+        notes.append("the paper gives no learning rates for DTRIV: lr as for the LSTM, lr_orth = lr / 10")
         rules = PAPER_RULES_DTRIV.get(experiment, {})
         if rule in rules:
             settings.update(rules[rule])

@@ -256,6 +256,12 @@ class PTB(Task):
         if len(self.vocabulary) != self.output_size:
             raise DataError(f"the Penn Treebank vocabulary has {len(self.vocabulary)} words, expected 10000")
         self.splits = {"train": (data["train"],), "val": (data["valid"],), "test": (data["test"],)}
+        for split, limit in (("train", 2 * self.config["batch_size"]), ("val", 2), ("test", 2)):
+            given = self.config.get(f"{split}_subset")
+            if given is not None and given < limit:
+                raise ValueError(f"{split}_subset {given} is too small: the ptb {split} split needs at least "
+                                 f"{limit} tokens" + (f" (2 per column of batch_size {self.config['batch_size']})"
+                                                      if split == "train" else " (one input and its next word)"))
         self.plan: list[tuple[int, int]] = []
         self.state: list | None = None
         self._columns: dict = {}

@@ -1,9 +1,15 @@
 """``momentumrnn report``: one table row per run and learning curves per task.
 
 Writes ``REPORT_DIR/report.md`` (task, model, parameters, best validation, test at the
-best-validation checkpoint, epochs, steps, wall time, and the paper's published figure
-where PAPER.md has one) and ``REPORT_DIR/<task>_curves.png`` (training loss and the
-validation metric against optimizer steps, one line per run). Returns the table.
+best-validation checkpoint, epochs, steps, wall time, and the figure the paper published
+for that task and model where it has one) and ``REPORT_DIR/<task>_curves.png`` (training
+loss and the validation metric against optimizer steps, one line per run).
+
+A folder that is not a run directory (no ``config.json``, e.g. the report folder itself
+in ``runs/*``) is skipped with a note. A run directory that cannot be read (a corrupt
+``config.json``, ``summary.json`` or ``metrics.jsonl``) is left out of the report and
+listed with the reason; the others are reported. The unterminated last row of a run that
+is still writing is ignored.
 """
 
 from __future__ import annotations
@@ -15,20 +21,50 @@ from pathlib import Path
 from .presets import published
 from .tasks import TASKS
 
-__all__ = ["load_run", "write_report", "table"]
+__all__ = ["load_run", "write_report", "table", "ReportError", "NotARun"]
+
+
+class ReportError(RuntimeError):
+    """No run could be reported."""
+
+
+class NotARun(FileNotFoundError):
+    """A folder without a run's ``config.json``."""
 
 
 def load_run(run_dir) -> dict:
-    """``config``, ``summary`` and ``metrics`` rows of a run directory."""
+    """``config``, ``summary`` and ``metrics`` rows of a run directory. Raises ``NotARun``
+    for a folder that is not one, ``ValueError`` naming the file for a damaged one."""
     run_dir = Path(run_dir)
-    for name in ("config.json", "metrics.jsonl"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir} is not a run directory: {run_dir / name} is missing")
-    config = json.loads((run_dir / "config.json").read_text())["config"]
+    if not (run_dir / "config.json").exists():
+        raise NotARun(f"{run_dir} is not a run directory: {run_dir / 'config.json'} is missing")
+    config = _read_json(run_dir / "config.json").get("config")
+    if not isinstance(config, dict) or not {"task", "model", "seed", "hidden_size"} <= set(config):
+        raise ValueError(f"{run_dir / 'config.json'} holds no run configuration")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary = _read_json(summary_path) if summary_path.exists() else {}
+    metrics_path = run_dir / "metrics.jsonl"
+    lines = metrics_path.read_text(errors="replace").split("\n") if metrics_path.exists() else []
+    rows = []
+    for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: after the last newline (a row being written)
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as error:
+                raise ValueError(f"{metrics_path} line {number} is not a JSON row: {error}") from None
+    if any(not isinstance(r, dict) or "split" not in r or "step" not in r for r in rows):
+        raise ValueError(f"{metrics_path} holds rows without split and step")
     return {"dir": run_dir, "config": config, "summary": summary, "metrics": rows}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return value
 
 
 def _format(metric: str | None, value) -> str:
@@ -79,7 +115,9 @@ def _settings(c: dict) -> str:
     from .models import rule_hyperparameters
 
     symbols = {"momentum": "μ", "step_size": "s", "beta": "β", "restart": "r"}
-    text = f"H {c['hidden_size']}, {c['optimizer']} {c['lr']:g}, batch {c['batch_size']}, init {c['init']}"
+    text = f"H {c['hidden_size']}, {c['optimizer']} {c['lr']:g}, batch {c['batch_size']}"
+    if "init" in c:                                      # the orthogonal models have their own
+        text += f", init {c['init']}"
     rule = ", ".join(f"{symbols[k]} {c[k]:g}" for k in rule_hyperparameters(c["model"]))
     return f"{text}; {rule}" if rule else text
 
@@ -112,18 +150,26 @@ def plot_task(task: str, runs: list[dict], labels: list[str], path: Path) -> Non
     plt.close(figure)
 
 
-def write_report(run_dirs, out_dir) -> str:
-    """Write ``report.md`` and one PNG per task into ``out_dir``; return the table."""
-    runs, skipped = [], []
+def write_report(run_dirs, out_dir) -> tuple[str, list[tuple[Path, str]]]:
+    """Write ``report.md`` and one PNG per task into ``out_dir``; return the table and the
+    run directories that could not be read, with the reason. Raises ``ReportError`` when
+    no run could be read."""
+    runs, skipped, failed = [], [], []
     for run_dir in run_dirs:
         try:
-            runs.append(load_run(run_dir))
-        except FileNotFoundError as error:
+            run = load_run(run_dir)
+            table([run])                               # every field the report shows is there
+            runs.append(run)
+        except NotARun as error:
             skipped.append(error)
-    if not runs:
-        raise skipped[0]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            failed.append((Path(run_dir), str(error) if isinstance(error, (OSError, ValueError))
+                           else f"a damaged run record ({type(error).__name__}: {error})"))
     for error in skipped:                              # e.g. the report folder itself in runs/*
         print(f"momentumrnn report: skipping {error}", file=sys.stderr)
+    if not runs:
+        reasons = [str(e) for e in skipped] + [f"{d}: {why}" for d, why in failed]
+        raise ReportError("no run to report: " + "; ".join(reasons))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = table(runs)
@@ -135,10 +181,12 @@ def write_report(run_dirs, out_dir) -> str:
         plot_task(task, chosen, _labels(chosen), out / name)
         sections += [f"## {task}", "", f"![{task} learning curves]({name})", ""]
     notes = _notes(runs)
+    if failed:
+        notes.append("- Left out, could not be read: " + "; ".join(f"{d} ({why})" for d, why in failed))
     if notes:
         sections += ["## Notes", "", *notes, ""]
     (out / "report.md").write_text("\n".join(sections) + "\n")
-    return text
+    return text, failed
 
 
 def _notes(runs: list[dict]) -> list[str]:
@@ -148,8 +196,8 @@ def _notes(runs: list[dict]) -> list[str]:
         "metric (never selected on test).",
     ]
     if any(published(r["config"]["task"], r["config"]["model"], r["config"]["hidden_size"]) for r in runs):
-        notes.append("- *paper*: the figure the authors published (PAPER.md section 4), after full training and "
-                     "selected on the test set; it is not comparable to a short run.")
+        notes.append("- *paper*: the figure the authors published, after full training and selected on the test "
+                     "set; it is not comparable to a short run.")
     for task in sorted({r["config"]["task"] for r in runs}):
         first = next(r for r in runs if r["config"]["task"] == task)
         baseline = TASKS[task].baseline(first["config"]) if task in TASKS else {}

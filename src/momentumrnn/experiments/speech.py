@@ -48,7 +48,7 @@ SAMPLE_RATE = 8000
 N_FFT = 256                 # window and FFT length: 32 ms at 8 kHz
 HOP = 128                   # 16 ms
 BINS = N_FFT // 2 + 1       # 129
-#: SHA-256 of fsdd/SHA256SUMS.recordings as published with the data (PAPER.md section 5).
+#: SHA-256 of fsdd/SHA256SUMS.recordings as published with the data.
 FSDD_SUMS = "1801eae019c063377d98f831d3f93574f259475df7332bb0e3d1b080fb5e6959"
 _NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 _CACHE: dict = {}
@@ -70,6 +70,8 @@ def read_wav(path) -> Tensor:
     if channels != 1 or width != 2:
         raise DataError(f"{path} has {channels} channel(s) of {8 * width}-bit samples; "
                         f"the speech task needs mono 16-bit PCM")
+    if frames == 0:
+        raise DataError(f"{path} holds no samples")
     if len(data) != 2 * frames:
         raise DataError(f"{path} is truncated: its header promises {frames} samples, it holds {len(data) // 2}")
     samples = torch.frombuffer(bytearray(data), dtype=torch.int16)
@@ -127,10 +129,11 @@ def fsdd_features(root) -> dict[str, tuple[Tensor, int]]:
                 raise DataError(f"{path} is not listed in {sums_file}")
             if _sha256(path) != expected:
                 raise DataError(f"checksum mismatch for {path}: the file is corrupt or not the original recording")
-        frames = log_spectrogram(read_wav(path))
-        if frames.size(0) < 2:
-            raise DataError(f"{path} is too short: {frames.size(0)} STFT frame(s), at least 2 are needed "
-                            f"(one input and its next frame)")
+        samples = read_wav(path)
+        if samples.numel() < N_FFT + HOP:
+            raise DataError(f"{path} is too short: {samples.numel()} samples, at least {N_FFT + HOP} are needed "
+                            f"(two STFT frames of {N_FFT} samples {HOP} apart: one input and its next frame)")
+        frames = log_spectrogram(samples)
         features[path.name] = (frames, int(match.group(3)))
     if sums and len(features) != len(sums):
         missing = sorted(set(sums) - set(features))

@@ -103,11 +103,15 @@ class SMNIST(Task):
     options = {"val_size": 5000}
     needs_data = True
 
+    @classmethod
+    def check_options(cls, config):
+        if not 1 <= config["val_size"] < 60000:
+            raise ValueError(f"val_size must be in [1, 60000) (held out of MNIST's 60,000 training images), "
+                             f"got {config['val_size']}")
+
     def _build(self, artifacts):
         mnist = load_mnist(self.root, download=self.config.get("download", True))
         val_size = self.config["val_size"]
-        if not 0 <= val_size < mnist["train_images"].size(0):
-            raise ValueError(f"val_size must be in [0, 60000), got {val_size}")
         order = torch.randperm(mnist["train_images"].size(0), generator=generator(self.config["data_seed"], 1))
         val, train = order[:val_size], order[val_size:]
         self.splits = {
@@ -150,9 +154,11 @@ class PSMNIST(SMNIST):
     def _build(self, artifacts):
         super()._build(artifacts)
         if "permutation.json" in artifacts:              # the run's own, saved when it started
-            permutation = torch.tensor(artifacts["permutation.json"], dtype=torch.long)
-            if sorted(permutation.tolist()) != list(range(784)):
-                raise ValueError("permutation.json is not a permutation of 0..783")
+            saved = artifacts["permutation.json"]
+            if (not isinstance(saved, list) or not all(isinstance(i, int) for i in saved)
+                    or sorted(saved) != list(range(784))):
+                raise ValueError("the run's permutation.json is not a permutation of 0..783")
+            permutation = torch.tensor(saved, dtype=torch.long)
         else:
             permutation = torch.randperm(784, generator=generator(self.config["permutation_seed"], 2))
         self.permutation = permutation
@@ -170,9 +176,12 @@ class Copy(Task):
     selection = ("loss", "min")
     options = {"delay": 100, "train_size": 20000, "val_size": 2000, "test_size": 2000}
 
+    @classmethod
+    def check_options(cls, config):
+        if config["delay"] < 1:
+            raise ValueError(f"delay must be >= 1, got {config['delay']}")
+
     def _build(self, artifacts):
-        if self.config["delay"] < 1:
-            raise ValueError(f"delay must be >= 1, got {self.config['delay']}")
         self.splits = {}
         for stream, split in enumerate(("train", "val", "test"), start=10):
             n = self.config[f"{split}_size"]
@@ -215,10 +224,13 @@ class Adding(Task):
     selection = ("loss", "min")
     options = {"length": 200, "train_size": 20000, "val_size": 2000, "test_size": 2000}
 
+    @classmethod
+    def check_options(cls, config):
+        if config["length"] < 2:
+            raise ValueError(f"length must be >= 2 (one marked value in each half), got {config['length']}")
+
     def _build(self, artifacts):
         length = self.config["length"]
-        if length < 2:
-            raise ValueError(f"length must be >= 2, got {length}")
         self.splits = {}
         for stream, split in enumerate(("train", "val", "test"), start=20):
             n = self.config[f"{split}_size"]

@@ -12,17 +12,21 @@ Read top to bottom, ``train`` is the whole story:
    ``checkpoint_every`` steps;
 5. stop at ``epochs``, ``max_steps`` or the time budget (then validate once more and
    evaluate test with the best-validation weights), or on Ctrl-C/SIGTERM (checkpoint
-   and exit; ``--resume`` continues).
+   and exit; ``--resume`` continues), or when the training loss or the weights stop being
+   finite (``Diverged``: no checkpoint of the bad weights, the last good one is kept).
 
 Run directory: ``config.json``, ``metrics.jsonl`` (one JSON object a line),
 ``summary.json``, ``checkpoints/`` (see ``checkpoint.py``), task files such as
-``permutation.json``.
+``permutation.json``, and ``.lock``: one process holds a run directory at a time
+(see ``rundir.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import platform
 import random
 import signal
@@ -36,25 +40,32 @@ import torch
 
 from .. import __version__
 from .checkpoint import CheckpointError, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
-from .config import RESUMABLE, ConfigError, fingerprint, identity
+from .config import RESUMABLE, ConfigError, check_config, fingerprint, identity, parse_device
 from .data import data_root
 from .models import build_model, count_parameters
+from .rundir import RunDirectory, RunError
 from .tasks import TASKS, generator
 
-__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "RunError"]
+__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "RunError", "Diverged"]
 
 
-class RunError(RuntimeError):
-    """A run directory that cannot be started or resumed as asked."""
+class Diverged(RuntimeError):
+    """The training loss or the weights stopped being finite; the run stopped at its last
+    good checkpoint."""
 
 
 # ----------------------------------------------------------------------------- helpers
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but CUDA is not available to this torch")
+    device = parse_device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for, but CUDA is not available to this torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -188,12 +199,19 @@ class StopSignals:
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``; ``offset`` is the size after the last row written."""
+    """Append-only ``metrics.jsonl``; ``offset`` is the size after the last row written.
+
+    ``sync()`` puts the rows on disk (a checkpoint records ``offset`` only after it). On
+    resume, ``truncate_to`` drops the rows written after the checkpoint; a log shorter than
+    that, or with a torn or unreadable row before it, is cut after its last complete row
+    and ``damage`` says what was lost (it is never padded)."""
 
     def __init__(self, path: Path, truncate_to: int | None = None):
         self.path = path
-        if truncate_to is not None:                 # drop rows written after the checkpoint
-            with open(path, "r+b") as f:
+        self.damage = None
+        if truncate_to is not None:
+            truncate_to, self.damage = _complete_rows(path, truncate_to)
+            with open(path, "ab") as f:                 # creates a missing log
                 f.truncate(truncate_to)
         self.file = open(path, "a")
         self.offset = self.file.tell()
@@ -203,8 +221,34 @@ class MetricsLog:
         self.file.flush()
         self.offset = self.file.tell()
 
+    def sync(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
     def close(self) -> None:
         self.file.close()
+
+
+def _complete_rows(path: Path, offset: int) -> tuple[int, str | None]:
+    """The length of the complete, readable rows of ``path`` within its first ``offset``
+    bytes, and a description of what is missing or damaged (None when nothing is)."""
+    data = path.read_bytes()[:offset] if path.exists() else b""
+    end = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("torn")
+            json.loads(line)
+        except ValueError:
+            break
+        end += len(line)
+    if end == offset:
+        return offset, None
+    if not path.exists():
+        return 0, f"{path} is missing (the checkpoint recorded {offset} bytes of rows): its rows are lost"
+    kind = "shorter than" if len(data) < offset else "damaged within"
+    return end, (f"{path} is {kind} the {offset} bytes the checkpoint recorded; its rows after byte {end} "
+                 f"are lost (kept: the {end} bytes of complete rows)")
 
 
 # ----------------------------------------------------------------------------- run config
@@ -241,6 +285,7 @@ def resume_config(run_dir: Path, overrides: dict, task=None, model=None, preset=
         raise RunError(f"cannot resume {run_dir} with a different configuration: {'; '.join(conflicts)}. "
                        f"Only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))} may change; "
                        f"start a new --out directory for other settings.")
+    check_config(config)
     return config
 
 
@@ -252,30 +297,47 @@ def _environment(device: torch.device) -> dict:
 
 # ----------------------------------------------------------------------------- training
 def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, command: list | None = None) -> dict:
-    """Train ``config`` into ``run_dir`` (or continue it with ``resume``); return the summary."""
-    run_dir = Path(run_dir)
+    """Train ``config`` into ``run_dir`` (or continue it with ``resume``); return the summary.
+    The run directory is locked for the whole run (``rundir.RunDirectory``)."""
+    device = resolve_device(config["device"])
+    with RunDirectory(run_dir, resume=resume, command=command) as directory:
+        return _train(config, directory, device, resume, quiet, command)
+
+
+def _read_artifacts(run_dir: Path) -> dict:
+    """The task files saved when the run started (``permutation.json``)."""
+    artifacts = {}
+    for name in ("permutation.json",):
+        if (run_dir / name).exists():
+            try:
+                artifacts[name] = json.loads((run_dir / name).read_text())
+            except (OSError, ValueError) as error:
+                raise RunError(f"{run_dir / name} is corrupt or unreadable: {error}") from None
+    return artifacts
+
+
+def _train(config: dict, directory: RunDirectory, device: torch.device, resume: bool, quiet: bool,
+           command: list | None) -> dict:
+    run_dir = directory.path
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
-    device = resolve_device(config["device"])
     say = _printer(quiet)
 
-    # -- the run directory
+    # -- the run directory (locked by now)
     if resume:
         if not has_checkpoint(run_dir):
             raise RunError(f"cannot resume {run_dir}: it has no checkpoint "
                            f"({run_dir / 'checkpoints' / 'latest'} does not exist); delete the folder to start again")
     elif (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists():
         raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- data, model, optimizer
     task_type = TASKS[config["task"]]
-    artifacts = {}
-    if resume:
-        for name in ("permutation.json",):
-            if (run_dir / name).exists():
-                artifacts[name] = json.loads((run_dir / name).read_text())
-    task = task_type(config, data_root(config.get("data_dir")), artifacts).to(device)
+    artifacts = _read_artifacts(run_dir) if resume else {}
+    try:
+        task = task_type(config, data_root(config.get("data_dir")), artifacts).to(device)
+    except ValueError as error:                         # settings that do not fit the data, a bad task file
+        raise ConfigError(str(error)) from None
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
     model = (task.build_model(config) if hasattr(task, "build_model")    # tasks with their own model (ptb)
@@ -287,7 +349,11 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     # Tasks with their own steps (ptb: bptt chunks with carried state) plan each epoch and
     # make each step: task.plan_epoch(epoch) -> steps, task.train_step(model, optimizer, position).
     task_steps = hasattr(task, "train_step")
-    print_ = fingerprint(config)
+    # The task's files (e.g. the permutation) identify the run as much as its settings.
+    files = {name: hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
+             for name, content in task.artifacts().items()}
+    print_ = fingerprint(config, files)
+    run_identity = {**identity(config), **files}
 
     progress = {"step": 0, "epoch": 0, "position": 0, "train_time": 0.0, "window": {}, "window_examples": 0,
                 "window_time": 0.0, "best": None, "last_eval_step": None, "metrics_bytes": 0}
@@ -295,7 +361,7 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     record = {"config": config, **_environment(device), "command": command,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
     if resume:
-        checkpoint = load_checkpoint(run_dir, fingerprint=print_, identity=identity(config))
+        checkpoint = load_checkpoint(run_dir, fingerprint=print_, identity=run_identity)
         _load_weights(model, checkpoint["model_state"], f"checkpoint {checkpoint['path'] / 'model.safetensors'}")
         try:
             optimizer.load_state_dict(checkpoint["optimizer_state"])
@@ -307,18 +373,23 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
         set_rng_state(checkpoint["rng"])
         old = read_run_config(run_dir)
         record = {**old, "config": config, **_environment(device)}
-        record["resumed"] = old.get("resumed", []) + [{"at_step": progress["step"], "command": command,
-                                                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+        entry = {"at_step": progress["step"], "command": command,
+                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         say(f"resuming {run_dir} at step {progress['step']} (epoch {progress['epoch'] + 1}) from {checkpoint['path']}")
     else:
         for name, content in task.artifacts().items():
             atomic_write_text(run_dir / name, json.dumps(content))
         (run_dir / "metrics.jsonl").touch()
-    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_to=progress["metrics_bytes"] if resume else None)
     parameters = count_parameters(model)
     if task_steps:
         steps_per_epoch = task.plan_epoch(progress["epoch"])
+    if resume:                                          # recorded once the resume has succeeded
+        if log.damage:
+            say(f"warning: {log.damage}")
+            entry["metrics_damage"] = log.damage
+        record["resumed"] = old.get("resumed", []) + [entry]
+    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
     say(f"{config['model']} on {config['task']}: {parameters:,} parameters, {n_train:,} training examples, "
         f"{steps_per_epoch} steps per epoch, device {device}")
 
@@ -331,13 +402,28 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
         return round(progress["epoch"] + progress["position"] / steps_per_epoch, 4)
 
     def checkpoint() -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            diverged("the weights are not finite")
         progress["train_time"] = elapsed()
+        log.sync()                                      # the rows are on disk before their offset is recorded
         progress["metrics_bytes"] = log.offset
         if hasattr(task, "carry_state"):
             progress["task_state"] = task.carry_state()
         save_checkpoint(run_dir, model_state=model.state_dict(), best_state=best_state,
                         optimizer_state=optimizer.state_dict(), progress=progress, rng=rng_state(),
-                        fingerprint=print_, identity=identity(config))
+                        fingerprint=print_, identity=run_identity)
+        last_checkpoint["step"] = progress["step"]
+
+    def diverged(what: str) -> None:
+        """Stop: keep the last checkpoint (good weights), record the run as diverged."""
+        log.close()
+        summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "diverged",
+                           f"{what} at step {progress['step']}", None)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        raise Diverged(f"training diverged: {what} at step {progress['step']} (epoch {epochs_done():.2f}). "
+                       f"The run stops here; its last checkpoint, at step {last_checkpoint['step']}, holds finite "
+                       f"weights. A resume would repeat the same steps: start a new run with a lower --lr, "
+                       f"clipping (--clip) or other settings.")
 
     def validate() -> None:
         nonlocal best_state
@@ -375,8 +461,10 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
         log.write(row)
         progress["window"], progress["window_examples"], progress["window_time"] = {}, 0, 0.0
 
+    last_checkpoint = {"step": progress["step"]}
     if not resume:
         checkpoint()                                   # step 0: a run can always be resumed
+    directory.started()
     stop = None
     model.train()
     with StopSignals() as signals:
@@ -420,6 +508,8 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
                 progress["position"] += 1
                 progress["window_examples"] += examples
                 progress["window_time"] += time.perf_counter() - started
+                if not math.isfinite(loss_value := float(loss.detach())):   # after the step: no extra wait on the device
+                    diverged(f"the training loss is {loss_value}")
                 if bar is not None:
                     bar.update(batch_size if task_steps else index.numel())
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)

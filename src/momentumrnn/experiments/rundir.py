@@ -1,0 +1,149 @@
+"""A run directory held by one process for the whole run.
+
+``RunDirectory(path, resume=...)`` is a context manager around a training run:
+
+* **One process per run directory.** On entry it takes an exclusive lock on
+  ``RUN_DIR/.lock`` (``fcntl.flock``; ``msvcrt.locking`` on Windows), before anything else
+  is written, and keeps it until the run ends; a second ``train`` on the same directory,
+  fresh or ``--resume``, is refused with the holder's pid, host, start time and command.
+  The operating system drops the lock when the holder dies, however it dies.
+* **Only directories of ours.** A fresh start takes a new or empty directory, or one that
+  holds a run (then it is refused as a run to ``--resume``); a non-empty directory that
+  holds no run is refused untouched. ``--out`` naming a file, or a path below a file or
+  where the directory cannot be created, is refused with the reason.
+* **No leftovers of a failed start.** Until ``started()`` (called once the first checkpoint
+  is on disk), an exception removes what the start wrote: the directory itself when this
+  start created it, else its new entries. A failed resume removes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:                                   # Windows
+    fcntl = None
+    import msvcrt
+
+__all__ = ["RunDirectory", "RunError", "LOCK_NAME", "holds_run"]
+
+LOCK_NAME = ".lock"
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be started or resumed as asked."""
+
+
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` holds a run of ours (a configuration, checkpoints or our lock file)."""
+    return any((Path(path) / name).exists() for name in ("config.json", "checkpoints", LOCK_NAME))
+
+
+class RunDirectory:
+    """The lock, ownership check and cleanup of one run directory (module docstring)."""
+
+    def __init__(self, path, *, resume: bool, command: list | None = None):
+        self.path, self.resume, self.command = Path(path), resume, command
+        self._fd: int | None = None
+        self._created = False
+        self._before: set[str] = set()
+        self._started = resume                          # a resume never cleans up
+
+    def __enter__(self) -> "RunDirectory":
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path} is a file, not a directory")
+        if path.is_dir():
+            entries = sorted(os.listdir(path))
+            if entries and not self.resume and not holds_run(path):
+                shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+                raise RunError(f"--out {path} is a non-empty directory that holds no momentumrnn run "
+                               f"({len(entries)} entries: {shown}); choose a new or empty directory")
+            self._before = set(entries)
+        else:
+            try:
+                path.mkdir(parents=True)
+                self._created = True
+            except FileExistsError:                     # made by another process just now
+                self._before = set(os.listdir(path))
+            except OSError as error:
+                raise RunError(f"cannot create run directory {path}: {error.strerror or error}") from None
+        self._lock()
+        return self
+
+    def started(self) -> None:
+        """The run is on disk (its first checkpoint): from now on nothing is cleaned up."""
+        self._started = True
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        try:
+            if kind is not None and not self._started:
+                self._remove_new_entries()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)                       # releases the lock
+                self._fd = None
+        return False
+
+    # -------------------------------------------------------------------------- internals
+    def _lock(self) -> None:
+        lock = self.path / LOCK_NAME
+        try:
+            self._fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            if self._created:                            # left empty: remove it again
+                try:
+                    self.path.rmdir()
+                except OSError:
+                    pass
+            raise RunError(f"cannot write into run directory {self.path}: {error.strerror or error}") from None
+        if not _try_lock(self._fd):
+            holder = _read_holder(lock)
+            os.close(self._fd)
+            self._fd = None
+            raise RunError(f"{self.path} is in use by another momentumrnn process ({holder}); wait for it to end, "
+                           f"or choose another --out")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "resume": self.resume,
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command}
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, (json.dumps(holder) + "\n").encode(), _HOLDER_OFFSET)
+
+    def _remove_new_entries(self) -> None:
+        if self._created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.path)) - self._before:
+            entry = self.path / name
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+#: Where the holder's record starts in the lock file (Windows locks byte 0 itself).
+_HOLDER_OFFSET = 0 if fcntl is not None else 1
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:                                     # BlockingIOError, PermissionError: held
+        return False
+
+
+def _read_holder(lock: Path) -> str:
+    try:
+        holder = json.loads(lock.read_bytes()[_HOLDER_OFFSET:].decode())
+        command = " ".join(holder.get("command") or [])
+        return (f"pid {holder['pid']} on {holder['host']}, "
+                f"{'resuming' if holder.get('resume') else 'started'} {holder['since']}"
+                + (f": {command}" if command else ""))
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or unreadable
+        return "its details are not readable yet"
