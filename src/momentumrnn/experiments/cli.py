@@ -169,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            return _train(args, parser, ["momentumrnn", *(sys.argv[1:] if argv is None else argv)])
-        if args.command == "gradients":
-            return _gradients(args)
-        if args.command == "report":
-            return _report(args)
-        return _list()
+            status = _train(args, parser, ["momentumrnn", *(sys.argv[1:] if argv is None else argv)])
+        elif args.command == "gradients":
+            status = _gradients(args)
+        elif args.command == "report":
+            status = _report(args)
+        else:
+            status = _list()
+        sys.stdout.flush()                  # a closed pipe shows here, not at exit
+        return status
     except KeyboardInterrupt:
         print(f"momentumrnn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -59,6 +59,8 @@ class RunDirectory:
         path = self.path
         if path.exists() and not path.is_dir():
             raise RunError(f"--out {path} is a file, not a directory")
+        if self.resume and not path.is_dir():
+            raise RunError(f"nothing to resume: {path} does not exist")
         if path.is_dir():
             entries = sorted(os.listdir(path))
             if entries and not self.resume and not holds_run(path):

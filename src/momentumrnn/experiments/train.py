@@ -385,8 +385,8 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     if task_steps:
         steps_per_epoch = task.plan_epoch(progress["epoch"])
     if resume:                                          # recorded once the resume has succeeded
-        if log.damage:
-            say(f"warning: {log.damage}")
+        if log.damage:                                  # shown even with --quiet
+            print(f"momentumrnn train: warning: {log.damage}", file=sys.stderr)
             entry["metrics_damage"] = log.damage
         record["resumed"] = old.get("resumed", []) + [entry]
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
