@@ -20,7 +20,6 @@ or the difference. (Checkpoints of format 1 have no digests; they are read unche
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -28,20 +27,14 @@ from pathlib import Path
 
 import torch
 
+from .data import sha256 as _sha256
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "has_checkpoint", "atomic_write_text"]
 
 FORMAT = 2
 #: Formats this version reads: 1 (no digests of the weights files) and 2.
 READABLE = (1, 2)
 WEIGHTS_FILES = ("model.safetensors", "best.safetensors")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class CheckpointError(RuntimeError):
