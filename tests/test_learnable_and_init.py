@@ -71,9 +71,14 @@ def test_paper_init(cls):
             assert torch.all(b[:5] == 0) and torch.all(b[10:] == 0)
 
 
-def test_paper_init_without_forget_gate_has_zero_biases():
+def test_paper_init_of_the_gru_sets_the_reset_gate_biases_to_one():
+    """As the authors' GRU: the reset gate's block (the first H rows) of both biases is 1,
+    the update and candidate blocks 0; the RNN has no gate and zero biases."""
     gru = mrnn.MomentumGRU(3, 5, init="paper")
-    assert torch.all(gru.bias_ih_l0 == 0) and torch.all(gru.bias_hh_l0 == 0)
+    for bias in (gru.bias_ih_l0, gru.bias_hh_l0):
+        assert torch.all(bias[:5] == 1) and torch.all(bias[5:] == 0)
+    rnn = mrnn.MomentumRNN(3, 5, init="paper")
+    assert torch.all(rnn.bias_ih_l0 == 0) and torch.all(rnn.bias_hh_l0 == 0)
 
 
 def test_torch_init_bounds_and_defaults():

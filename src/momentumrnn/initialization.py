@@ -22,7 +22,8 @@ def initialize(weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bia
     ``"torch"``: every weight and bias uniform in ``[-1/sqrt(H), 1/sqrt(H)]``, as
     ``torch.nn.LSTM``/``GRU``/``RNN``. ``"paper"``: ``W_ih`` orthogonal, ``W_hh`` =
     ``torch.nn.init.eye_`` (identity in the first H rows), biases zero except the forget
-    gate block (LSTM only) set to ``forget_bias`` in both ``b_ih`` and ``b_hh``.
+    gate block (LSTM) set to ``forget_bias`` and the reset gate block (GRU) set to 1, each
+    in both ``b_ih`` and ``b_hh``, as the authors' cells.
     """
     tensors = [t for t in (weight_ih, weight_hh, bias_ih, bias_hh) if t is not None]
     if init == "torch":
@@ -39,3 +40,6 @@ def initialize(weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bia
         if recurrence.forget_gate is not None:
             start = recurrence.forget_gate * hidden_size
             bias[start:start + hidden_size] = forget_bias
+        if recurrence.reset_gate is not None:
+            start = recurrence.reset_gate * hidden_size
+            bias[start:start + hidden_size] = 1.0

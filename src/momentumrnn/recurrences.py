@@ -30,6 +30,8 @@ class Recurrence:
     additive: ClassVar[bool] = True
     #: Index of the forget gate block, for ``init="paper"``'s forget bias (None: no such gate).
     forget_gate: ClassVar[int | None] = None
+    #: Index of the reset gate block, whose biases ``init="paper"`` sets to 1 (None: no such gate).
+    reset_gate: ClassVar[int | None] = None
 
     def step(self, drive: Tensor, recurrent: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return self.activate(drive + recurrent, state)
@@ -78,6 +80,7 @@ class GRURecurrence(Recurrence):
     name = "gru"
     gates = 3
     additive = False
+    reset_gate = 0
 
     def step(self, drive, recurrent, state):
         h = state[0]
