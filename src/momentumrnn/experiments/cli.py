@@ -4,7 +4,7 @@
     momentumrnn train --out runs/mlstm --resume --max-steps 600
     momentumrnn report runs/* --out runs/report
     momentumrnn gradients --task adding --model lstm --model momentum-lstm --out runs/gradients
-    momentumrnn list
+    momentumrnn list [--preset paper]
 
 Exit status: 0 done; 2 refused (a bad flag or value, a run directory, checkpoint or data
 file that cannot be used: one line on stderr names the problem); 1 a run that failed
@@ -75,6 +75,9 @@ _CONFIG_FLAGS = [
     ("--tar", float, "ptb: temporal activation regularization weight (default 0; paper preset 1)"),
     ("--lr-anneal", float, "ptb: divide the learning rate by this after a validation without improvement (1 = off)"),
     ("--nonmono", int, "ptb with --optimizer ntasgd: validations without progress before averaging (default 5)"),
+    ("--test-batch-size", int, "ptb: batch size of the test evaluation (default: --eval-batch-size; paper preset 1)"),
+    ("--restart-counter", str, "ptb: the restarted rules' step counter across bptt chunks: carry (default) or "
+                               "reset (starts at 1 in every chunk, as the authors' cells; paper preset)"),
 ]
 
 
@@ -154,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         kind = next(k for f, k, _ in _CONFIG_FLAGS if f == flag)
         gradients.add_argument(flag, type=kind, help="as for train (applies to every --model)")
 
-    commands.add_parser("list", help="list tasks, models and the paper preset's settings")
+    listing = commands.add_parser("list", help="list tasks and models, or a preset's settings",
+                                  description="List the tasks and models; with --preset, that preset's settings "
+                                  "(paper: the authors' recipes, one row per run of theirs).")
+    listing.add_argument("--preset", choices=["paper", "small"], help="list this preset's settings instead")
     return parser
 
 
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             status = _report(args)
         else:
-            status = _list()
+            status = _list(args.preset)
         sys.stdout.flush()                  # a closed pipe shows here, not at exit
         return status
     except KeyboardInterrupt:
@@ -240,11 +246,23 @@ def _gradients(args) -> int:
     return 0
 
 
-def _list() -> int:
+def _list(preset: str | None) -> int:
     from .models import MODELS
-    from .presets import PAPER_RULES, PAPER_TASK, PAPER_TRAINING
+    from .presets import NAMED_PRESETS, recipe_table
     from .tasks import TASKS
 
+    if preset == "paper":
+        print("--preset paper: the authors' recipes (experiment, model, hidden sizes, settings); "
+              "trivialization 0 = never change the base")
+        print("\n".join(recipe_table()))
+        return 0
+    if preset is not None:
+        for (task, name), (settings, experiment, text) in NAMED_PRESETS.items():
+            if name == preset:
+                print(f"--preset {name} ({task}: {text}):")
+                print("  " + ", ".join(f"{k}={v}" for k, v in settings.items())
+                      + f"; rule settings of the paper's {experiment} recipes")
+        return 0
     print("tasks:")
     for name, task in TASKS.items():
         options = ", ".join(f"{k}={v}" for k, v in task.options.items())
@@ -258,14 +276,5 @@ def _list() -> int:
         else:
             where = f"momentumrnn.LAYERS[{recurrence!r}, {rule!r}]"
         print(f"  {name:16s} {where}")
-    print("--preset paper:")
-    for task, (experiment, note) in PAPER_TASK.items():
-        training = ", ".join(f"{k}={v}" for k, v in PAPER_TRAINING[experiment].items())
-        print(f"  {task}: {training}" + (f"  ({note})" if note else ""))
-        for rule, values in PAPER_RULES[experiment].items():
-            print(f"      {rule}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    from .presets import NAMED_PRESETS
-    for (task, name), (settings, experiment, text) in NAMED_PRESETS.items():
-        print(f"--preset {name} ({task}: {text}):")
-        print("  " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f"; rule settings of the paper's {experiment}")
+    print("presets: `momentumrnn list --preset paper` (the authors' recipes), `--preset small` (ptb)")
     return 0

@@ -82,7 +82,7 @@ def resolve_config(task: str, model: str, overrides: dict | None = None, preset:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     try:
-        recurrence, rule = model_spec(model)
+        recurrence, _ = model_spec(model)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     task_type = TASKS[task]
@@ -92,20 +92,23 @@ def resolve_config(task: str, model: str, overrides: dict | None = None, preset:
     if recurrence == "orthogonal":          # the orthogonal layers have their own initializations
         del config["init"], config["forget_bias"]
     notes: list[str] = []
+    settings: dict = {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if preset is not None:
-        if preset == "paper":
-            settings, notes = paper_preset(task, recurrence, rule)
-        else:
-            try:
-                settings, notes = named_preset(task, preset, recurrence, rule)
-            except ValueError as error:
-                raise ConfigError(str(error)) from None
-        config.update({k: v for k, v in settings.items() if k in config})
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+        try:
+            if preset == "paper":
+                settings, notes = paper_preset(task, model, overrides.get("hidden_size"))
+            else:
+                settings, notes = named_preset(task, preset, model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        settings = {k: v for k, v in settings.items() if k in config}
+        config.update(settings)
+    for key, value in overrides.items():
         if key not in config:
             raise ConfigError(_not_applicable(key, task, model, task_type, hyperparameters))
+        if key in settings and key != "hidden_size" and settings[key] != value:      # recorded, as they depart
+            notes.append(f"--{key.replace('_', '-')} {value} overrides the recipe's {settings[key]}")
         config[key] = value
     config["preset"] = preset
     config["preset_notes"] = notes

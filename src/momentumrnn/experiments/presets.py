@@ -1,73 +1,124 @@
-"""The authors' settings and the figures they published, as data.
+"""The authors' recipes as one table of data, and the figures they published.
 
-``paper_preset(task, model)`` returns the configuration keys that ``--preset paper``
-sets for a (task, model) pair, and notes saying where a setting was carried over from
-another task or model because the paper gives none for this pair. Explicit command-line
-flags override every key.
+Every row of ``RECIPES`` is one configuration the authors ran: the experiment (``mnist``,
+``pmnist``, ``timit``, ``ptb``), the model in our names, the hidden sizes they ran it at,
+and every setting their scripts used (optimizers and learning rates, RMSprop's alpha,
+batch, epochs, clipping, initialization, rule hyperparameters, the orthogonal models' K,
+skew initialization and ``lr_orth``). ``paper_preset(task, model, hidden_size)`` resolves
+``--preset paper`` from it:
+
+* the task's experiment (``TASK_EXPERIMENT``; copy and adding take pixel MNIST's, speech
+  takes TIMIT's, with a note);
+* the row of that model, at ``hidden_size`` when the authors ran that size (their settings
+  differ per size for the orthogonal models), else at the size at which they ran every
+  model of that table (``DEFAULT_HIDDEN``); a size they never ran takes the nearest row's
+  settings and is recorded as not one of their runs;
+* a model they did not run on that experiment takes the nearest recipe (``_nearest``)
+  with a note saying which.
+
+The notes land in ``config.json`` (``preset_notes``), as do explicit flags that override a
+setting of the recipe (``config.resolve_config``).
 """
 
 from __future__ import annotations
 
-__all__ = ["PAPER_TRAINING", "PAPER_RULES", "PAPER_RULES_DTRIV", "PAPER_TASK", "PUBLISHED", "NAMED_PRESETS",
-           "paper_preset", "published", "named_preset"]
+from dataclasses import dataclass
 
-#: Training recipe per paper experiment.
-PAPER_TRAINING = {
-    "mnist": {"optimizer": "rmsprop", "lr": 1e-3, "alpha": 0.9, "batch_size": 128, "epochs": 150, "clip": 1.0,
-              "init": "paper", "forget_bias": 1.0, "hidden_size": 128},
-    "pmnist": {"optimizer": "rmsprop", "lr": 1e-3, "alpha": 0.9, "batch_size": 128, "epochs": 150, "clip": 1.0,
-               "init": "paper", "forget_bias": 1.0, "hidden_size": 128},
-    # For the speech and Penn Treebank tasks (a later issue).
-    "timit": {"optimizer": "adam", "lr": 1e-4, "batch_size": 32, "epochs": 700, "init": "paper",
-              "forget_bias": -4.0, "hidden_size": 158},
-    "ptb": {"optimizer": "sgd", "lr": 30.0, "batch_size": 20, "epochs": 500, "clip": 0.25, "init": "paper",
-            "forget_bias": 1.0, "hidden_size": 1150, "num_layers": 3},
-}
-# The 3-layer AWD-LSTM of the authors' Penn Treebank experiment (Merity et al. 2018's PTB
-# command): SGD then NT-ASGD, variable bptt around 70, tied weights, the four dropouts,
-# weight drop .5 on the recurrent weights, AR 2, TAR 1, weight decay 1.2e-6.
-PAPER_TRAINING["ptb"].update(optimizer="ntasgd", nonmono=5, emb_size=400, tied=True, bptt=70, variable_bptt=True,
-                             dropout=0.4, dropouth=0.25, dropouti=0.4, dropoute=0.1, wdrop=0.5, ar=2.0, tar=1.0,
-                             weight_decay=1.2e-6, eval_batch_size=10)
+__all__ = ["Recipe", "RECIPES", "TASK_EXPERIMENT", "DEFAULT_HIDDEN", "PUBLISHED", "NAMED_PRESETS",
+           "paper_preset", "published", "named_preset", "recipe_table"]
 
-#: Rule hyperparameters per paper experiment and rule (mu = momentum, s = step_size).
-#: "nesterov" is the paper's SRLSTM; on Penn Treebank the authors' NesterovLSTM is our
-#: input-only "restart" rule (settings not published).
-PAPER_RULES = {
-    "mnist": {"momentum": {"momentum": 0.6, "step_size": 0.6},
-              "adam": {"momentum": 0.6, "step_size": 0.6, "beta": 0.1},
-              "rmsprop": {"step_size": 0.6, "beta": 0.9},
-              "nesterov": {"step_size": 1.0, "restart": 2}},
-    "pmnist": {"momentum": {"momentum": 0.6, "step_size": 1.0},
-               "adam": {"momentum": 0.6, "step_size": 1.0, "beta": 0.01},
-               "rmsprop": {"step_size": 1.0, "beta": 0.01},
-               "nesterov": {"step_size": 0.9, "restart": 40}},
-    "timit": {"momentum": {"momentum": 0.3, "step_size": 0.1},
-              "adam": {"momentum": 0.3, "step_size": 0.1, "beta": 0.999},
-              "rmsprop": {"step_size": 0.1, "beta": 0.999},
-              "nesterov": {"step_size": 0.1, "restart": 2}},
-    "ptb": {"momentum": {"momentum": 0.0, "step_size": 0.6}},
-}
 
-#: Rule settings of the orthogonal (DTRIV) models per experiment (the paper's
-#: PMNIST runs at H 170; at H 360/512 the authors used mu .3, s .3).
-PAPER_RULES_DTRIV = {
-    "pmnist": {"momentum": {"momentum": 0.6, "step_size": 0.9}},
-    "timit": {"momentum": {"momentum": 0.3, "step_size": 0.1}},
-}
+@dataclass(frozen=True)
+class Recipe:
+    """One run configuration of the authors: ``model`` on ``experiment`` at each of
+    ``hidden`` (the hidden sizes they ran it at), with ``settings``."""
 
-#: Our task -> the paper experiment whose settings it takes, and a note when it is borrowed.
-PAPER_TASK = {
+    experiment: str
+    model: str
+    hidden: tuple[int, ...]
+    settings: dict
+
+
+# Settings shared by the rows of one table.
+_MNIST = {"optimizer": "rmsprop", "lr": 1e-3, "alpha": 0.9, "batch_size": 128, "epochs": 150, "clip": 1.0,
+          "init": "paper", "forget_bias": 1.0}
+# Orthogonal models: RMSprop (torch's alpha 0.99) at lr on everything but U, RMSprop at
+# lr_orth on U's parameters; trivialization K: change of base every K steps, 0 = never.
+_PMNIST_DTRIV = {"optimizer": "rmsprop", "alpha": 0.99, "batch_size": 128, "epochs": 150, "clip": 1.0,
+                 "orthogonal_init": "cayley"}
+_TIMIT = {"optimizer": "adam", "lr": 1e-4, "batch_size": 32, "epochs": 700, "clip": 0.0, "init": "paper",
+          "forget_bias": -4.0}
+_TIMIT_DTRIV = {"optimizer": "adam", "lr": 1e-3, "lr_orth": 2e-4, "alpha": 0.99, "batch_size": 128, "epochs": 700,
+                "clip": 1.0, "orthogonal_init": "henaff", "trivialization": 0}
+# The 3-layer AWD-LSTM (SGD lr 30, then NT-ASGD), variable bptt around 70, tied weights,
+# the recipe's dropouts, weight drop .5 on the recurrent weights, AR 2, TAR 1; validation
+# in batches of 10, test in batches of 1; the restarted rule's step counter starts again
+# at every bptt chunk while its velocity carries over.
+_PTB = {"optimizer": "ntasgd", "lr": 30.0, "nonmono": 5, "batch_size": 20, "epochs": 500, "clip": 0.25,
+        "weight_decay": 1.2e-6, "init": "paper", "forget_bias": 1.0, "num_layers": 3, "emb_size": 400,
+        "tied": True, "bptt": 70, "variable_bptt": True, "dropout": 0.4, "dropouth": 0.25, "dropouti": 0.4,
+        "dropoute": 0.1, "wdrop": 0.5, "ar": 2.0, "tar": 1.0, "eval_batch_size": 10, "test_batch_size": 1,
+        "restart_counter": "reset"}
+
+#: The authors' runs, one row per (experiment, model, settings).
+RECIPES = [
+    # pixel MNIST
+    Recipe("mnist", "lstm", (128, 256), _MNIST),
+    Recipe("mnist", "momentum-lstm", (128, 256), {**_MNIST, "momentum": 0.6, "step_size": 0.6}),
+    Recipe("mnist", "adam-lstm", (256,), {**_MNIST, "momentum": 0.6, "step_size": 0.6, "beta": 0.1}),
+    Recipe("mnist", "rmsprop-lstm", (256,), {**_MNIST, "step_size": 0.6, "beta": 0.9}),
+    Recipe("mnist", "nesterov-lstm", (256,), {**_MNIST, "step_size": 1.0, "restart": 2}),
+    # permuted MNIST
+    Recipe("pmnist", "lstm", (128, 256), _MNIST),
+    Recipe("pmnist", "momentum-lstm", (128, 256), {**_MNIST, "momentum": 0.6, "step_size": 1.0}),
+    Recipe("pmnist", "adam-lstm", (256,), {**_MNIST, "momentum": 0.6, "step_size": 1.0, "beta": 0.01}),
+    Recipe("pmnist", "rmsprop-lstm", (256,), {**_MNIST, "step_size": 1.0, "beta": 0.01}),
+    Recipe("pmnist", "nesterov-lstm", (256,), {**_MNIST, "step_size": 0.9, "restart": 40}),
+    Recipe("pmnist", "dtriv", (170,), {**_PMNIST_DTRIV, "lr": 7e-4, "lr_orth": 2e-4, "trivialization": 1}),
+    Recipe("pmnist", "dtriv", (360,), {**_PMNIST_DTRIV, "lr": 7e-4, "lr_orth": 5e-5, "trivialization": 0}),
+    Recipe("pmnist", "dtriv", (512,), {**_PMNIST_DTRIV, "lr": 3e-4, "lr_orth": 7e-5, "trivialization": 0}),
+    Recipe("pmnist", "momentum-dtriv", (170,), {**_PMNIST_DTRIV, "lr": 7e-4, "lr_orth": 2e-4, "trivialization": 1,
+                                                "momentum": 0.6, "step_size": 0.9}),
+    Recipe("pmnist", "momentum-dtriv", (360,), {**_PMNIST_DTRIV, "lr": 7e-4, "lr_orth": 5e-5, "trivialization": 0,
+                                                "momentum": 0.3, "step_size": 0.3}),
+    Recipe("pmnist", "momentum-dtriv", (512,), {**_PMNIST_DTRIV, "lr": 3e-4, "lr_orth": 7e-5, "trivialization": 0,
+                                                "momentum": 0.3, "step_size": 0.3}),
+    # TIMIT next-frame prediction
+    Recipe("timit", "lstm", (84, 120, 158), _TIMIT),
+    Recipe("timit", "momentum-lstm", (84, 120, 158), {**_TIMIT, "momentum": 0.3, "step_size": 0.1}),
+    Recipe("timit", "adam-lstm", (158,), {**_TIMIT, "momentum": 0.3, "step_size": 0.1, "beta": 0.999}),
+    Recipe("timit", "rmsprop-lstm", (158,), {**_TIMIT, "step_size": 0.1, "beta": 0.999}),
+    Recipe("timit", "nesterov-lstm", (158,), {**_TIMIT, "step_size": 0.1, "restart": 2}),
+    Recipe("timit", "dtriv", (224, 322), _TIMIT_DTRIV),
+    Recipe("timit", "momentum-dtriv", (224, 322), {**_TIMIT_DTRIV, "momentum": 0.3, "step_size": 0.1}),
+    # Penn Treebank
+    Recipe("ptb", "lstm", (1150,), _PTB),
+    Recipe("ptb", "momentum-lstm", (1150,), {**_PTB, "momentum": 0.0, "step_size": 0.6}),
+]
+
+#: Our task -> the experiment whose recipes it takes, and a note when it borrows them.
+TASK_EXPERIMENT = {
     "smnist": ("mnist", None),
     "psmnist": ("pmnist", None),
-    "copy": ("mnist", "the paper has no copy-task settings: using its pixel-MNIST settings"),
-    "adding": ("mnist", "the paper has no adding-task settings: using its pixel-MNIST settings"),
-    "speech": ("timit", "speech runs the paper's TIMIT settings on the Free Spoken Digit Dataset"),
+    "copy": ("mnist", "the paper has no copy-task settings: using its pixel-MNIST recipes"),
+    "adding": ("mnist", "the paper has no adding-task settings: using its pixel-MNIST recipes"),
+    "speech": ("timit", "speech runs the paper's TIMIT recipes on the Free Spoken Digit Dataset"),
     "timit": ("timit", None),
     "ptb": ("ptb", None),
 }
 
-#: Presets other than "paper": (task, name) -> (settings, the paper experiment whose rule
+#: The hidden size of a preset without --hidden-size: the size at which the authors ran
+#: every model of the table, per experiment and family ("lstm" for the LSTM family and
+#: the GRU/RNN variants that borrow its recipes, "orthogonal").
+DEFAULT_HIDDEN = {("mnist", "lstm"): 256, ("pmnist", "lstm"): 256, ("pmnist", "orthogonal"): 170,
+                  ("timit", "lstm"): 158, ("timit", "orthogonal"): 224, ("ptb", "lstm"): 1150}
+
+#: Rule settings of the authors' Penn Treebank script for models no published run uses
+#: (its argparse defaults), and of the restarted rule as their logs show it.
+_PTB_UNPUBLISHED_RULES = {"momentum": 0.9, "step_size": 0.1, "beta": 0.999, "restart": 0}
+_PTB_RESTART_LOGS = {"step_size": 0.6, "restart": 2}
+
+#: Presets other than "paper": (task, name) -> (settings, the experiment whose rule
 #: settings apply, a description). ``small`` is the classic small word-level PTB model
 #: (the PyTorch word-language-model example's: 2 x 200 LSTM, bptt 35, batch 20, SGD lr 20
 #: divided by 4 when validation stalls, clip 0.25, dropout 0.2, 40 epochs).
@@ -117,45 +168,108 @@ def published(task: str, model: str, hidden: int | None) -> dict | None:
     return None
 
 
-def named_preset(task: str, name: str, recurrence: str | None, rule: str | None) -> tuple[dict, list[str]]:
+def _family(model: str) -> str:
+    return "orthogonal" if model == "dtriv" or model.endswith("-dtriv") else "lstm"
+
+
+def _rule(model: str) -> str | None:
+    """The rule part of a model name (None for torch's plain layers and ``dtriv``)."""
+    return model.rsplit("-", 1)[0] if "-" in model else None
+
+
+def _nearest(experiment: str, model: str, rows: dict) -> tuple[str, dict, str]:
+    """For a model without a row on ``experiment``: the model whose rows it takes, rule
+    settings to put on top, and the note saying so."""
+    rule, recurrence = _rule(model), model.rsplit("-", 1)[-1]
+    lstm_model = "lstm" if rule is None else f"{rule}-lstm"
+    if _family(model) == "orthogonal":
+        return ("dtriv", {}, f"the authors did not run {model} on {experiment}: the training settings of their "
+                f"DTRIV runs with the library's {rule} settings")
+    if rule == "restart" and experiment == "ptb":
+        return ("lstm", dict(_PTB_RESTART_LOGS), "no published Penn Treebank run uses the restarted rule: "
+                "the AWD-LSTM recipe with s 0.6, r 2 as the authors' logs show")
+    if rule == "restart":                               # the input-only restarted rule: the SRLSTM's s and r
+        return ("nesterov-lstm", {}, f"the authors did not run {model} on {experiment}: the settings of their "
+                f"SRLSTM (nesterov-lstm) row, s and r included")
+    if lstm_model in rows:
+        return (lstm_model, {}, f"the authors ran the {rule or 'plain'} rule on {experiment} with the LSTM only: "
+                f"their {lstm_model} settings, applied to the {recurrence.upper()} as they are")
+    if experiment == "ptb":
+        return ("lstm", dict(_PTB_UNPUBLISHED_RULES), f"no published Penn Treebank run uses {model}: the AWD-LSTM "
+                f"recipe with the rule settings the authors' script defaults to (mu 0.9, s 0.1, beta 0.999, r 0)")
+    raise ValueError(f"--preset paper: no recipe of the authors fits {model!r} on {experiment}")
+
+
+def _rows(experiment: str) -> dict[str, list[Recipe]]:
+    rows: dict[str, list[Recipe]] = {}
+    for recipe in RECIPES:
+        if recipe.experiment == experiment:
+            rows.setdefault(recipe.model, []).append(recipe)
+    return rows
+
+
+def paper_preset(task: str, model: str, hidden_size: int | None = None) -> tuple[dict, list[str]]:
+    """Configuration keys of ``--preset paper`` for ``model`` on ``task`` (at ``hidden_size``
+    when given), and notes saying where the settings depart from an authors' run."""
+    if task not in TASK_EXPERIMENT:
+        raise ValueError(f"--preset paper: no paper settings for task {task!r}")
+    experiment, note = TASK_EXPERIMENT[task]
+    notes = [note] if note else []
+    family = _family(model)
+    if family == "orthogonal" and experiment == "ptb":
+        raise ValueError(f"--preset paper: the authors ran no orthogonal model on Penn Treebank")
+    if family == "orthogonal" and experiment == "mnist":
+        experiment = "pmnist"
+        notes.append("the authors ran the orthogonal models on permuted MNIST and TIMIT only: their permuted-MNIST "
+                     "recipe")
+    rows = _rows(experiment)
+    source, extra = model, {}
+    if model not in rows:
+        source, extra, why = _nearest(experiment, model, rows)
+        notes.append(why)
+    candidates = rows[source]
+    sizes = sorted(h for r in candidates for h in r.hidden)
+    default = DEFAULT_HIDDEN[experiment, family]
+    if hidden_size is None:
+        hidden_size = default if default in sizes else max(sizes)
+        recipe = next(r for r in candidates if hidden_size in r.hidden)
+    else:
+        recipe = next((r for r in candidates if hidden_size in r.hidden), None)
+        if recipe is None:
+            nearest = min(sizes, key=lambda h: (abs(h - hidden_size), h))
+            recipe = next(r for r in candidates if nearest in r.hidden)
+            notes.append(f"hidden size {hidden_size} is not one of the authors' runs (they ran {source} on "
+                         f"{experiment} at H {', '.join(map(str, sizes))}): the settings of their H {nearest} run")
+    settings = {**recipe.settings, **extra, "hidden_size": hidden_size}
+    return settings, notes
+
+
+def recipe_table() -> list[str]:
+    """The recipes, one line each (``momentumrnn list --preset paper``)."""
+    lines = []
+    for recipe in RECIPES:
+        sizes = ", ".join(map(str, recipe.hidden))
+        settings = ", ".join(f"{k}={v}" for k, v in recipe.settings.items())
+        lines.append(f"  {recipe.experiment:7s} {recipe.model:15s} H {sizes:12s} {settings}")
+    return lines
+
+
+def named_preset(task: str, name: str, model: str) -> tuple[dict, list[str]]:
     """Configuration keys and notes of ``--preset NAME`` (not "paper") for a task and model."""
     if (task, name) not in NAMED_PRESETS:
         names = ["paper"] + sorted(n for t, n in NAMED_PRESETS if t == task)
         raise ValueError(f"unknown preset {name!r} for task {task!r}; choose from {', '.join(names)}")
     settings, experiment, _ = NAMED_PRESETS[task, name]
     settings, notes = dict(settings), []
+    rule = _rule(model)
     if rule is not None:
-        rules = PAPER_RULES[experiment]
-        if rule in rules:
-            settings.update(rules[rule])
-            notes.append(f"{rule} settings of the paper's {experiment} experiment")
-        else:
-            notes.append(f"the paper gives no {rule}-rule settings for {experiment}: using the library defaults")
-    return settings, notes
-
-
-def paper_preset(task: str, recurrence: str | None, rule: str | None) -> tuple[dict, list[str]]:
-    """Configuration keys of ``--preset paper`` for a task and a model given as its
-    recurrence and rule (``rule`` None for torch's plain layers), and notes."""
-    if task not in PAPER_TASK:
-        raise ValueError(f"--preset paper: no paper settings for task {task!r}")
-    experiment, note = PAPER_TASK[task]
-    settings = dict(PAPER_TRAINING[experiment])
-    notes = [note] if note else []
-    if recurrence == "orthogonal":
-        settings["lr_orth"] = settings["lr"] / 10
-        notes.append("the paper gives no learning rates for DTRIV: lr as for the LSTM, lr_orth = lr / 10")
-        rules = PAPER_RULES_DTRIV.get(experiment, {})
-        if rule in rules:
-            settings.update(rules[rule])
-        elif rule != "none":
-            notes.append(f"the paper gives no {rule}-DTRIV settings for {experiment}: using the library defaults")
-    elif rule is not None:
-        rules = PAPER_RULES[experiment]
-        if rule in rules:
-            settings.update(rules[rule])
-            if recurrence != "lstm":
-                notes.append(f"the paper's {rule} settings are for the LSTM; applied to the {recurrence.upper()} as is")
+        rows = _rows(experiment)
+        lstm_model = f"{rule}-lstm"
+        if lstm_model in rows:
+            recipe = rows[lstm_model][0]
+            rule_keys = ("momentum", "step_size", "beta", "restart")
+            settings.update({k: v for k, v in recipe.settings.items() if k in rule_keys})
+            notes.append(f"{rule} settings of the paper's {experiment} recipe")
         else:
             notes.append(f"the paper gives no {rule}-rule settings for {experiment}: using the library defaults")
     return settings, notes

@@ -178,6 +178,9 @@ class LanguageModel(nn.Module):
         sizes = [emb] + [hidden] * (layers - 1) + [emb if self.tied else hidden]
         self.layers = nn.ModuleList(build_layer(config, sizes[i], sizes[i + 1]) for i in range(layers))
         self.carries_rule_state = [model_spec(config["model"])[1] is not None] * layers
+        # "reset": the rule's step counter starts at 1 in every call (every bptt chunk) while
+        # the velocity carries over, as the authors' PTB cells; "carry": it carries too.
+        self.reset_counter = config.get("restart_counter", "carry") == "reset"
         if config["wdrop"] > 0:
             for layer in self.layers:
                 parametrize.register_parametrization(layer, "weight_hh_l0", DropConnect(config["wdrop"]))
@@ -201,6 +204,8 @@ class LanguageModel(nn.Module):
         new_state = []
         for index, (layer, (hx, rule_state)) in enumerate(zip(self.layers, state)):
             if self.carries_rule_state[index]:
+                if rule_state is not None and self.reset_counter:
+                    rule_state = rule_state._replace(steps=torch.zeros_like(rule_state.steps))
                 x, hx, rule_state = layer(x, hx, rule_state=rule_state, return_rule_state=True)
             else:
                 x, hx = layer(x, hx)
@@ -227,7 +232,7 @@ class PTB(Task):
     needs_data = True
     options = {"bptt": 35, "variable_bptt": False, "emb_size": 200, "tied": False, "dropout": 0.0, "dropouth": 0.0,
                "dropouti": 0.0, "dropoute": 0.0, "wdrop": 0.0, "ar": 0.0, "tar": 0.0, "lr_anneal": 1.0,
-               "nonmono": 5}
+               "nonmono": 5, "test_batch_size": None, "restart_counter": "carry"}
 
     @classmethod
     def check_options(cls, config: dict) -> None:
@@ -248,6 +253,14 @@ class PTB(Task):
         for key in ("tied", "variable_bptt"):
             if not isinstance(config[key], bool):
                 raise ValueError(f"{key} must be true or false, got {config[key]!r}")
+        if config["restart_counter"] not in ("carry", "reset"):
+            raise ValueError(f"restart_counter must be 'carry' (the step counter carries over from chunk to chunk, "
+                             f"as the velocity) or 'reset' (it starts at 1 in every chunk), got "
+                             f"{config['restart_counter']!r}")
+        test_batch = config["test_batch_size"]
+        if test_batch is not None and (isinstance(test_batch, bool) or not isinstance(test_batch, int)
+                                       or test_batch < 1):
+            raise ValueError(f"test_batch_size must be a positive integer, got {test_batch!r}")
 
     def _build(self, artifacts):
         self.check_options(self.config)

@@ -546,7 +546,7 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     test = None
     if best_state is not None:
         model.load_state_dict(best_state)
-        test = evaluate(model, task, "test", config["eval_batch_size"])
+        test = evaluate(model, task, "test", config.get("test_batch_size") or config["eval_batch_size"])
         log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"], **test,
                    "time": round(elapsed(), 3)})
     log.close()
