@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The evidence runs in results/ (issue #5), run one after the other from the repository root:
+# The pixel-MNIST and adding evidence runs in results/, run one after the other from the repository root:
 #   nohup bash results/run_evidence.sh > results/evidence.log 2>&1 &
 # Models are compared at the same number of optimizer steps (same data, batch and seed),
 # not the same wall-clock time: on this branch the momentum layers run a per-step Python
@@ -25,7 +25,7 @@ python -m momentumrnn report results/smnist/*-seed0 --out results/smnist
 # ones). Budget: 300 optimizer steps of batch 128 (38,400 sequences, ~1.9 epochs of 20,000).
 # Validation every 50 steps on 2,000 sequences; test on 2,000.
 for model in $MODELS; do
-  python -m momentumrnn train --task adding --length 200 --model "$model" --preset paper \
+  python -m momentumrnn train --task adding --length 200 --model "$model" --preset paper --hidden-size 128 \
     --seed 0 --max-steps 300 --eval-every 50 --threads 1 --quiet --out "results/adding/$model-seed0"
 done
 python -m momentumrnn report results/adding/*-seed0 --out results/adding
