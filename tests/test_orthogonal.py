@@ -5,6 +5,7 @@ recurrences or step functions: one loop per time step, layer and direction.
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -149,6 +150,93 @@ def test_gradcheck(rule):
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+# ------------------------------------------- the authors' coordinates
+def authors_matrix(P, base):
+    """``U = B^T``, ``B = base exp(A)``, ``A = triu(P, 1) - triu(P, 1)^T`` (the authors' code)."""
+    A = P.triu(1) - P.triu(1).T
+    return (base @ torch.linalg.matrix_exp(A)).T
+
+
+def authors_loss(U, x, W, b, hp, weights):
+    """modReLU recurrence ``h_t = sign(z) relu(|z| + b)``, ``z = U h_{t-1} + d_t``, with
+    ``d_t = W x_t`` (plain) or ``v_t = mu v_{t-1} + s W x_t`` (momentum); sum of outputs x weights."""
+    h = v = x.new_zeros(x.size(1), U.size(0))
+    outputs = []
+    for x_t in x:
+        u = x_t @ W.T
+        if hp:
+            v = hp["momentum"] * v + hp["step_size"] * u
+            u = v
+        z = h @ U.T + u
+        h = torch.sign(z) * torch.relu(z.abs() + b)
+        outputs.append(h)
+    return (torch.stack(outputs) * weights).sum()
+
+
+OPTIMIZERS = {"rmsprop": lambda params: torch.optim.RMSprop(params, lr=2e-4, alpha=0.99),
+              "sgd": lambda params: torch.optim.SGD(params, lr=0.1)}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("rule", ["none", "momentum"])
+@pytest.mark.parametrize("init", ["cayley", "henaff"])
+def test_an_optimizer_step_moves_u_as_the_authors(optimizer, rule, init):
+    """From the authors' state after their first change of base: ``base = B_0 = U_0^T``, A = 0."""
+    layer = mrnn.ORTHOGONAL_LAYERS[rule](3, 6, init=init, dtype=torch.float64)
+    hp = layer.hyperparameter_values
+    x, weights = torch.randn(7, 4, 3, dtype=torch.float64), torch.randn(7, 4, 6, dtype=torch.float64)
+    W, b = layer.weight_ih_l0.detach(), layer.bias_modrelu_l0.detach()
+    U0 = layer.weight_hh_l0.detach().clone()
+    P = torch.zeros(6, 6, dtype=torch.float64, requires_grad=True)
+    base = U0.T.clone()
+    torch.testing.assert_close(authors_matrix(P, base).detach(), U0, atol=1e-12, rtol=0)
+
+    reference_optimizer = OPTIMIZERS[optimizer]([P])
+    authors_loss(authors_matrix(P, base), x, W, b, hp, weights).backward()
+    reference_optimizer.step()
+    want = authors_matrix(P, base).detach()
+
+    layer_optimizer = OPTIMIZERS[optimizer](layer.orthogonal_parameters())
+    out, _ = layer(x)
+    (out * weights).sum().backward()
+    layer_optimizer.step()
+    got = layer.weight_hh_l0.detach()
+    assert (got - U0).abs().max() > 1e-4                                   # the step moved U
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def test_change_of_base_every_3_steps_follows_the_authors():
+    """30 RMSprop steps at lr 0.02 (100x the authors'); K = 3: ``base <- B``, ``A <- 0``."""
+    layer = mrnn.MomentumOrthogonalRNN(3, 6, trivialization=3, init="henaff", dtype=torch.float64)
+    hp = layer.hyperparameter_values
+    x, weights = torch.randn(6, 4, 3, dtype=torch.float64), torch.randn(6, 4, 6, dtype=torch.float64)
+    W, b = layer.weight_ih_l0.detach(), layer.bias_modrelu_l0.detach()
+    P = torch.zeros(6, 6, dtype=torch.float64, requires_grad=True)
+    base = layer.weight_hh_l0.detach().T.clone()
+    reference_optimizer = torch.optim.RMSprop([P], lr=0.02)
+    optimizer = torch.optim.RMSprop(layer.orthogonal_parameters(), lr=0.02)
+    start = layer.weight_hh_l0.detach().clone()
+    for step in range(1, 31):
+        reference_optimizer.zero_grad()
+        authors_loss(authors_matrix(P, base), x, W, b, hp, weights).backward()
+        reference_optimizer.step()
+        if step % 3 == 0:
+            with torch.no_grad():
+                base = authors_matrix(P, base).T
+                P.zero_()
+        optimizer.zero_grad()
+        out, _ = layer(x)
+        (out * weights).sum().backward()
+        optimizer.step()
+        before = layer.weight_hh_l0.detach().clone()
+        assert layer.trivialization_step() == (step % 3 == 0)
+        U = layer.weight_hh_l0.detach()
+        torch.testing.assert_close(U, before, atol=1e-12, rtol=0)          # the change keeps U
+        assert (U.T @ U - torch.eye(6, dtype=torch.float64)).abs().max() < 1e-5
+        torch.testing.assert_close(U, authors_matrix(P, base).detach(), atol=1e-9, rtol=0)
+    assert layer.base_changes == 10 and (U - start).abs().max() > 0.1
+
+
 # ------------------------------------------------------ orthogonality and K
 @pytest.mark.parametrize("K", [1, 5, math.inf], ids=["K=1", "K=5", "K=inf"])
 def test_orthogonal_after_200_steps_at_a_large_learning_rate(K):
@@ -172,8 +260,8 @@ def test_orthogonal_after_200_steps_at_a_large_learning_rate(K):
         optimizer.step(), optimizer_orth.step()
         new_base = parametrization[0].base.clone()
         assert (not torch.equal(new_base, base)) == (step % K == 0), f"step {step}"
-        if step % K == 0:       # the base is the current U, the unconstrained part is back at A = 0
-            torch.testing.assert_close(new_base, layer.weight_hh_l0.detach(), atol=1e-6, rtol=0)
+        if step % K == 0:       # the base is the current B = U^T, the unconstrained part is back at A = 0
+            torch.testing.assert_close(new_base, layer.weight_hh_l0.detach().T, atol=1e-6, rtol=0)
             assert torch.equal(parametrization.original, -torch.eye(8))
         base = new_base
     assert layer.base_changes == (0 if K == math.inf else 200 // K)
@@ -288,10 +376,12 @@ def test_skew_symmetric_initializations(init, hidden):
 
 
 def test_float32_initial_matrix_is_orthogonal():
+    """``U_0 = exp(A_0)^T`` is computed in float64 at initialization and kept as the base."""
     for _ in range(20):
         layer = mrnn.OrthogonalRNN(1, 16, init="henaff")
         U = layer.weight_hh_l0.detach()
         assert (U.T @ U - torch.eye(16)).abs().max() < 1e-6
+        assert torch.equal(layer.parametrizations.weight_hh_l0[0].base, U.T)
 
 
 # ------------------------------------------------- layer conventions
@@ -354,6 +444,112 @@ def test_state_dict_round_trip():
     torch.testing.assert_close(fresh(x)[0], layer(x)[0], atol=0, rtol=0)
 
 
+def former_state(layer, generator_seed=1):
+    """``layer.state_dict()`` rewritten in the former form ``U = base exp(tril(X) - tril(X)^T)``
+    (no ``orthogonal_form``) with random orthogonal bases ``Q`` and trained tensors ``X``;
+    returns the state and the ``U`` it means per suffix."""
+    g = torch.Generator().manual_seed(generator_seed)
+    state = {k: v.clone() for k, v in layer.state_dict().items() if k != "orthogonal_form"}
+    H, meant = layer.hidden_size, {}
+    for suffix in layer._suffixes:
+        Q = torch.linalg.qr(torch.randn(H, H, generator=g, dtype=torch.float64))[0]
+        X = torch.randn(H, H, generator=g, dtype=torch.float64)
+        state[f"parametrizations.weight_hh{suffix}.0.base"] = Q
+        state[f"parametrizations.weight_hh{suffix}.original"] = X
+        meant[suffix] = Q @ torch.linalg.matrix_exp(X.tril() - X.tril().T)
+    return state, meant
+
+
+def test_former_state_dict_is_converted_with_a_warning():
+    layer = mrnn.MomentumOrthogonalRNN(2, 5, 2, bidirectional=True, dtype=torch.float64)
+    state, meant = former_state(layer)
+    kept = {k: v.clone() for k, v in state.items()}
+    assert mrnn.is_former_orthogonal_state(state)
+    with pytest.warns(UserWarning, match="^MomentumOrthogonalRNN: the state_dict was converted from the former "
+                                         "parametrization .* optimizer state saved with "
+                                         "it no longer matches the orthogonal parameters"):
+        layer.load_state_dict(state)
+    for suffix, U in meant.items():
+        torch.testing.assert_close(getattr(layer, "weight_hh" + suffix).detach(), U, atol=1e-12, rtol=0)
+        assert torch.equal(layer.parametrizations["weight_hh" + suffix].original, -torch.eye(5, dtype=torch.float64))
+    assert all(torch.equal(state[k], v) for k, v in kept.items()) and state.keys() == kept.keys()
+    assert int(layer.orthogonal_form) == mrnn.orthogonal.ORTHOGONAL_FORM == 2
+    assert not mrnn.is_former_orthogonal_state(layer.state_dict())
+
+    rnn = mrnn.MomentumOrthogonalRNN(2, 5, 2, bidirectional=True, dtype=torch.float64)
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 2), "rnn": rnn})
+    nested = {**{"head." + k: v for k, v in model["head"].state_dict().items()},
+              **{"rnn." + k: v for k, v in state.items()}}
+    assert mrnn.is_former_orthogonal_state(nested)
+    with pytest.warns(UserWarning, match="converted from the former parametrization"):
+        model.load_state_dict(nested)
+    torch.testing.assert_close(model["rnn"].weight_hh_l1_reverse.detach(), meant["_l1_reverse"], atol=1e-12, rtol=0)
+    assert not mrnn.is_former_orthogonal_state(model.state_dict())
+
+
+def test_former_state_dict_float32():
+    layer = mrnn.OrthogonalRNN(2, 8)
+    state, meant = former_state(layer)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    with pytest.warns(UserWarning, match="former parametrization"):
+        layer.load_state_dict(state)
+    U = layer.weight_hh_l0.detach()
+    assert (U.double() - meant["_l0"]).abs().max() < 1e-5
+    assert (U.T @ U - torch.eye(8)).abs().max() < 1e-6
+
+
+def test_former_state_dict_without_its_base_is_refused():
+    layer = mrnn.OrthogonalRNN(2, 4)
+    state, _ = former_state(layer)
+    del state["parametrizations.weight_hh_l0.0.base"]
+    with pytest.raises(RuntimeError, match="former-form orthogonal state .* needs "
+                                           "parametrizations.weight_hh_l0.0.base"):
+        layer.load_state_dict(state, strict=False)
+
+
+def test_current_state_dict_round_trips_without_a_warning():
+    layer = mrnn.RestartOrthogonalRNN(2, 5, bidirectional=True, trivialization=2)
+    perturb(layer)
+    layer.change_base()
+    perturb(layer)
+    state = layer.state_dict()
+    assert not mrnn.is_former_orthogonal_state(state)
+    assert not mrnn.is_former_orthogonal_state(torch.nn.Linear(2, 2).state_dict())
+    other = mrnn.MomentumLSTM(2, 3)             # another parametrization of weight_hh (DropConnect)
+    torch.nn.utils.parametrize.register_parametrization(other, "weight_hh_l0", torch.nn.Identity())
+    assert "parametrizations.weight_hh_l0.original" in other.state_dict()
+    assert not mrnn.is_former_orthogonal_state(other.state_dict())
+    fresh = mrnn.RestartOrthogonalRNN(2, 5, bidirectional=True, trivialization=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.load_state_dict(state)
+    for suffix in ("_l0", "_l0_reverse"):
+        assert torch.equal(getattr(fresh, "weight_hh" + suffix), getattr(layer, "weight_hh" + suffix))
+
+
+def test_current_state_dict_round_trips_through_safetensors(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    layer = mrnn.AdamOrthogonalRNN(2, 5, 2)
+    perturb(layer)
+    safetensors_torch.save_file(layer.state_dict(), tmp_path / "weights.safetensors")
+    state = safetensors_torch.load_file(tmp_path / "weights.safetensors")
+    assert not mrnn.is_former_orthogonal_state(state) and int(state["orthogonal_form"]) == 2
+    fresh = mrnn.AdamOrthogonalRNN(2, 5, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.load_state_dict(state)
+    x = torch.randn(4, 3, 2)
+    torch.testing.assert_close(fresh(x)[0], layer(x)[0], atol=0, rtol=0)
+
+
+def test_unknown_orthogonal_form_is_refused():
+    layer = mrnn.OrthogonalRNN(2, 4)
+    state = layer.state_dict()
+    state["orthogonal_form"] = torch.tensor(3)
+    with pytest.raises(RuntimeError, match="orthogonal_form: this version reads orthogonal_form 2, got 3"):
+        layer.load_state_dict(state)
+
+
 # ------------------------------------------------------------------ errors
 @pytest.mark.parametrize("K,error,match", [
     (0, ValueError, r"trivialization \(K\) must be a positive int .* or math.inf \(never change it\), got 0"),
@@ -397,3 +593,27 @@ def test_hidden_size_mismatches():
     other = mrnn.MomentumOrthogonalRNN(3, 5, 2)
     with pytest.raises(RuntimeError, match="size mismatch for parametrizations.weight_hh_l0.original"):
         layer.load_state_dict(other.state_dict())
+
+
+def test_impl_is_refused_clearly():
+    with pytest.raises(TypeError, match=r"MomentumOrthogonalRNN takes no impl argument \(got impl='loop'\): "
+                                        r"the orthogonal layers have one path, the per-step reference"):
+        mrnn.MomentumOrthogonalRNN(3, 4, impl="loop")
+    with pytest.raises(TypeError, match="OrthogonalRNN takes no impl argument"):
+        mrnn.OrthogonalRNN(3, 4, impl="reference")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_double_backward(rule):
+    """The plain rule supports create_graph=True; the others' scans refuse it, without naming
+    an option the orthogonal layers do not take as the way out."""
+    layer = make(rule, 3, 4, learnable=rule != "none")
+    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
+    if rule == "none":
+        grads = torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
+        assert all(g.requires_grad for g in grads)
+        return
+    with pytest.raises(RuntimeError, match="double backward") as info:
+        torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
+    assert "the orthogonal layers (one path, no impl) support it with the plain rule (OrthogonalRNN) only" in \
+        str(info.value)

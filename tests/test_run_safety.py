@@ -346,3 +346,24 @@ def test_report_shows_the_good_runs_and_names_the_bad(tmp_path, capsys):
         line = next(line for line in err.splitlines() if f"could not read {tmp_path / name}: " in line)
         assert f"{tmp_path / name / file}" in line
     assert "Left out, could not be read" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_checkpoint_of_the_former_orthogonal_parametrization_is_refused(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    assert cli("train", *TINY_ADDING, "--model", "momentum-dtriv", "--out", run, "--max-steps", 2) == 0
+    path = latest(run) / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(path)
+    del state["rnn.orthogonal_form"]                            # what the former layers wrote
+    save_file(state, path, metadata=metadata)
+    state_pt = latest(run) / "state.pt"                         # keep the digest in step with the file
+    saved = torch.load(state_pt, weights_only=True)
+    from momentumrnn.experiments.data import sha256
+    saved["digests"]["model.safetensors"] = sha256(path)
+    torch.save(saved, state_pt)
+    assert cli("train", "--out", run, "--resume", "--max-steps", 3) == 2
+    assert "former parametrization" in capsys.readouterr().err

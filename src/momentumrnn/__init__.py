@@ -13,8 +13,8 @@ from .layers import (AdamGRU, AdamLSTM, AdamRNN, MomentumGRU, MomentumLSTM, Mome
                      RecurrentLayer, RestartGRU, RestartLSTM, RestartRNN, RMSPropGRU, RMSPropLSTM, RMSPropRNN)
 from .gradients import GradientNorms, gradient_norms
 from .orthogonal import (ORTHOGONAL_LAYERS, AdamOrthogonalRNN, MomentumOrthogonalRNN, OrthogonalRNN,
-                         ParameterGroups, RestartOrthogonalRNN, RMSPropOrthogonalRNN, register_trivialization,
-                         split_orthogonal_parameters, trivialization_step)
+                         ParameterGroups, RestartOrthogonalRNN, RMSPropOrthogonalRNN, is_former_orthogonal_state,
+                         register_trivialization, split_orthogonal_parameters, trivialization_step)
 from .rules import AdamRule, MomentumRule, NesterovRule, PlainRule, RestartRule, RMSPropRule, Rule
 from .state import RuleState
 
@@ -37,5 +37,5 @@ __all__ = [c.__name__ for c in _LAYER_CLASSES + _CELL_CLASSES] + [
     "Rule", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule", "PlainRule",
     "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN", "RestartOrthogonalRNN",
     "ORTHOGONAL_LAYERS", "ParameterGroups", "split_orthogonal_parameters", "trivialization_step",
-    "register_trivialization",
+    "register_trivialization", "is_former_orthogonal_state",
 ]

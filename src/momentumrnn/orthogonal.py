@@ -4,29 +4,38 @@ The paper's section 2: ``h_t = modReLU(U h_{t-1} + d_t)`` where ``d_t`` is the r
 made from ``u_t = W x_t`` (W without bias), ``U`` is orthogonal and
 ``modReLU(z) = sign(z) relu(|z| + b)`` with a learnable bias ``b`` per unit.
 
-``U`` is kept orthogonal by PyTorch's own ``torch.nn.utils.parametrizations.orthogonal``
-with the matrix exponential and dynamic trivialization: ``U = B exp(A)`` with ``A``
-skew-symmetric (the trained parameter) and ``B`` a stored orthogonal base. Changing the
-base (``B <- U``, ``A <- 0``) every K optimizer steps is the DTRIV algorithm; K = 1 is
-close to Riemannian gradient descent, K = ``math.inf`` never changes the base (the
-trivialization ``U = B_0 exp(A)`` with the initial matrix as base, as the authors' DTRIV
-with ``K="infty"``). The layer cannot see optimizer steps, so the user tells it::
+``U`` is trained in the authors' coordinates: they compute ``h_{t-1} B`` with row vectors
+and ``B = base exp(A)``, so ``U = B^T = (base exp(A))^T`` with ``A`` skew-symmetric.
+PyTorch's own ``torch.nn.utils.parametrizations.orthogonal`` (matrix exponential, dynamic
+trivialization) parametrizes ``B``, with ``A = tril(X) - tril(X)^T`` for the trained tensor
+``X``, and a transpose on top gives ``U``. At initialization ``base = B_0 = exp(A_0)`` and
+``A = 0`` (``U_0 = exp(A_0)^T``): the authors' DTRIV starts at ``base = I``, ``A = A_0`` and
+changes its base at the first forward call, whatever K. Changing the base (``base <- B``,
+``A <- 0``) every K optimizer steps is the DTRIV algorithm; K = 1 is close to Riemannian
+gradient descent, K = ``math.inf`` never changes it again (the authors' ``K="infty"``).
+The layer cannot see optimizer steps, so the user tells it::
 
     layer.trivialization_step()                     # after each optimizer.step(), or
     register_trivialization(optimizer_orth, model)  # once: an optimizer step hook does it
 
 ``U`` is computed once per forward call (per layer and direction), not once per time step.
+
+A state_dict of the former parametrization ``U = base exp(A)`` has the same keys but no
+``orthogonal_form`` buffer; loading converts it (``is_former_orthogonal_state``).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import re
+import warnings
 from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
 from .hyperparameters import reset_hyperparameters
@@ -39,11 +48,17 @@ __all__ = [
     "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN",
     "RestartOrthogonalRNN", "ORTHOGONAL_LAYERS", "SKEW_INITS", "ModReLURecurrence", "modrelu",
     "skew_symmetric_init", "ParameterGroups", "split_orthogonal_parameters", "trivialization_step",
-    "register_trivialization",
+    "register_trivialization", "is_former_orthogonal_state", "ORTHOGONAL_FORM",
 ]
 
 #: Skew-symmetric initializations of the recurrent matrix (the authors' ``--init``).
 SKEW_INITS = ("cayley", "henaff")
+
+#: The value of the layers' ``orthogonal_form`` buffer: ``U = (base exp(A))^T``. A state_dict
+#: without the buffer is of the former form ``U = base exp(A)``.
+ORTHOGONAL_FORM = 2
+
+_TRAINED_KEY = re.compile(r"^(.*)parametrizations\.weight_hh_l\d+(?:_reverse)?\.original$")
 
 
 def modrelu(z: Tensor, bias: Tensor) -> Tensor:
@@ -108,25 +123,78 @@ def _reorthogonalize(matrix: Tensor) -> Tensor:
     return q * torch.sgn(r.diagonal()).unsqueeze(-2)
 
 
+class _Transpose(nn.Module):
+    """``U = B^T``: the layer's matrix from the authors' ``B`` (they compute ``h_{t-1} B``)."""
+
+    def forward(self, matrix: Tensor) -> Tensor:
+        return matrix.mT
+
+    def right_inverse(self, matrix: Tensor) -> Tensor:
+        return matrix.mT.contiguous()
+
+
+def is_former_orthogonal_state(state_dict) -> bool:
+    """Whether ``state_dict`` holds an orthogonal layer of the former parametrization
+    ``U = base exp(A)``: a ``parametrizations.weight_hh_l{k}.original`` with its orthogonal
+    ``base`` (``...weight_hh_l{k}.0.base``) but without the layer's ``orthogonal_form``
+    buffer. Loading such a state_dict converts it, but an optimizer state saved with it no
+    longer matches the orthogonal parameters."""
+    for key in state_dict:
+        match = _TRAINED_KEY.match(key)
+        if (match and match.group(1) + "orthogonal_form" not in state_dict
+                and key.removesuffix("original") + "0.base" in state_dict):
+            return True
+    return False
+
+
+@torch.no_grad()
+def _convert_former_state(state_dict, prefix: str, suffix: str) -> str | None:
+    """Rewrite one former-form ``(base, X)`` with ``U = base exp(tril(X) - tril(X)^T)`` in
+    place as ``base' = U^T`` (re-orthogonalized), ``X' = -I``: the same ``U`` in the current
+    form. Returns an error message where the pair cannot be converted, else None."""
+    trained_key = f"{prefix}parametrizations.weight_hh{suffix}.original"
+    base_key = f"{prefix}parametrizations.weight_hh{suffix}.0.base"
+    if trained_key not in state_dict:
+        return None
+    trained = state_dict[trained_key]
+    if base_key not in state_dict:
+        return f"{trained_key}: a former-form orthogonal state (no {prefix}orthogonal_form) needs {base_key}"
+    base = state_dict[base_key]
+    if trained.dim() != 2 or trained.size(0) != trained.size(1) or base.shape != trained.shape:
+        return None                    # left as it is: loading reports the size mismatch
+    lower = trained.detach().to(device="cpu", dtype=torch.float64).tril()
+    recurrent = base.detach().to(device="cpu", dtype=torch.float64) @ torch.linalg.matrix_exp(lower - lower.mT)
+    state_dict[base_key] = _reorthogonalize(recurrent.mT).to(device=base.device, dtype=base.dtype)
+    state_dict[trained_key] = -torch.eye(trained.size(0), device=trained.device, dtype=trained.dtype)
+    return None
+
+
 class OrthogonalRNN(RecurrentLayer):
     """Orthogonal RNN with modReLU (the paper's DTRIV), over whole sequences.
 
     ``h_t = modReLU(U h_{t-1} + d_t)``, ``d_t`` the rule's output from ``u_t = W x_t``
     (here the plain rule: ``d_t = u_t``). Per layer and direction: ``weight_ih_l{k}``
-    (``W``, H x input, no bias), ``weight_hh_l{k}`` (``U``, H x H, orthogonal through
-    ``torch.nn.utils.parametrizations.orthogonal``; the trained tensor is
-    ``parametrizations.weight_hh_l{k}.original``), ``bias_modrelu_l{k}`` (``b``, H).
+    (``W``, H x input, no bias), ``weight_hh_l{k}`` (``U``, H x H), ``bias_modrelu_l{k}``
+    (``b``, H). ``U = (base exp(A))^T`` with ``A = tril(X) - tril(X)^T``: torch's
+    ``orthogonal`` parametrization of ``B = base exp(A)`` followed by a transpose; the
+    trained tensor ``X`` is ``parametrizations.weight_hh_l{k}.original`` and ``base`` the
+    buffer ``parametrizations.weight_hh_l{k}.0.base``. The 0-d buffer ``orthogonal_form``
+    (``ORTHOGONAL_FORM``) marks this form in ``state_dict``.
 
     Args: ``input_size, hidden_size, num_layers=1``; keyword-only ``batch_first``,
     ``dropout``, ``bidirectional``, ``device``, ``dtype`` as torch's layers;
     ``trivialization`` K (positive int or ``math.inf``, default ``math.inf``: never change
-    the base); ``init`` ("cayley", default, or "henaff": the skew-symmetric ``A_0`` with
-    ``U_0 = exp(A_0)^T``; ``W`` is Kaiming-normal for relu, ``b ~ U(-0.01, 0.01)``, as the
-    authors); ``learnable`` and the rule's hyperparameters as the other layers.
+    the base); ``init`` ("cayley", default, or "henaff": the skew-symmetric ``A_0``, with
+    ``base = exp(A_0)`` and ``A = 0``, so ``U_0 = exp(A_0)^T``; ``W`` is Kaiming-normal for relu,
+    ``b ~ U(-0.01, 0.01)``, as the authors); ``learnable`` and the rule's hyperparameters as
+    the other layers. There is no ``impl``: the orthogonal layers have one path, the per-step
+    reference. Double backward (``create_graph=True``) works with the plain rule only: the
+    other rules' drives come from the first-order parallel scans (``momentumrnn.scan``).
 
     Input, output, ``hx``, ``PackedSequence``, unbatched input and the carried rule state
     (``rule_state=``, ``return_rule_state=True``) follow ``RecurrentLayer``; the hidden
-    state is ``h`` only. Save with ``state_dict()`` (torch cannot pickle parametrized modules).
+    state is ``h`` only. Save with ``state_dict()`` (torch cannot pickle parametrized modules);
+    a state_dict of the former form ``U = base exp(A)`` is converted on loading, with a warning.
     """
 
     recurrence_type = ModReLURecurrence
@@ -142,11 +210,15 @@ class OrthogonalRNN(RecurrentLayer):
         if self.rule_type.couples_to_hidden:
             raise TypeError(f"{type(self).__name__}: the orthogonal layers take input-only rules, "
                             f"not {self.rule_type.__name__}")
+        if "impl" in hyperparameters:
+            raise TypeError(f"{type(self).__name__} takes no impl argument (got impl={hyperparameters['impl']!r}): "
+                            f"the orthogonal layers have one path, the per-step reference")
         trivialization = _check_trivialization(trivialization)
         super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
                          device, dtype, learnable=learnable, init=init, impl="reference",
                          **{**self.orthogonal_defaults, **hyperparameters})
         self.trivialization = trivialization
+        self.register_buffer("orthogonal_form", torch.tensor(ORTHOGONAL_FORM, device=self.weight_ih_l0.device))
 
     # ------------------------------------------------------------ parameters
     def _register_weights(self, suffix: str, input_size: int, bias: bool, factory: dict) -> None:
@@ -155,6 +227,7 @@ class OrthogonalRNN(RecurrentLayer):
         self.register_parameter("weight_hh" + suffix, nn.Parameter(torch.eye(hidden, **factory)))
         self.register_parameter("bias_modrelu" + suffix, nn.Parameter(torch.empty(hidden, **factory)))
         orthogonal(self, "weight_hh" + suffix, orthogonal_map="matrix_exp", use_trivialization=True)
+        parametrize.register_parametrization(self, "weight_hh" + suffix, _Transpose())
 
     def _weights(self, suffix: str):
         """``(W, U, None, b)``: ``U`` is computed here, once per forward and direction."""
@@ -163,14 +236,14 @@ class OrthogonalRNN(RecurrentLayer):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Re-draw ``W``, ``U_0 = exp(A_0)^T`` (a new base, ``A = 0``) and ``b``; learnable
-        hyperparameters back to the constructor's values."""
+        """Re-draw ``W``, ``A_0`` (``base = exp(A_0)``, ``A = 0``: ``U_0 = exp(A_0)^T``) and
+        ``b``; learnable hyperparameters back to the constructor's values."""
         for suffix in self._suffixes:
             weight_ih = getattr(self, "weight_ih" + suffix)
             nn.init.kaiming_normal_(weight_ih, nonlinearity="relu")
             # exp in float64 on the CPU: torch's float32 matrix_exp is orthogonal to ~1e-5 only.
             skew = skew_symmetric_init(self.hidden_size, self.init, dtype=torch.float64)
-            # The authors compute h_{t-1} B with B = exp(A_0); as U h_{t-1} that is U_0 = B^T.
+            # Assigning U_0 = B_0^T sets base = B_0 and A = 0 (the parametrizations' right inverses).
             initial = torch.linalg.matrix_exp(skew).mT.to(device=weight_ih.device, dtype=weight_ih.dtype)
             setattr(self, "weight_hh" + suffix, initial.contiguous())
             getattr(self, "bias_modrelu" + suffix).uniform_(-0.01, 0.01)
@@ -189,14 +262,14 @@ class OrthogonalRNN(RecurrentLayer):
     # ------------------------------------------------------- trivialization
     @torch.no_grad()
     def change_base(self) -> None:
-        """Change the base now: ``B <- U`` and ``A <- 0`` (U itself does not change).
+        """Change the base now: ``base <- B = U^T`` and ``A <- 0`` (U itself does not change).
 
         The new base is re-orthogonalized (QR) first, so rounding errors of ``exp(A)`` never
         accumulate over many changes of base (the authors project every 100 changes).
         """
         for suffix in self._suffixes:
             name = "weight_hh" + suffix
-            setattr(self, name, _reorthogonalize(getattr(self, name)))
+            setattr(self, name, _reorthogonalize(getattr(self, name).mT).mT)
         self.steps_since_base_change.zero_()
         self.base_changes += 1
 
@@ -209,6 +282,31 @@ class OrthogonalRNN(RecurrentLayer):
             self.change_base()
             return True
         return False
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A state_dict without ``orthogonal_form`` is of the former form ``U = base exp(A)``:
+        each ``(base, X)`` becomes ``base = U^T``, ``A = 0`` (the same ``U``), with a warning.
+        torch's ``load_state_dict`` hands the children this (modified) dict."""
+        marker = prefix + "orthogonal_form"
+        if marker not in state_dict and any(f"{prefix}parametrizations.weight_hh{suffix}.original" in state_dict
+                                            for suffix in self._suffixes):
+            refusals = [m for m in (_convert_former_state(state_dict, prefix, s) for s in self._suffixes) if m]
+            if refusals:
+                error_msgs.extend(refusals)
+                return
+            state_dict[marker] = torch.tensor(ORTHOGONAL_FORM)
+            name = parametrize.type_before_parametrizations(self).__name__
+            warnings.warn(f"{name}: the state_dict was converted from the former parametrization of the "
+                          f"orthogonal matrix (U = base exp(A), now U = (base exp(A))^T; U is unchanged); an "
+                          f"optimizer state saved with it no longer matches the orthogonal parameters",
+                          UserWarning, stacklevel=4)
+        elif marker in state_dict and int(state_dict[marker]) != ORTHOGONAL_FORM:
+            error_msgs.append(f"{marker}: this version reads orthogonal_form {ORTHOGONAL_FORM}, "
+                              f"got {int(state_dict[marker])}")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # ------------------------------------------------------------- forward
     def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):

@@ -50,12 +50,15 @@ LOOP_MIN_FEATURES = 32
 
 def first_order(backward):
     """Decorate a hand-written ``backward``: refuse double backward (``create_graph=True``)
-    instead of returning gradients that silently carry no graph."""
+    instead of returning gradients that silently carry no graph. The orthogonal layers' rules
+    (momentum, Adam, RMSProp, restart) run through these scans too."""
     @functools.wraps(backward)
     def checked(ctx, *grads):
         if torch.is_grad_enabled():
-            raise RuntimeError("momentumrnn's fast paths compute first derivatives only: double backward "
-                               "(create_graph=True) is not supported; use impl='reference' for it")
+            raise RuntimeError("momentumrnn's fast paths and parallel scans compute first derivatives only: "
+                               "double backward (create_graph=True) is not supported. The layers of "
+                               "momentumrnn.layers support it with impl='reference'; the orthogonal layers "
+                               "(one path, no impl) support it with the plain rule (OrthogonalRNN) only")
         return backward(ctx, *grads)
     return checked
 

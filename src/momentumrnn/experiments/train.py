@@ -167,6 +167,12 @@ def _clone_state(model) -> dict:
 
 
 def _load_weights(model, state: dict, what: str) -> None:
+    from ..orthogonal import is_former_orthogonal_state
+
+    if is_former_orthogonal_state(state):
+        raise CheckpointError(f"{what} holds an orthogonal matrix in the former parametrization (U = base exp(A); "
+                              f"now U = (base exp(A))^T, the authors' coordinates): the run cannot continue exactly. "
+                              f"Start a new run; load_state_dict still reads these weights (converted) for evaluation")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
