@@ -31,7 +31,7 @@ except ImportError:                                   # Windows
     fcntl = None
     import msvcrt
 
-__all__ = ["RunDirectory", "RunError", "LOCK_NAME", "holds_run"]
+__all__ = ["RunDirectory", "RunError", "LOCK_NAME", "holds_run", "hold_lock"]
 
 LOCK_NAME = ".lock"
 
@@ -95,26 +95,12 @@ class RunDirectory:
 
     # -------------------------------------------------------------------------- internals
     def _lock(self) -> None:
-        lock = self.path / LOCK_NAME
         try:
-            self._fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            if self._created:                            # left empty: remove it again
-                try:
-                    self.path.rmdir()
-                except OSError:
-                    pass
-            raise RunError(f"cannot write into run directory {self.path}: {error.strerror or error}") from None
-        if not _try_lock(self._fd):
-            holder = _read_holder(lock)
-            os.close(self._fd)
-            self._fd = None
-            raise RunError(f"{self.path} is in use by another momentumrnn process ({holder}); wait for it to end, "
-                           f"or choose another --out")
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "resume": self.resume,
-                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command}
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, (json.dumps(holder) + "\n").encode(), _HOLDER_OFFSET)
+            self._fd = hold_lock(self.path, resume=self.resume, command=self.command)
+        except RunError:
+            if self._created and not any(self.path.iterdir()):       # left empty: remove it again
+                self.path.rmdir()
+            raise
 
     def _remove_new_entries(self) -> None:
         if self._created:
@@ -127,6 +113,27 @@ class RunDirectory:
 
 #: Where the holder's record starts in the lock file (Windows locks byte 0 itself).
 _HOLDER_OFFSET = 0 if fcntl is not None else 1
+
+
+def hold_lock(folder: Path, *, resume: bool = False, command: list | None = None) -> int:
+    """Take the exclusive lock on ``folder/.lock`` and write this process as its holder;
+    return the file descriptor (closing it releases the lock). Raises ``RunError`` naming
+    the holder when another process has it, or why the file cannot be written."""
+    lock = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise RunError(f"cannot write into {folder}: {error.strerror or error}") from None
+    if not _try_lock(fd):
+        holder = _read_holder(lock)
+        os.close(fd)
+        raise RunError(f"{folder} is in use by another momentumrnn process ({holder}); wait for it to end, "
+                       f"or choose another --out")
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "resume": resume,
+              "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), _HOLDER_OFFSET)
+    return fd
 
 
 def _try_lock(fd: int) -> bool:
