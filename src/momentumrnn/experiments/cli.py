@@ -2,6 +2,8 @@
 
     momentumrnn train --task adding --model momentum-lstm --out runs/mlstm --max-steps 300
     momentumrnn train --out runs/mlstm --resume --max-steps 600
+    momentumrnn sweep --task adding --models lstm,momentum-lstm --seeds 0-2 --control mu0 --max-steps 300 \
+        --out runs/sweep
     momentumrnn report runs/* --out runs/report
     momentumrnn gradients --task adding --model lstm --model momentum-lstm --out runs/gradients
     momentumrnn list [--preset paper]
@@ -15,6 +17,7 @@ interrupted (the run saved a checkpoint); 141 the reader of stdout went away.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -90,6 +93,16 @@ def _yes_no(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
 def _duration(text: str) -> float:
     """Seconds from '90', '90s', '15m' or '2h'."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
@@ -126,10 +139,39 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, text in _CONFIG_FLAGS:
         train.add_argument(flag, type=kind, help=text)
 
+    sweep = commands.add_parser(
+        "sweep", help="train models x settings x seeds (and controls) as runs of one sweep directory",
+        usage="momentumrnn sweep --task TASK --models M1,M2 --out SWEEP_DIR [options] [train flags]",
+        description="Every model at every combination of --grid settings that applies to it and every seed, "
+        "plus the --control runs, as `momentumrnn train` subprocesses, --jobs-per-device at a time on each "
+        "device. Any other train flag (--max-steps, --preset, --lr, ...) is passed to every run. --resume "
+        "continues a stopped sweep: finished runs are skipped, interrupted ones resumed.")
+    sweep.add_argument("--task", required=True)
+    sweep.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated model names")
+    sweep.add_argument("--seeds", default="0", metavar="0-2|0,3,7", help="seeds (default 0)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a setting's values (repeatable: the grid is their product), e.g. momentum=0,0.3,0.6")
+    sweep.add_argument("--control", action="append", default=[], choices=["mu0", "gain"],
+                       help="for every point with momentum mu > 0: mu0 adds mu = 0 with the same s; gain adds "
+                       "mu = 0 with s / (1 - mu), the same steady-state input gain (repeatable)")
+    sweep.add_argument("--out", required=True, metavar="SWEEP_DIR")
+    sweep.add_argument("--devices", default="cpu", metavar="cpu|cuda:0,cuda:1",
+                       help="where the runs go (default cpu)")
+    sweep.add_argument("--jobs-per-device", type=int, default=1, metavar="N",
+                       help="runs at a time on each device (default 1; small RNNs share a GPU well)")
+    sweep.add_argument("--preset", choices=["paper", "small"], help="as for train")
+    sweep.add_argument("--resume", action="store_true", help="continue the sweep in SWEEP_DIR")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print each run's momentumrnn train command, one a line, and run nothing")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+
     report = commands.add_parser("report", help="compare runs: report.md and learning curves",
                                  description="Write REPORT_DIR/report.md (one row per run) and PNG learning "
                                  "curves per task, and print the table.")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories")
+    report.add_argument("--thresholds", type=_floats, metavar="T1,T2,...",
+                        help="validation thresholds of the first-step table of runs that differ by seed "
+                        "(default: 0.5,0.8,0.9 for accuracy, 0.1,0.05,0.01 for loss, 400,200,150 for perplexity)")
     report.add_argument("--out", required=True, metavar="REPORT_DIR")
 
     gradients = commands.add_parser(
@@ -166,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "sweep":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.train_flags = extra
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
@@ -180,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             status = _gradients(args)
         elif args.command == "report":
             status = _report(args)
+        elif args.command == "sweep":
+            status = _sweep(args, ["momentumrnn", *(sys.argv[1:] if argv is None else argv)])
         else:
             status = _list(args.preset)
         sys.stdout.flush()                  # a closed pipe shows here, not at exit
@@ -201,21 +248,66 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args) -> int:
     from .report import write_report
 
-    text, failed = write_report(args.runs, args.out)
+    text, failed = write_report(args.runs, args.out, args.thresholds)
     print(text)
     for run_dir, reason in failed:
         print(f"momentumrnn report: could not read {run_dir}: {reason}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _train(args, parser, command) -> int:
-    from .config import resolve_config
-    from .train import resume_config, train
-
+def _overrides(args) -> dict:
+    """The configuration overrides of parsed train flags (None where a flag was not given)."""
     overrides = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
                  for flag, _, _ in _CONFIG_FLAGS}
     overrides.update(data_dir=args.data_dir, download=args.download, time_budget=args.time_budget,
                      device=args.device)
+    return overrides
+
+
+def _sweep(args, command) -> int:
+    import shlex
+
+    from .config import ConfigError
+    from .sweep import (_OWN_FLAGS, check_devices, parse_devices, parse_grid, parse_seeds, plan_sweep, run_sweep,
+                        train_command)
+
+    own = [f for f in args.train_flags if f.split("=")[0] in _OWN_FLAGS + ("--preset", "--help", "-h")]
+    if own:
+        raise ConfigError(f"momentumrnn sweep sets {', '.join(own)} itself (use --models, --seeds, --out, "
+                          f"--devices, --preset and --resume of the sweep)")
+    train_parser = build_parser()
+
+    def overrides_of(flags: list[str]) -> dict:
+        try:
+            parsed = train_parser.parse_args(["train", "--out", "-", *flags])
+        except SystemExit:
+            raise ConfigError(f"the train flags {shlex.join(flags)} do not parse (see momentumrnn train --help)") \
+                from None
+        return {k: v for k, v in _overrides(parsed).items() if v is not None}
+
+    flag_types = {flag: kind for flag, kind, _ in _CONFIG_FLAGS}
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.jobs_per_device < 1:
+        raise ConfigError(f"--jobs-per-device must be >= 1, got {args.jobs_per_device}")
+    devices = parse_devices(args.devices)
+    sweep = plan_sweep(args.task, models, parse_seeds(args.seeds), parse_grid(args.grid, flag_types),
+                       args.control, args.train_flags, args.preset, overrides_of)
+    if args.dry_run:
+        from pathlib import Path
+
+        for point in sweep.points:
+            print(shlex.join(train_command(sweep, point, Path(args.out) / "runs" / point.name)))
+        return 0
+    check_devices(devices)
+    return run_sweep(sweep, args.out, devices=devices, jobs_per_device=args.jobs_per_device, resume=args.resume,
+                     command=command, quiet=args.quiet)
+
+
+def _train(args, parser, command) -> int:
+    from .config import resolve_config
+    from .train import resume_config, train
+
+    overrides = _overrides(args)
     if args.resume:
         config = resume_config(args.out, overrides, args.task, args.model, args.preset)
     else:

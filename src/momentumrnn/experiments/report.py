@@ -5,6 +5,11 @@ best-validation checkpoint, epochs, steps, wall time, and the figure the paper p
 for that task and model where it has one) and ``REPORT_DIR/<task>_curves.png`` (training
 loss and the validation metric against optimizer steps, one line per run).
 
+A sweep directory (``sweep.json``) stands for its runs. Runs that differ only by their
+seed are also taken together (``seeds.py``): mean curves with the seeds' range, a table of
+test and validation means, the value at an equal step and the first steps to thresholds,
+and heatmaps of two-setting grids.
+
 A folder that is not a run directory (no ``config.json``, e.g. the report folder itself
 in ``runs/*``) is skipped with a note. A run directory that cannot be read (a corrupt
 ``config.json``, ``summary.json`` or ``metrics.jsonl``) is left out of the report and
@@ -150,12 +155,31 @@ def plot_task(task: str, runs: list[dict], labels: list[str], path: Path) -> Non
     plt.close(figure)
 
 
-def write_report(run_dirs, out_dir) -> tuple[str, list[tuple[Path, str]]]:
-    """Write ``report.md`` and one PNG per task into ``out_dir``; return the table and the
-    run directories that could not be read, with the reason. Raises ``ReportError`` when
-    no run could be read."""
+def _expand(paths) -> list[Path]:
+    """Run directories: a sweep directory stands for the runs of its points, in order."""
+    result = []
+    for path in map(Path, paths):
+        record = path / "sweep.json"
+        if record.exists():
+            try:
+                points = json.loads(record.read_text())["points"]
+                result += [path / "runs" / point["name"] for point in points]
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ReportError(f"{record} is not a readable sweep record: {error}") from None
+        result.append(path)
+    return result
+
+
+def write_report(run_dirs, out_dir, thresholds: tuple[float, ...] | None = None
+                 ) -> tuple[str, list[tuple[Path, str]]]:
+    """Write ``report.md`` and the figures into ``out_dir``; return the table and the run
+    directories that could not be read, with the reason. Raises ``ReportError`` when no run
+    could be read. ``thresholds``: of the first-step table of seed groups (else per metric)."""
+    from .seeds import group_runs, seed_section
+
     runs, skipped, failed = [], [], []
-    for run_dir in run_dirs:
+    for run_dir in _expand(run_dirs):
         try:
             run = load_run(run_dir)
             table([run])                               # every field the report shows is there
@@ -180,6 +204,7 @@ def write_report(run_dirs, out_dir) -> tuple[str, list[tuple[Path, str]]]:
         name = f"{task}_curves.png"
         plot_task(task, chosen, _labels(chosen), out / name)
         sections += [f"## {task}", "", f"![{task} learning curves]({name})", ""]
+        sections += seed_section(task, group_runs(chosen), thresholds, out)
     notes = _notes(runs)
     if failed:
         notes.append("- Left out, could not be read: " + "; ".join(f"{d} ({why})" for d, why in failed))
