@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(flag, type=kind, help=text)
 
     sweep = commands.add_parser(
-        "sweep", help="train models x settings x seeds (and controls) as runs of one sweep directory",
+        "sweep", allow_abbrev=False,          # its unknown flags go to train: --seed must not mean --seeds
+        help="train models x settings x seeds (and controls) as runs of one sweep directory",
         usage="momentumrnn sweep --task TASK --models M1,M2 --out SWEEP_DIR [options] [train flags]",
         description="Every model at every combination of --grid settings that applies to it and every seed, "
         "plus the --control runs, as `momentumrnn train` subprocesses, --jobs-per-device at a time on each "
@@ -268,8 +269,8 @@ def _sweep(args, command) -> int:
     import shlex
 
     from .config import ConfigError
-    from .sweep import (_OWN_FLAGS, check_devices, parse_devices, parse_grid, parse_seeds, plan_sweep, run_sweep,
-                        train_command)
+    from .sweep import (_OWN_FLAGS, check_devices, parse_devices, parse_grid, parse_seeds, plan_sweep, run_directory,
+                        run_sweep, train_command)
 
     own = [f for f in args.train_flags if f.split("=")[0] in _OWN_FLAGS + ("--preset", "--help", "-h")]
     if own:
@@ -293,10 +294,8 @@ def _sweep(args, command) -> int:
     sweep = plan_sweep(args.task, models, parse_seeds(args.seeds), parse_grid(args.grid, flag_types),
                        args.control, args.train_flags, args.preset, overrides_of)
     if args.dry_run:
-        from pathlib import Path
-
         for point in sweep.points:
-            print(shlex.join(train_command(sweep, point, Path(args.out) / "runs" / point.name)))
+            print(shlex.join(train_command(sweep, point, run_directory(args.out, point.name))))
         return 0
     check_devices(devices)
     return run_sweep(sweep, args.out, devices=devices, jobs_per_device=args.jobs_per_device, resume=args.resume,

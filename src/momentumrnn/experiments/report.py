@@ -155,20 +155,26 @@ def plot_task(task: str, runs: list[dict], labels: list[str], path: Path) -> Non
     plt.close(figure)
 
 
-def _expand(paths) -> list[Path]:
-    """Run directories: a sweep directory stands for the runs of its points, in order."""
-    result = []
+def _expand(paths) -> tuple[list[Path], dict[Path, str]]:
+    """Run directories: a sweep directory stands for the runs of its points, in order; and
+    the control each sweep run is (``mu0``, ``gain``)."""
+    from .sweep import run_directory
+
+    result, controls = [], {}
     for path in map(Path, paths):
         record = path / "sweep.json"
         if record.exists():
             try:
                 points = json.loads(record.read_text())["points"]
-                result += [path / "runs" / point["name"] for point in points]
+                for point in points:
+                    result.append(run_directory(path, point["name"]))
+                    if point.get("control"):
+                        controls[result[-1]] = point["control"]
                 continue
             except (OSError, ValueError, KeyError, TypeError) as error:
                 raise ReportError(f"{record} is not a readable sweep record: {error}") from None
         result.append(path)
-    return result
+    return result, controls
 
 
 def write_report(run_dirs, out_dir, thresholds: tuple[float, ...] | None = None
@@ -179,9 +185,11 @@ def write_report(run_dirs, out_dir, thresholds: tuple[float, ...] | None = None
     from .seeds import group_runs, seed_section
 
     runs, skipped, failed = [], [], []
-    for run_dir in _expand(run_dirs):
+    paths, controls = _expand(run_dirs)
+    for run_dir in paths:
         try:
             run = load_run(run_dir)
+            run["control"] = controls.get(Path(run_dir))
             table([run])                               # every field the report shows is there
             runs.append(run)
         except NotARun as error:

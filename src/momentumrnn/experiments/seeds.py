@@ -66,7 +66,8 @@ def group_runs(runs: list[dict]) -> list[Group]:
         for group in same:
             parts = [_setting(k, group.settings[k]) for k in varying
                      if k not in ("model", "task") and group.settings.get(k) is not None]
-            group.label = " ".join([group.model] + parts)
+            control = group.runs[0].get("control")
+            group.label = " ".join([group.model] + parts + ([f"({control} control)"] if control else []))
     return result
 
 
@@ -184,10 +185,10 @@ def _common_settings(groups: list[Group]) -> str:
     """The main settings (and budgets) every run shares, in a few words."""
     configs = [r["config"] for g in groups for r in g.runs]
     first = configs[0]
-    shared = [k for k in ("hidden_size", "optimizer", "lr", "batch_size", "max_steps", "time_budget")
+    shared = [k for k in ("hidden_size", "optimizer", "lr", "batch_size", "epochs", "max_steps", "time_budget")
               if all(c.get(k) == first.get(k) for c in configs) and first.get(k) is not None]
-    words = {"hidden_size": "H", "optimizer": "", "lr": "lr", "batch_size": "batch", "max_steps": "max steps",
-             "time_budget": "time budget (s)"}
+    words = {"hidden_size": "H", "optimizer": "", "lr": "lr", "batch_size": "batch", "epochs": "epochs",
+             "max_steps": "max steps", "time_budget": "time budget (s)"}
     return ", ".join(f"{words[k]} {first[k]}".strip() for k in shared) or "none of note"
 
 
@@ -197,11 +198,11 @@ def _plot_bands(task, groups, curves, metric, step, common, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = plt.subplots(figsize=(8.5, 4.8))
     for group in groups:
         points = curves[id(group)]
         steps = sorted({s for p in points for s, _ in p})
-        grid = [s for s in steps if all(p and p[0][0] <= s for p in points)]
+        grid = [s for s in steps if all(p and p[0][0] <= s <= p[-1][0] for p in points)]    # while all run
         values = [[value_at(p, s) for p in points] for s in grid]
         mean = [statistics.fmean(v) for v in values]
         line, = axis.plot(grid, mean, label=f"{group.label} (n {len(points)})")

@@ -6,7 +6,7 @@
 Layout of ``SWEEP_DIR``::
 
     sweep.json          the sweep's definition and its points (model, seed, settings, command)
-    runs/NAME/          one ``train`` run directory per point, NAME from its settings
+    NAME/               one ``train`` run directory per point, NAME from its settings
     logs/NAME.log       the run's console output
     .lock               held by the sweep process
 
@@ -46,7 +46,7 @@ from .config import ConfigError, parse_device, resolve_config
 from .models import rule_hyperparameters
 from .rundir import RunError, hold_lock
 
-__all__ = ["Point", "Sweep", "plan_sweep", "run_sweep", "parse_seeds", "parse_grid", "CONTROLS"]
+__all__ = ["Point", "Sweep", "plan_sweep", "run_sweep", "run_directory", "parse_seeds", "parse_grid", "CONTROLS"]
 
 #: The controls ``--control`` adds for every momentum point.
 CONTROLS = ("mu0", "gain")
@@ -124,6 +124,11 @@ def parse_grid(items: list[str], flag_types: dict) -> dict[str, list]:
         except (ValueError, TypeError) as error:
             raise ConfigError(f"--grid {item!r}: {error}") from None
     return grid
+
+
+def run_directory(out, name: str) -> Path:
+    """The run directory of point ``name`` in sweep directory ``out``."""
+    return Path(out) / name
 
 
 def _format(value) -> str:
@@ -249,10 +254,9 @@ def run_sweep(sweep: Sweep, out: Path, *, devices: list[str], jobs_per_device: i
     out.mkdir(parents=True, exist_ok=True)
     lock = hold_lock(out, resume=resume, command=command)
     try:
-        (out / "runs").mkdir(exist_ok=True)
         (out / "logs").mkdir(exist_ok=True)
         record = {"definition": sweep.definition(), "points": [asdict(p) for p in sweep.points],
-                  "commands": {p.name: shlex.join(train_command(sweep, p, out / "runs" / p.name))
+                  "commands": {p.name: shlex.join(train_command(sweep, p, run_directory(out, p.name)))
                                for p in sweep.points},
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if not record_path.exists():
@@ -270,7 +274,7 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
     slots = [device for device in devices for _ in range(jobs_per_device)]
     pending, running, done, failed = [], {}, [], []
     for point in sweep.points:
-        status = _run_status(out / "runs" / point.name)
+        status = _run_status(run_directory(out, point.name))
         if status == "finished":
             done.append(point.name)
         elif status == "diverged":
@@ -294,7 +298,7 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
             for slot in free:
                 if stop["signal"] or not pending:
                     break
-                point = next((p for p in pending if _lock_is_free(out / "runs" / p.name)), None)
+                point = next((p for p in pending if _lock_is_free(run_directory(out, p.name))), None)
                 if point is None:                       # the runs left are held by exiting processes
                     break
                 pending.remove(point)
@@ -332,7 +336,7 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
 
 
 def _launch(sweep: Sweep, point: Point, out: Path, device: str, threads: int | None):
-    run_dir = out / "runs" / point.name
+    run_dir = run_directory(out, point.name)
     status = _run_status(run_dir)
     if status == "stale":                                # a start that died before its first checkpoint
         shutil.rmtree(run_dir)
