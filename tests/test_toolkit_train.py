@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from momentumrnn.experiments.cli import main
 from toolkit_helpers import HAVE_MNIST, SHARED_DATA, TINY_ADDING, cli, deterministic, rows, summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,3 +215,14 @@ def test_psmnist_saves_its_permutation_and_resumes_with_it(tmp_path):
 def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
     assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", tmp_path / "r", "--device", "cuda") == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_smoke_run_is_told_how_to_make_evaluation_quick(tmp_path, capsys):
+    args = ["train", "--task", "adding", "--model", "lstm", "--length", "12", "--hidden-size", "4", "--threads", "1",
+            "--max-steps", "2", "--batch-size", "8"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "note: this run trains on 16 examples and evaluates 4,000 (validation and test)" in err
+    assert "--val-subset 500 --test-subset 500" in err
+    assert main(args + ["--val-subset", "8", "--test-subset", "8", "--out", str(tmp_path / "b")]) == 0
+    assert "for a quick run" not in capsys.readouterr().err

@@ -37,6 +37,7 @@ __all__ = ["IMPLS", "AUTO", "choose_path", "check_impl", "scan_backend", "scan_b
 #: Every value of a layer's ``impl``.
 IMPLS = ("auto", "fused", "fused-drive", "loop", "reference")
 
+# --8<-- [start:AUTO-table]
 #: The path ``impl="auto"`` takes, by device type and rule name. Devices other than CUDA
 #: take the CPU row.
 AUTO = {
@@ -44,6 +45,7 @@ AUTO = {
     "cuda": {"momentum": "fused", "restart": "fused", "adam": "fused-drive", "rmsprop": "fused-drive",
              "nesterov": "loop"},
 }
+# --8<-- [end:AUTO-table]
 
 
 def check_impl(impl: str, rule_type, layer_name: str) -> None:

@@ -143,8 +143,9 @@ def _optimizer(config: dict, parameters) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, task, split: str, batch_size: int) -> dict[str, float]:
-    """Metrics of ``model`` over a whole split (sums over batches, then one division)."""
+def evaluate(model, task, split: str, batch_size: int, show: bool = False) -> dict[str, float]:
+    """Metrics of ``model`` over a whole split (sums over batches, then one division);
+    ``show``: a progress bar on stderr."""
     if hasattr(task, "evaluate_split"):                # tasks that evaluate their own way (ptb: carried state)
         return task.evaluate_split(model, split, batch_size)
     was_training = model.training
@@ -152,7 +153,11 @@ def evaluate(model, task, split: str, batch_size: int) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     n = task.size(split)
     device = task.splits[split][0].device
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    if show:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc=split, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
+    for start in starts:
         x, y = task.batch(split, torch.arange(start, min(n, start + batch_size), device=device))
         for name, (total, count) in task.statistics(model(x), y).items():
             entry = sums.setdefault(name, [0.0, 0])
@@ -398,6 +403,11 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
     say(f"{config['model']} on {config['task']}: {parameters:,} parameters, {n_train:,} training examples, "
         f"{steps_per_epoch} steps per epoch, device {device}")
+    show_evaluation = not quiet and sys.stderr.isatty()
+    if not resume:
+        hint = _quick_run_hint(config, task, steps_per_epoch)
+        if hint:
+            say(hint)
 
     session_start, time_before = time.perf_counter(), progress["train_time"]
 
@@ -434,7 +444,7 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     def validate() -> None:
         nonlocal best_state
         restore = optimizer.swap_in_average() if hasattr(optimizer, "swap_in_average") else None   # NT-ASGD
-        values = evaluate(model, task, "val", config["eval_batch_size"])
+        values = evaluate(model, task, "val", config["eval_batch_size"], show=show_evaluation)
         progress["last_eval_step"] = progress["step"]
         best = progress["best"]
         value = values[metric]
@@ -552,7 +562,8 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     test = None
     if best_state is not None:
         model.load_state_dict(best_state)
-        test = evaluate(model, task, "test", config.get("test_batch_size") or config["eval_batch_size"])
+        test = evaluate(model, task, "test", config.get("test_batch_size") or config["eval_batch_size"],
+                        show=show_evaluation)
         log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"], **test,
                    "time": round(elapsed(), 3)})
     log.close()
@@ -563,6 +574,23 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
             f"{progress['best']['value']:.4f} at step {progress['best']['step']}; test at best val: "
             + " ".join(f"{k} {v:.4f}" for k, v in test.items()))
     return summary
+
+
+def _quick_run_hint(config: dict, task, steps_per_epoch: int) -> str | None:
+    """A note when evaluating will take much longer than training (a smoke run on full
+    validation and test splits), saying how to make it quick."""
+    if hasattr(task, "train_step"):                     # tasks with their own steps count tokens, not examples
+        return None
+    steps = config["epochs"] * steps_per_epoch
+    if config.get("max_steps"):
+        steps = min(steps, config["max_steps"])
+    trained = steps * config["batch_size"]
+    interval = config.get("eval_every") or steps_per_epoch
+    evaluated = task.size("val") * max(1, math.ceil(steps / interval)) + task.size("test")
+    if evaluated <= 10 * trained or (config.get("val_subset") and config.get("test_subset")):
+        return None
+    return (f"note: this run trains on {trained:,} examples and evaluates {evaluated:,} (validation and test); "
+            f"for a quick run add --val-subset 500 --test-subset 500")
 
 
 def _summary(config, task, parameters, progress, epochs, wall, status, stop, test) -> dict:
