@@ -268,8 +268,12 @@ class OrthogonalRNN(RecurrentLayer):
         accumulate over many changes of base (the authors project every 100 changes).
         """
         for suffix in self._suffixes:
-            name = "weight_hh" + suffix
-            setattr(self, name, _reorthogonalize(getattr(self, name).mT).mT)
+            parametrization = self.parametrizations["weight_hh" + suffix]
+            base = _reorthogonalize(getattr(self, "weight_hh" + suffix).mT)            # B = U^T
+            # in place, not through the parametrization's right inverse (which replaces the trained
+            # tensor's storage and with it the gradient hooks that DistributedDataParallel holds)
+            parametrization[0].base.copy_(base)
+            parametrization.original.zero_()                                         # A = 0
         self.steps_since_base_change.zero_()
         self.base_changes += 1
 

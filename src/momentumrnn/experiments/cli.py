@@ -313,7 +313,7 @@ def _train(args, parser, command) -> int:
         if not args.task or not args.model:
             parser.error("train needs --task and --model (or --resume to continue a run)")
         config = resolve_config(args.task, args.model, overrides, args.preset)
-        for note in config["preset_notes"]:
+        for note in config["preset_notes"] if os.environ.get("RANK", "0") == "0" else ():   # torchrun: rank 0 speaks
             print(f"note: {note}", file=sys.stderr)
     summary = train(config, args.out, resume=args.resume, quiet=args.quiet, command=command)
     return 130 if summary["status"] == "interrupted" else 0

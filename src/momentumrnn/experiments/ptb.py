@@ -328,7 +328,7 @@ class PTB(Task):
         if position == 0:
             self.state = None
         start, length = self.plan[position]
-        data = self.columns("train", config["batch_size"])
+        data = self._rows(self.columns("train", config["batch_size"]))      # this rank's columns
         x, y = data[:, start:start + length], data[:, start + 1:start + 1 + length]
         out = model(x, self.state)
         self.state = detach_state(out.state)
@@ -357,7 +357,7 @@ class PTB(Task):
         """Mean NLL per token and perplexity over a whole split, state carried across chunks."""
         was_training = model.training
         model.eval()
-        data = self.columns(split, min(batch_size, self.size(split) // 2))
+        data = self._rows(self.columns(split, min(batch_size, self.size(split) // 2)))
         bptt, state, total, count = self.config["bptt"], None, 0.0, 0
         for start in range(0, data.size(1) - 1, bptt):
             length = min(bptt, data.size(1) - 1 - start)
@@ -368,8 +368,16 @@ class PTB(Task):
                                            reduction="sum"))
             count += y.numel()
         model.train(was_training)
+        ranks = getattr(self, "ranks", None)
+        if ranks is not None and ranks.world > 1:                 # the columns of every rank
+            total, count = ranks.sum([total, count])
         loss = total / count
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+    def _rows(self, columns: Tensor) -> Tensor:
+        """This rank's part of the batch columns (all of them in a single process)."""
+        ranks = getattr(self, "ranks", None)
+        return columns if ranks is None else columns[ranks.shard(columns.size(0))]
 
     def after_validation(self, improved: bool, optimizer) -> None:
         """``lr_anneal``: divide the learning rate when validation did not improve on the best."""

@@ -42,6 +42,7 @@ from .. import __version__
 from .checkpoint import CheckpointError, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
 from .config import RESUMABLE, ConfigError, check_config, fingerprint, identity, parse_device
 from .data import data_root
+from .distributed import Ranks, from_environment
 from .models import build_model, count_parameters
 from .rundir import RunDirectory, RunError
 from .tasks import TASKS, generator
@@ -143,28 +144,43 @@ def _optimizer(config: dict, parameters) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, task, split: str, batch_size: int, show: bool = False) -> dict[str, float]:
+def evaluate(model, task, split: str, batch_size: int, show: bool = False, ranks: Ranks = Ranks()
+             ) -> dict[str, float]:
     """Metrics of ``model`` over a whole split (sums over batches, then one division);
-    ``show``: a progress bar on stderr."""
+    ``show``: a progress bar on stderr. With several ``ranks`` each evaluates its part of
+    the split and the sums are added across ranks."""
     if hasattr(task, "evaluate_split"):                # tasks that evaluate their own way (ptb: carried state)
         return task.evaluate_split(model, split, batch_size)
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
-    n = task.size(split)
+    part = ranks.shard(task.size(split))
     device = task.splits[split][0].device
-    starts = range(0, n, batch_size)
+    starts = range(part.start, part.stop, batch_size)
     if show:
         from tqdm import tqdm
         starts = tqdm(starts, desc=split, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
     for start in starts:
-        x, y = task.batch(split, torch.arange(start, min(n, start + batch_size), device=device))
+        x, y = task.batch(split, torch.arange(start, min(part.stop, start + batch_size), device=device))
         for name, (total, count) in task.statistics(model(x), y).items():
             entry = sums.setdefault(name, [0.0, 0])
             entry[0] += float(total)
             entry[1] += count
     model.train(was_training)
+    if ranks.world > 1:
+        sums = _add_across(ranks, sums)
     return {name: total / count for name, (total, count) in sums.items()}
+
+
+def _add_across(ranks: Ranks, sums: dict) -> dict:
+    """``{name: [total, count]}`` of every rank added together."""
+    result: dict[str, list] = {}
+    for part in ranks.gather(sums):
+        for name, (total, count) in part.items():
+            entry = result.setdefault(name, [0.0, 0])
+            entry[0] += total
+            entry[1] += count
+    return result
 
 
 def _clone_state(model) -> dict:
@@ -300,19 +316,64 @@ def resume_config(run_dir: Path, overrides: dict, task=None, model=None, preset=
     return config
 
 
-def _environment(device: torch.device) -> dict:
+def _environment(device: torch.device, ranks: Ranks) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"versions": {"momentumrnn": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()}}
+    record = {"versions": {"momentumrnn": __version__, "torch": torch.__version__, "python": platform.python_version()},
+              "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()}}
+    if ranks.world > 1:
+        record["distributed"] = {"world_size": ranks.world, "backend": ranks.backend}
+    return record
+
+
+def _agree(ranks: Ranks, stop: str | None) -> str | None:
+    """One stop decision for all ranks: interrupted before the time budget before max_steps."""
+    reasons = ("interrupted", "time_budget", "max_steps")
+    wanted = ranks.sum([float(stop == reason) for reason in reasons])
+    return next((reason for reason, count in zip(reasons, wanted) if count), None)
 
 
 # ----------------------------------------------------------------------------- training
 def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, command: list | None = None) -> dict:
     """Train ``config`` into ``run_dir`` (or continue it with ``resume``); return the summary.
     The run directory is locked for the whole run (``rundir.RunDirectory``)."""
-    device = resolve_device(config["device"])
-    with RunDirectory(run_dir, resume=resume, command=command) as directory:
-        return _train(config, directory, device, resume, quiet, command)
+    ranks = from_environment(config["device"])
+    try:
+        device = ranks.device if ranks.world > 1 else resolve_device(config["device"])
+        if config["batch_size"] % ranks.world:
+            raise ConfigError(f"batch_size {config['batch_size']} must be a multiple of the {ranks.world} ranks "
+                              f"(each takes an equal part of every batch)")
+        directory = RunDirectory(run_dir, resume=resume, command=command) if ranks.main else _Follower(run_dir)
+        with directory:
+            return _train(config, directory, device, resume, quiet or not ranks.main, command, ranks)
+    finally:
+        ranks.close()
+
+
+class _Follower:
+    """A rank other than 0: it reads the run directory but never writes or locks it."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def started(self) -> None:
+        pass
+
+
+class _NoLog:
+    """The metrics log of a rank other than 0."""
+
+    offset, damage = 0, None
+
+    def write(self, row: dict) -> None:
+        pass
+
+    sync = close = lambda self: None
 
 
 def _read_artifacts(run_dir: Path) -> dict:
@@ -327,8 +388,8 @@ def _read_artifacts(run_dir: Path) -> dict:
     return artifacts
 
 
-def _train(config: dict, directory: RunDirectory, device: torch.device, resume: bool, quiet: bool,
-           command: list | None) -> dict:
+def _train(config: dict, directory, device: torch.device, resume: bool, quiet: bool, command: list | None,
+           ranks: Ranks) -> dict:
     run_dir = directory.path
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
@@ -339,7 +400,7 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
         if not has_checkpoint(run_dir):
             raise RunError(f"cannot resume {run_dir}: it has no checkpoint "
                            f"({run_dir / 'checkpoints' / 'latest'} does not exist); delete the folder to start again")
-    elif (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists():
+    elif ranks.main and ((run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()):
         raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
 
     # -- data, model, optimizer
@@ -349,6 +410,7 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
         task = task_type(config, data_root(config.get("data_dir")), artifacts).to(device)
     except ValueError as error:                         # settings that do not fit the data, a bad task file
         raise ConfigError(str(error)) from None
+    task.ranks = ranks                                  # tasks with their own steps shard their batches
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
     model = (task.build_model(config) if hasattr(task, "build_model")    # tasks with their own model (ptb)
@@ -369,7 +431,7 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     progress = {"step": 0, "epoch": 0, "position": 0, "train_time": 0.0, "window": {}, "window_examples": 0,
                 "window_time": 0.0, "best": None, "last_eval_step": None, "metrics_bytes": 0}
     best_state = None
-    record = {"config": config, **_environment(device), "command": command,
+    record = {"config": config, **_environment(device, ranks), "command": command,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
     if resume:
         checkpoint = load_checkpoint(run_dir, fingerprint=print_, identity=run_identity)
@@ -379,19 +441,26 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
         except (ValueError, KeyError) as error:
             raise CheckpointError(f"optimizer state in {checkpoint['path'] / 'state.pt'} does not fit: {error}") from None
         progress, best_state = checkpoint["progress"], checkpoint["best_state"]
+        if progress.get("world_size", 1) != ranks.world:
+            raise RunError(f"cannot resume {run_dir} with {ranks.world} process(es): it was trained with "
+                           f"{progress.get('world_size', 1)}, and each rank's data order, random state and carried "
+                           f"state belong to that number; resume it with the same number of processes")
         if hasattr(task, "load_carry_state"):
-            task.load_carry_state(progress.get("task_state"))
-        set_rng_state(checkpoint["rng"])
+            saved = progress.get("task_state")
+            task.load_carry_state(saved[ranks.rank] if ranks.world > 1 and saved is not None else saved)
+        rng = checkpoint["rng"]
+        set_rng_state(rng["ranks"][ranks.rank] if "ranks" in rng else rng)
         old = read_run_config(run_dir)
-        record = {**old, "config": config, **_environment(device)}
+        record = {**old, "config": config, **_environment(device, ranks)}
         entry = {"at_step": progress["step"], "command": command,
                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         say(f"resuming {run_dir} at step {progress['step']} (epoch {progress['epoch'] + 1}) from {checkpoint['path']}")
-    else:
+    elif ranks.main:
         for name, content in task.artifacts().items():
             atomic_write_text(run_dir / name, json.dumps(content))
         (run_dir / "metrics.jsonl").touch()
-    log = MetricsLog(run_dir / "metrics.jsonl", truncate_to=progress["metrics_bytes"] if resume else None)
+    log = (MetricsLog(run_dir / "metrics.jsonl", truncate_to=progress["metrics_bytes"] if resume else None)
+           if ranks.main else _NoLog())
     parameters = count_parameters(model)
     if task_steps:
         steps_per_epoch = task.plan_epoch(progress["epoch"])
@@ -400,7 +469,13 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
             print(f"momentumrnn train: warning: {log.damage}", file=sys.stderr)
             entry["metrics_damage"] = log.damage
         record["resumed"] = old.get("resumed", []) + [entry]
-    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    if ranks.main:
+        atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    train_model = model
+    if ranks.world > 1:                                 # gradients averaged across ranks in the backward
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     say(f"{config['model']} on {config['task']}: {parameters:,} parameters, {n_train:,} training examples, "
         f"{steps_per_epoch} steps per epoch, device {device}")
     show_evaluation = not quiet and sys.stderr.isatty()
@@ -423,11 +498,15 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
         progress["train_time"] = elapsed()
         log.sync()                                      # the rows are on disk before their offset is recorded
         progress["metrics_bytes"] = log.offset
-        if hasattr(task, "carry_state"):
-            progress["task_state"] = task.carry_state()
-        save_checkpoint(run_dir, model_state=model.state_dict(), best_state=best_state,
-                        optimizer_state=optimizer.state_dict(), progress=progress, rng=rng_state(),
-                        fingerprint=print_, identity=run_identity)
+        progress["world_size"] = ranks.world
+        if hasattr(task, "carry_state"):                # every rank's, gathered
+            carried = task.carry_state()
+            progress["task_state"] = carried if ranks.world == 1 else ranks.gather(carried)
+        rng = rng_state() if ranks.world == 1 else {"ranks": ranks.gather(rng_state())}
+        if ranks.main:
+            save_checkpoint(run_dir, model_state=model.state_dict(), best_state=best_state,
+                            optimizer_state=optimizer.state_dict(), progress=progress, rng=rng,
+                            fingerprint=print_, identity=run_identity)
         last_checkpoint["step"] = progress["step"]
 
     def diverged(what: str) -> None:
@@ -435,7 +514,8 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
         log.close()
         summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "diverged",
                            f"{what} at step {progress['step']}", None)
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if ranks.main:
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         raise Diverged(f"training diverged: {what} at step {progress['step']} (epoch {epochs_done():.2f}). "
                        f"The run stops here; its last checkpoint, at step {last_checkpoint['step']}, holds finite "
                        f"weights. A resume would repeat the same steps: start a new run with a lower --lr, "
@@ -444,7 +524,7 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     def validate() -> None:
         nonlocal best_state
         restore = optimizer.swap_in_average() if hasattr(optimizer, "swap_in_average") else None   # NT-ASGD
-        values = evaluate(model, task, "val", config["eval_batch_size"], show=show_evaluation)
+        values = evaluate(model, task, "val", config["eval_batch_size"], show=show_evaluation, ranks=ranks)
         progress["last_eval_step"] = progress["step"]
         best = progress["best"]
         value = values[metric]
@@ -499,32 +579,42 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
                     stop = "time_budget"
                 elif signals.requested:
                     stop = "interrupted"
+                if ranks.world > 1:                      # every rank stops at the same step
+                    stop = _agree(ranks, stop)
                 if stop:
                     break
                 started = time.perf_counter()
                 if task_steps:
-                    loss, statistics, examples = task.train_step(model, optimizer, progress["position"])
+                    loss, statistics, examples = task.train_step(train_model, optimizer, progress["position"])
+                    examples *= ranks.world
                 else:
                     index = order[progress["position"] * batch_size:(progress["position"] + 1) * batch_size]
-                    x, y = task.batch("train", index)
-                    output = model(x)
+                    x, y = task.batch("train", index[ranks.shard(index.numel())])
+                    output = train_model(x)
                     loss = task.loss(output, y)
+                    statistics, examples = task.statistics(output.detach(), y), index.numel()
+                    if ranks.world > 1:              # this rank's share of the batch's loss terms
+                        count = statistics["loss"][1]
+                        loss = loss * (count * ranks.world / ranks.sum([count])[0])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if config["clip"]:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
                     optimizer.step()
-                    statistics, examples = task.statistics(output.detach(), y), index.numel()
                 with torch.no_grad():
-                    for name, (total, count) in statistics.items():
+                    names = sorted(statistics)
+                    added = ranks.sum([float(statistics[n][0]) for n in names] + [statistics[n][1] for n in names])
+                    for i, name in enumerate(names):
                         entry = progress["window"].setdefault(name, [0.0, 0])
-                        entry[0] += float(total)
-                        entry[1] += count
+                        entry[0] += added[i]
+                        entry[1] += int(added[len(names) + i])
                 progress["step"] += 1
                 progress["position"] += 1
                 progress["window_examples"] += examples
                 progress["window_time"] += time.perf_counter() - started
-                if not math.isfinite(loss_value := float(loss.detach())):   # after the step: no extra wait on the device
+                loss_value = (float(loss.detach()) if ranks.world == 1 else          # after the step: no extra wait
+                              added[names.index("loss")] / added[len(names) + names.index("loss")])
+                if not math.isfinite(loss_value):
                     diverged(f"the training loss is {loss_value}")
                 if bar is not None:
                     bar.update(batch_size if task_steps else index.numel())
@@ -548,7 +638,8 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
             checkpoint()
             log.close()
             summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "interrupted", stop, None)
-            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            if ranks.main:
+                atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             say(f"stopped by {signals.requested} at step {progress['step']}; checkpoint saved. Continue with: "
                 f"momentumrnn train --out {run_dir} --resume")
             return summary
@@ -563,12 +654,13 @@ def _train(config: dict, directory: RunDirectory, device: torch.device, resume: 
     if best_state is not None:
         model.load_state_dict(best_state)
         test = evaluate(model, task, "test", config.get("test_batch_size") or config["eval_batch_size"],
-                        show=show_evaluation)
+                        show=show_evaluation, ranks=ranks)
         log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"], **test,
                    "time": round(elapsed(), 3)})
     log.close()
     summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "finished", stop, test)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if ranks.main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if test is not None:
         say(f"finished ({stop}) after {progress['step']} steps, {elapsed():.0f} s: best val {metric} "
             f"{progress['best']['value']:.4f} at step {progress['best']['step']}; test at best val: "
