@@ -66,6 +66,14 @@ class Ranks:
         return slice(min(self.rank * size, count), min((self.rank + 1) * size, count))
 
     def close(self) -> None:
+        """The end of a run on every rank: wait for all (rank 0 writes last), then leave the group."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+    def abandon(self) -> None:
+        """The end of a failed rank: no more collectives (the others may be inside one; torchrun
+        stops them when this process exits)."""
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

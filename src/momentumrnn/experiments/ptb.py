@@ -359,7 +359,7 @@ class PTB(Task):
         model.eval()
         data = self._rows(self.columns(split, min(batch_size, self.size(split) // 2)))
         bptt, state, total, count = self.config["bptt"], None, 0.0, 0
-        for start in range(0, data.size(1) - 1, bptt):
+        for start in range(0, data.size(1) - 1 if data.size(0) else 0, bptt):     # a rank may have no column
             length = min(bptt, data.size(1) - 1 - start)
             x, y = data[:, start:start + length], data[:, start + 1:start + 1 + length]
             out = model(x, state)

@@ -344,9 +344,12 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
                               f"(each takes an equal part of every batch)")
         directory = RunDirectory(run_dir, resume=resume, command=command) if ranks.main else _Follower(run_dir)
         with directory:
-            return _train(config, directory, device, resume, quiet or not ranks.main, command, ranks)
-    finally:
-        ranks.close()
+            summary = _train(config, directory, device, resume, quiet or not ranks.main, command, ranks)
+    except BaseException:
+        ranks.abandon()
+        raise
+    ranks.close()
+    return summary
 
 
 class _Follower:
