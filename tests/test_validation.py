@@ -141,3 +141,33 @@ def test_gru_rejects_coupled_rule():
 
     with pytest.raises(TypeError, match="NesterovRule needs an additive recurrence, not gru"):
         NesterovGRU(2, 3)
+
+
+@pytest.mark.parametrize("name, value", [("bias", "x"), ("batch_first", "False"), ("bias", 1)])
+def test_bias_and_batch_first_must_be_bools_as_in_torch(name, value):
+    """A string "False" must not silently mean True (torch raises the same TypeError)."""
+    with pytest.raises(TypeError, match=f"{name} should be of type bool, got: {type(value).__name__}"):
+        mrnn.MomentumLSTM(2, 3, **{name: value})
+    with pytest.raises(TypeError, match=f"{name} should be of type bool"):
+        torch.nn.LSTM(2, 3, **{name: value})
+
+
+def test_torch_attributes_proj_size_and_repr():
+    assert mrnn.MomentumLSTM(2, 3, proj_size=0).proj_size == 0                 # torch's default is accepted
+    with pytest.raises(NotImplementedError, match="proj_size > 0 .* is not supported; got proj_size=2"):
+        mrnn.MomentumLSTM(2, 3, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size must be an int >= 0, got -1"):
+        mrnn.AdamLSTM(2, 3, proj_size=-1)
+    pairs = [(mrnn.MomentumLSTM(2, 3), torch.nn.LSTM(2, 3)), (mrnn.AdamGRU(2, 3), torch.nn.GRU(2, 3)),
+             (mrnn.MomentumRNN(2, 3), torch.nn.RNN(2, 3)),
+             (mrnn.NesterovRNN(2, 3, nonlinearity="relu"), torch.nn.RNN(2, 3, nonlinearity="relu"))]
+    for ours, theirs in pairs:
+        assert ours.mode == theirs.mode
+    assert mrnn.NesterovRNN(2, 3, nonlinearity="relu").nonlinearity == "relu"
+    assert "impl='loop'" in repr(mrnn.MomentumLSTM(2, 3, impl="loop")) and "impl" not in repr(mrnn.MomentumLSTM(2, 3))
+
+
+def test_the_package_declares_its_types():
+    from importlib.resources import files
+
+    assert files("momentumrnn").joinpath("py.typed").is_file()

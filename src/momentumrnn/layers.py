@@ -61,8 +61,18 @@ class RecurrentLayer(RuleModule):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, nonlinearity: str | None = None, learnable: bool = False,
-                 init: str = "torch", forget_bias: float = 1.0, impl: str = "auto", **hyperparameters):
+                 init: str = "torch", forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0,
+                 **hyperparameters):
         super().__init__()
+        for name, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):                # torch's check: "False" must not mean True
+                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) or proj_size < 0:
+            raise ValueError(f"proj_size must be an int >= 0, got {proj_size!r}")
+        if proj_size:
+            raise NotImplementedError(f"{type(self).__name__}: proj_size > 0 (LSTM projections) is not supported; "
+                                      f"got proj_size={proj_size}")
+        self.proj_size = 0
         self.input_size = expect_positive_int("input_size", input_size)
         self.hidden_size = expect_positive_int("hidden_size", hidden_size)
         self.num_layers = expect_positive_int("num_layers", num_layers)
@@ -89,6 +99,17 @@ class RecurrentLayer(RuleModule):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def nonlinearity(self) -> str:
+        """The RNN's nonlinearity, "tanh" or "relu" (torch's attribute; LSTM and GRU: "tanh")."""
+        return getattr(self.recurrence, "nonlinearity", "tanh")
+
+    @property
+    def mode(self) -> str:
+        """torch's name of the recurrence: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"."""
+        name = self.recurrence.name.upper()
+        return f"RNN_{self.nonlinearity.upper()}" if name == "RNN" else name
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -297,9 +318,10 @@ class RecurrentLayer(RuleModule):
             s += f", num_layers={self.num_layers}"
         if self.recurrence.name == "rnn" and self.recurrence.nonlinearity != "tanh":
             s += f", nonlinearity={self.recurrence.nonlinearity!r}"
-        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                              ("impl", "auto")):
             if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)}"
+                s += f", {name}={getattr(self, name)!r}" if name == "impl" else f", {name}={getattr(self, name)}"
         return f"{s}, {self._rule_repr()}"
 
 
