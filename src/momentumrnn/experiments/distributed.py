@@ -11,7 +11,7 @@ How training uses it (``train.py``): the global batch ``--batch-size`` is cut in
 contiguous shards, one per rank, in the order a single process would take it; each rank's
 loss is weighted by its share of the batch's loss terms, so that DDP's average of the
 gradients is the gradient of the global mean; the training statistics, validation and test
-sums are added across ranks (``sum``); stop decisions are taken together (``any``); rank 0
+sums are added across ranks (``sum``); stop decisions are taken together; rank 0
 alone writes the run directory, and checkpoints hold every rank's RNG state and carried
 task state (``gather``).
 """
@@ -47,10 +47,6 @@ class Ranks:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
-
-    def any(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank."""
-        return bool(self.sum([float(flag)])[0]) if self.world > 1 else bool(flag)
 
     def gather(self, value) -> list:
         """Every rank's ``value`` (picklable), in rank order."""

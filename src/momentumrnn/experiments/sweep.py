@@ -158,7 +158,8 @@ def plan_sweep(task: str, models: list[str], seeds: list[int], grid: dict[str, l
             sweep.points.append(point)
 
     for model in models:
-        keys = [k for k in grid if _applies(task, model, k)]
+        applies = resolve_config(task, model)           # the settings the model takes on this task
+        keys = [k for k in grid if k in applies]
         for values in itertools.product(*(grid[k] for k in keys)):
             settings = dict(zip(keys, values))
             for seed in seeds:
@@ -175,11 +176,6 @@ def plan_sweep(task: str, models: list[str], seeds: list[int], grid: dict[str, l
                     resolve_config(task, model, {**base, **changed, "seed": seed}, preset)
                     add(Point(_point_name(model, changed, seed), model, seed, changed, control, point.name))
     return sweep
-
-
-def _applies(task: str, model: str, key: str) -> bool:
-    """Whether setting ``key`` applies to ``model`` on ``task`` (a grid skips it otherwise)."""
-    return key in resolve_config(task, model)
 
 
 def train_command(sweep: Sweep, point: Point, run_dir: Path) -> list[str]:
@@ -387,13 +383,8 @@ def parse_devices(text: str) -> list[str]:
 
 
 def check_devices(devices: list[str]) -> None:
-    import torch
+    """Each device present on this machine (``train.resolve_device``'s check)."""
+    from .train import resolve_device
 
     for device in devices:
-        if device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise ConfigError(f"--devices {device}: CUDA is not available to this torch")
-            index = int(device.split(":")[1])
-            if index >= torch.cuda.device_count():
-                raise ConfigError(f"--devices {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
+        resolve_device(device)
