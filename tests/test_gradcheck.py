@@ -43,7 +43,7 @@ def test_cell_gradcheck(key):
         def forward(self, x):
             hx, rs, outs = None, None, []
             for t in range(x.size(0)):
-                hx, rs = self.cell(x[t], hx, rs)
+                hx, rs = self.cell(x[t], hx, rule_state=rs, return_rule_state=True)
                 outs.append(hx[0] if isinstance(hx, tuple) else hx)
             return torch.stack(outs), rs.velocity
 

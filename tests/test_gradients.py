@@ -15,7 +15,7 @@ def unrolled_loss(cell, x, perturb_step=None, perturbation=None):
     """Loss of the unrolled cell with ``perturbation`` added to h at ``perturb_step``."""
     hx, rs, outs = None, None, []
     for t in range(x.size(0)):
-        hx, rs = cell(x[t], hx, rs)
+        hx, rs = cell(x[t], hx, rule_state=rs, return_rule_state=True)
         if t == perturb_step:
             hx = (hx[0] + perturbation, hx[1]) if isinstance(hx, tuple) else hx + perturbation
         outs.append(hx[0] if isinstance(hx, tuple) else hx)

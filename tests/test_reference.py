@@ -81,7 +81,7 @@ def test_cell_steps_match_paper_equations(key):
     x = torch.randn(8, 2, 3, dtype=torch.float64)
     hx, rule_state, outs = None, None, []
     for t in range(x.size(0)):
-        hx, rule_state = cell(x[t], hx, rule_state)
+        hx, rule_state = cell(x[t], hx, rule_state=rule_state, return_rule_state=True)
         outs.append(hx[0] if kind == "lstm" else hx)
     params = {name + "_l0": p for name, p in cell.named_parameters()}
     ref_out, h_n, c_n, v_n, m_n = reference_layer(kind, rule, ACTIVE[rule], params, x, 1, False)
@@ -96,10 +96,10 @@ def test_cell_steps_match_paper_equations(key):
 def test_cell_unbatched_equals_batch_of_one(key):
     cell = mrnn.CELLS[key](3, 4, dtype=torch.float64)
     x = torch.randn(3, dtype=torch.float64)
-    hx, rs = cell(x)
-    hx, rs = cell(x, hx, rs)
-    hx_b, rs_b = cell(x[None])
-    hx_b, rs_b = cell(x[None], hx_b, rs_b)
+    hx, rs = cell(x, return_rule_state=True)
+    hx, rs = cell(x, hx, rule_state=rs, return_rule_state=True)
+    hx_b, rs_b = cell(x[None], return_rule_state=True)
+    hx_b, rs_b = cell(x[None], hx_b, rule_state=rs_b, return_rule_state=True)
     first = (lambda h: h[0]) if key[0] == "lstm" else (lambda h: h)
     torch.testing.assert_close(first(hx), first(hx_b)[0])
     torch.testing.assert_close(rs.velocity, rs_b.velocity[0])

@@ -11,6 +11,7 @@ from .cells import (AdamGRUCell, AdamLSTMCell, AdamRNNCell, MomentumGRUCell, Mom
                     RestartRNNCell, RMSPropGRUCell, RMSPropLSTMCell, RMSPropRNNCell)
 from .layers import (AdamGRU, AdamLSTM, AdamRNN, MomentumGRU, MomentumLSTM, MomentumRNN, NesterovLSTM, NesterovRNN,
                      RecurrentLayer, RestartGRU, RestartLSTM, RestartRNN, RMSPropGRU, RMSPropLSTM, RMSPropRNN)
+from .checks import InputDtypeError, InputError
 from .gradients import GradientNorms, gradient_norms
 from .orthogonal import (ORTHOGONAL_LAYERS, AdamOrthogonalRNN, MomentumOrthogonalRNN, OrthogonalRNN,
                          ParameterGroups, RestartOrthogonalRNN, RMSPropOrthogonalRNN, is_former_orthogonal_state,
@@ -37,5 +38,5 @@ __all__ = [c.__name__ for c in _LAYER_CLASSES + _CELL_CLASSES] + [
     "Rule", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule", "PlainRule",
     "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN", "RestartOrthogonalRNN",
     "ORTHOGONAL_LAYERS", "ParameterGroups", "split_orthogonal_parameters", "trivialization_step",
-    "register_trivialization", "is_former_orthogonal_state",
+    "register_trivialization", "is_former_orthogonal_state", "InputError", "InputDtypeError",
 ]

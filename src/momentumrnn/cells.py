@@ -1,10 +1,15 @@
 """Per-step cells, mirroring ``torch.nn.RNNCell``/``LSTMCell``/``GRUCell``.
 
 Each cell is the readable reference of its equation: one call is one time step of
-``momentumrnn.step.cell_step``. Because the rule carries state of its own, a cell takes
-and returns it beside ``hx``::
+``momentumrnn.step.cell_step``. A cell returns what torch's cell returns; the rule's own
+state is taken and given by keyword, as the layers do::
 
-    hx, rule_state = cell(x_t, hx, rule_state)     # rule_state=None: zero state, step 1
+    hx = cell(x_t, hx)                             # torch's convention: the rule starts at zero
+    hx, rs = cell(x_t, hx, return_rule_state=True)                  # also return the rule state
+    hx, rs = cell(x_t, hx, rule_state=rs, return_rule_state=True)   # continue it
+
+Stepping a cell over a sequence without carrying ``rule_state`` restarts the rule at every
+step (zero velocity, step counter 1): carry it to run the rule over time.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import RuleModule
-from .checks import check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor, zero_rule_state
+from .checks import (InputError, check_hidden, check_rule_state, expect_like, expect_positive_int, expect_size,
+                     expect_tensor, zero_rule_state)
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
@@ -31,7 +37,7 @@ class RecurrentCell(RuleModule):
     """One step of ``recurrence_type`` driven by ``rule_type``.
 
     Args: ``input_size, hidden_size, bias=True, device=None, dtype=None`` as torch's
-    cells; keyword-only: the rule's hyperparameters (``momentum``, ``step_size``, ``beta``,
+    cells (``hidden_size`` may be 0, as there); keyword-only: the rule's hyperparameters (``momentum``, ``step_size``, ``beta``,
     ``restart``: each rule takes its own), ``learnable``, ``init`` ("torch" or "paper"),
     ``forget_bias`` (LSTM, paper init). Parameters: ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh`` with torch's shapes.
@@ -42,8 +48,10 @@ class RecurrentCell(RuleModule):
                  forget_bias: float = 1.0, **hyperparameters):
         super().__init__()
         self.input_size = expect_positive_int("input_size", input_size)
-        self.hidden_size = expect_positive_int("hidden_size", hidden_size)
-        self.bias = bool(bias)
+        self.hidden_size = expect_size("hidden_size", hidden_size)
+        if not isinstance(bias, bool):                     # torch's check: "False" must not mean True
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        self.bias = bias
         self._configure(nonlinearity=nonlinearity or "tanh", init=init, forget_bias=forget_bias,
                         learnable=learnable, hyperparameters=hyperparameters, suffixes=[""],
                         device=device, dtype=dtype)
@@ -54,13 +62,16 @@ class RecurrentCell(RuleModule):
         """Hyperparameters in force (tensors for the learnable ones)."""
         return self._hyperparameters("")
 
-    def forward(self, input: Tensor, hx=None, rule_state: RuleState | None = None):
+    def forward(self, input: Tensor, hx=None, *, rule_state: RuleState | None = None,
+                return_rule_state: bool = False):
+        """One step: ``hx`` as torch's cell returns it (``h`` or ``(h, c)``), and with
+        ``return_rule_state=True`` also the rule state after the step, ``(hx, rule_state)``."""
         expect_tensor("input", input)
         if input.dim() not in (1, 2):
-            raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), got {input.dim()}-D "
+            raise InputError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), got {input.dim()}-D "
                              f"of shape {tuple(input.shape)}")
         if input.size(-1) != self.input_size:
-            raise ValueError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {input.size(-1)}")
+            raise InputError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {input.size(-1)}")
         expect_like("input", input, self.weight_ih)
         unbatched = input.dim() == 1
         if unbatched:
@@ -87,8 +98,10 @@ class RecurrentCell(RuleModule):
         if unbatched:
             state = tuple(s.squeeze(0) for s in state)
             rules, steps = {k: v.squeeze(0) for k, v in rules.items()}, steps.squeeze(0)
-        out_state = RuleState(rules["velocity"], rules.get("second_moment"), steps)
-        return (state if self.recurrence.state_tensors == 2 else state[0]), out_state
+        hx = state if self.recurrence.state_tensors == 2 else state[0]
+        if not return_rule_state:
+            return hx
+        return hx, RuleState(rules["velocity"], rules.get("second_moment"), steps)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -7,8 +7,21 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["expect_tensor", "expect_shape", "expect_like", "expect_positive_int", "zero_rule_state",
-           "check_hidden", "check_rule_state"]
+__all__ = ["InputError", "InputDtypeError", "expect_tensor", "expect_shape", "expect_like", "expect_positive_int",
+           "expect_size", "zero_rule_state", "check_hidden", "check_rule_state"]
+
+
+class InputError(ValueError, RuntimeError):
+    """A call argument of the wrong shape, length or device.
+
+    Both a ``ValueError`` and a ``RuntimeError``: torch's RNNs raise ``RuntimeError`` for
+    most of these, so code written against them catches ours too.
+    """
+
+
+class InputDtypeError(TypeError, InputError):
+    """A call argument whose dtype differs from the module's parameters (torch's RNNs raise
+    ``ValueError`` here; this is also a ``TypeError``, a ``RuntimeError`` and an ``InputError``)."""
 
 
 def expect_tensor(name: str, value) -> Tensor:
@@ -19,22 +32,29 @@ def expect_tensor(name: str, value) -> Tensor:
 
 def expect_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+        raise InputError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
 
 
 def expect_like(name: str, tensor: Tensor, reference: Tensor) -> None:
     """``tensor`` must share the parameters' floating dtype and device."""
     if tensor.dtype != reference.dtype:
-        raise TypeError(f"{name} must have dtype {reference.dtype} (the module's parameters), got {tensor.dtype}")
+        raise InputDtypeError(f"{name} must have dtype {reference.dtype} (the module's parameters), "
+                              f"got {tensor.dtype}")
     if tensor.device != reference.device:
-        raise ValueError(f"{name} must be on device {reference.device} (the module's parameters), got {tensor.device}")
+        raise InputError(f"{name} must be on device {reference.device} (the module's parameters), got {tensor.device}")
 
 
 def expect_positive_int(name: str, value) -> int:
+    return expect_size(name, value, minimum=1)
+
+
+def expect_size(name: str, value, minimum: int = 0) -> int:
+    """An int (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    if value < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
     return int(value)
 
 
@@ -73,7 +93,7 @@ def check_rule_state(rule_state, fields: tuple[str, ...], shape: tuple[int, ...]
         tensor = getattr(rule_state, field)
         if field not in fields:
             if tensor is not None:
-                raise ValueError(f"rule_state.{field} must be None for this rule, got a tensor")
+                raise InputError(f"rule_state.{field} must be None for this rule, got a tensor")
             continue
         expect_tensor(f"rule_state.{field}", tensor)
         expect_shape(f"rule_state.{field}", tensor, shape)
@@ -82,7 +102,7 @@ def check_rule_state(rule_state, fields: tuple[str, ...], shape: tuple[int, ...]
     steps = expect_tensor("rule_state.steps", rule_state.steps)
     expect_shape("rule_state.steps", steps, steps_shape)
     if steps.dtype != torch.long:
-        raise TypeError(f"rule_state.steps must have dtype torch.int64, got {steps.dtype}")
+        raise InputDtypeError(f"rule_state.steps must have dtype torch.int64, got {steps.dtype}")
     if steps.device != like.device:
-        raise ValueError(f"rule_state.steps must be on device {like.device}, got {steps.device}")
+        raise InputError(f"rule_state.steps must be on device {like.device}, got {steps.device}")
     return state, steps

@@ -129,7 +129,7 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
         eye = torch.eye(batch, dtype=x.dtype, device=x.device)
         filtered = torch.cat([filtered, products[..., None] * eye], dim=-1)
         weight.append(velocity.t())
-    weight = torch.cat(weight, dim=1) if len(weight) > 1 else weight[0]
+    weight = _Columns.apply(*weight) if len(weight) > 1 else weight[0]
     if recurrence.name != "lstm" and not x.is_cuda and NARROW[0] <= filtered.size(-1) <= NARROW[1]:
         padding = PADDED_WIDTH - filtered.size(-1)              # zero channels, zero weight columns
         filtered = F.pad(filtered, (0, padding))
@@ -147,6 +147,24 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
         index = (lengths.to(x.device) - 1)[None, :, None].expand(1, batch, filtered.size(-1))
         last = filtered.gather(0, index)[0]
     return output, final, F.linear(last, weight)
+
+
+class _Columns(torch.autograd.Function):
+    """``torch.cat(pieces, dim=1)`` whose backward gives every piece a contiguous gradient
+    (``cat``'s backward gives column slices of one tensor: ``weight_ih.grad`` and
+    ``bias_ih.grad`` would be strided views, where torch's layers give contiguous ones)."""
+
+    @staticmethod
+    def forward(*pieces):
+        return torch.cat(pieces, dim=1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.widths = [piece.size(1) for piece in inputs]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(piece.contiguous() for piece in grad.split(ctx.widths, dim=1))
 
 
 class _Filter(torch.autograd.Function):

@@ -27,7 +27,7 @@ def initialize(weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bia
     """
     tensors = [t for t in (weight_ih, weight_hh, bias_ih, bias_hh) if t is not None]
     if init == "torch":
-        bound = 1.0 / math.sqrt(hidden_size)
+        bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0     # torch: H = 0 is allowed
         for tensor in tensors:
             torch.nn.init.uniform_(tensor, -bound, bound)
         return

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .base import RuleModule
-from .checks import (check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
+from .checks import (InputError, check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
                      zero_rule_state)
 from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
@@ -208,7 +208,7 @@ class RecurrentLayer(RuleModule):
             return x, lengths, input, False
         expect_tensor("input", input)
         if input.dim() not in (2, 3):
-            raise ValueError(f"input must be 2-D (unbatched: time, input_size) or 3-D (batched), got "
+            raise InputError(f"input must be 2-D (unbatched: time, input_size) or 3-D (batched), got "
                              f"{input.dim()}-D of shape {tuple(input.shape)}")
         self._check_features(input)
         unbatched = input.dim() == 2
@@ -217,12 +217,12 @@ class RecurrentLayer(RuleModule):
         else:
             x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
-            raise ValueError(f"input must have at least one time step, got shape {tuple(input.shape)}")
+            raise InputError(f"input must have at least one time step, got shape {tuple(input.shape)}")
         return x, None, None, unbatched
 
     def _check_features(self, x: Tensor) -> None:
         if x.size(-1) != self.input_size:
-            raise ValueError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {x.size(-1)}")
+            raise InputError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {x.size(-1)}")
         expect_like("input", x, self.weight_ih_l0)
 
     # Each path: ``x`` (T, B, I) of one layer and direction in processing order (reversed

@@ -40,6 +40,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from .hyperparameters import reset_hyperparameters
 from .layers import RecurrentLayer
+from .paths import plain_ops_required
 from .recurrences import Recurrence
 from .rules import AdamRule, MomentumRule, PlainRule, RestartRule, RMSPropRule
 from .step import masked
@@ -319,7 +320,9 @@ class OrthogonalRNN(RecurrentLayer):
         ``(W, U, None, b)``: the orthogonal ``U`` and the modReLU bias ``b`` (``_weights``)."""
         weight_ih, weight_hh, _, bias = weights
         u = F.linear(x, weight_ih)
-        drives, rules = self.rule.drives(u, rules, hp, steps, mask)
+        # the rule's parallel scans, or step by step where only plain torch ops may run (paths.py)
+        drives_of = self.rule.drives_stepwise if plain_ops_required() else self.rule.drives
+        drives, rules = drives_of(u, rules, hp, steps, mask)
         recurrent_t = weight_hh.t()
         outputs = []
         # unbind, not drives[t]: the backward of T selects would zero-fill T full-size tensors

@@ -12,6 +12,11 @@ Paths (``impl``), all equal to the per-step reference to rounding, values and gr
 * ``"loop"`` (every rule): the recurrence in a loop with a hand-written backward
   (``momentumrnn.loops``); the only fast path of the Nesterov rule, which is coupled to h.
 
+Under a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...), ``torch.jit.trace``
+(and the ONNX exporter built on it) and ``torch.export``, every ``impl`` takes the
+reference path (``plain_ops_required``): the fast paths' hand-written backward passes, in-place
+buffers and Triton kernels are opaque to those tools, which would fail or record constants.
+
 ``impl="auto"`` looks the path up in ``AUTO`` by device and rule, as measured with
 ``benchmarks/layers.py``: on the CPU the loops beat the identity GEMMs of ``"fused-drive"``
 (AdamLSTM at PTB small 1.58x ``nn.LSTM`` against 2.82x); on CUDA a Python loop launches
@@ -32,7 +37,8 @@ import functools
 
 import torch
 
-__all__ = ["IMPLS", "AUTO", "choose_path", "check_impl", "scan_backend", "scan_backend_override"]
+__all__ = ["IMPLS", "AUTO", "choose_path", "check_impl", "plain_ops_required", "scan_backend",
+           "scan_backend_override"]
 
 #: Every value of a layer's ``impl``.
 IMPLS = ("auto", "fused", "fused-drive", "loop", "reference")
@@ -65,8 +71,18 @@ def check_impl(impl: str, rule_type, layer_name: str) -> None:
                          f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
 
 
+def plain_ops_required() -> bool:
+    """Whether the call runs under a tool that must see plain torch ops: a ``torch.func``
+    transform, ``torch.jit.trace`` (the ONNX exporter's ``dynamo=False`` mode) or
+    ``torch.export`` (the ONNX exporter's default mode)."""
+    return (torch.jit.is_tracing() or torch.compiler.is_exporting()
+            or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def choose_path(impl: str, rule_type, device: torch.device | str) -> str:
     """The path a layer with this ``impl`` and rule takes on ``device``."""
+    if plain_ops_required():
+        return "reference"
     if impl != "auto":
         return impl
     kind = torch.device(device).type

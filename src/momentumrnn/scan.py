@@ -50,17 +50,29 @@ LOOP_MIN_FEATURES = 32
 
 def first_order(backward):
     """Decorate a hand-written ``backward``: refuse double backward (``create_graph=True``)
-    instead of returning gradients that silently carry no graph. The orthogonal layers' rules
-    (momentum, Adam, RMSProp, restart) run through these scans too."""
+    instead of returning gradients that silently carry no graph, and name the path that
+    supports batched gradients (``is_grads_batched=True``), which these in-place backward
+    passes cannot run. The orthogonal layers' rules (momentum, Adam, RMSProp, restart) run
+    through these scans too."""
     @functools.wraps(backward)
     def checked(ctx, *grads):
         if torch.is_grad_enabled():
             raise RuntimeError("momentumrnn's fast paths and parallel scans compute first derivatives only: "
-                               "double backward (create_graph=True) is not supported. The layers of "
-                               "momentumrnn.layers support it with impl='reference'; the orthogonal layers "
-                               "(one path, no impl) support it with the plain rule (OrthogonalRNN) only")
-        return backward(ctx, *grads)
+                               "double backward (create_graph=True) is not supported. " + _REFERENCE_HINT)
+        try:
+            return backward(ctx, *grads)
+        except RuntimeError as error:
+            if "Batching rule not implemented" not in str(error):
+                raise
+            raise RuntimeError("momentumrnn's fast paths and parallel scans cannot compute batched gradients "
+                               "(torch.autograd.grad with is_grads_batched=True). " + _REFERENCE_HINT) from error
     return checked
+
+
+_REFERENCE_HINT = ("The layers of momentumrnn.layers support it with impl='reference' (and every path does "
+                   "under torch.func transforms, which take the reference path); the orthogonal layers (one "
+                   "path, no impl) support it under torch.func transforms, or with the plain rule "
+                   "(OrthogonalRNN)")
 
 
 def step_indices(steps: Tensor, time: int, mask: Tensor | None = None) -> Tensor:

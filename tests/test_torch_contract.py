@@ -1,0 +1,294 @@
+"""torch's RNN contract at its edges: error types, cells, gradients, torch.func, tracing and
+export. The layers must behave where code written for ``torch.nn.LSTM`` expects them to."""
+
+import io
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+import momentumrnn as mrnn
+from conftest import ACTIVE, CELL_KEYS, LAYER_KEYS, layer_id
+
+TORCH_CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}
+NEUTRAL = {"momentum": {"momentum": 0.0, "step_size": 1.0}, "restart": {"step_size": 1.0, "restart": 1},
+           "nesterov": {"step_size": 1.0, "restart": 1}}
+ORTHOGONAL = [mrnn.MomentumOrthogonalRNN, mrnn.AdamOrthogonalRNN, mrnn.OrthogonalRNN]
+TOL = {"rtol": 1e-9, "atol": 1e-10}
+
+
+def every_layer():
+    """Every layer class: a ``LAYERS`` key, or an orthogonal class."""
+    for key in LAYER_KEYS:
+        yield pytest.param(key, id=layer_id(key))
+    for cls in ORTHOGONAL:
+        yield pytest.param(cls, id=cls.__name__)
+
+
+def make(which, dtype=torch.float64, **kwargs):
+    if isinstance(which, tuple):
+        return mrnn.LAYERS[which](3, 4, dtype=dtype, **ACTIVE[which[1]], **kwargs)
+    return which(3, 4, dtype=dtype, **kwargs)
+
+
+class Outputs(torch.nn.Module):
+    """``layer(x)[0]``: the output alone, as export and tracing want one tensor."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)[0]
+
+
+# ----------------------------------------------------------------- error types
+def test_call_errors_are_both_value_and_runtime_errors():
+    lstm = mrnn.MomentumLSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    bad_calls = {
+        "h_0 must have shape": lambda: lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4))),
+        "at least one time step": lambda: lstm(torch.randn(0, 2, 3)),
+        "must equal input_size": lambda: lstm(torch.randn(5, 2, 5)),
+        "2-D .* or 3-D": lambda: lstm(torch.randn(5, 2, 2, 3)),
+        "rule_state.velocity must have shape": lambda: lstm(
+            x, rule_state=mrnn.RuleState(torch.zeros(1, 3, 16), None, torch.zeros(2, dtype=torch.long))),
+    }
+    for message, call in bad_calls.items():
+        for kind in (ValueError, RuntimeError, mrnn.InputError):   # torch raises RuntimeError here
+            with pytest.raises(kind, match=message):
+                call()
+
+
+def test_dtype_errors_are_type_value_and_runtime_errors():
+    lstm = mrnn.AdamLSTM(3, 4)
+    for kind in (TypeError, ValueError, RuntimeError, mrnn.InputDtypeError):
+        with pytest.raises(kind, match="input must have dtype torch.float32"):
+            lstm(torch.randn(5, 2, 3, dtype=torch.float64))
+    cell = mrnn.AdamLSTMCell(3, 4)
+    with pytest.raises(RuntimeError, match=r"h_0 must have shape \(2, 4\), got \(3, 4\)"):
+        cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(3, 4)))
+    with pytest.raises(RuntimeError, match="expected 3, got 5"):
+        cell(torch.randn(2, 5))
+
+
+# ----------------------------------------------------------------------- cells
+@pytest.mark.parametrize("key", [k for k in CELL_KEYS if k[1] in NEUTRAL], ids=lambda k: mrnn.CELLS[k].__name__)
+@pytest.mark.parametrize("batched", [True, False])
+def test_cells_return_what_torch_cells_return(key, batched):
+    kind, rule = key
+    ours = mrnn.CELLS[key](3, 5, **NEUTRAL[rule])
+    theirs = TORCH_CELLS[kind](3, 5)
+    state = ours.state_dict()
+    if rule == "nesterov":                         # pre = U h + b_hh - u: torch's cell with -W_ih, -b_ih
+        state = {k: -v if k.endswith("_ih") else v for k, v in state.items()}
+    theirs.load_state_dict(state)
+    x = torch.randn(4, 3) if batched else torch.randn(3)
+    shape = (4, 5) if batched else (5,)
+    hx = (torch.randn(shape), torch.randn(shape)) if kind == "lstm" else torch.randn(shape)
+    for args in ((x,), (x, hx)):
+        got, want = ours(*args), theirs(*args)
+        assert type(got) is type(want)
+        if kind == "lstm":
+            assert len(got) == 2
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        else:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("key", CELL_KEYS, ids=lambda k: mrnn.CELLS[k].__name__)
+def test_cells_give_and_take_the_rule_state_by_keyword(key):
+    cell = mrnn.CELLS[key](3, 4, dtype=torch.float64, **ACTIVE[key[1]])
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    hx, rs = cell(x[0], return_rule_state=True)
+    assert isinstance(rs, mrnn.RuleState) and rs.steps.tolist() == [1, 1]
+    plain = cell(x[1], hx)                                   # no rule state: the rule restarts from zero
+    carried, rs2 = cell(x[1], hx, rule_state=rs, return_rule_state=True)
+    assert rs2.steps.tolist() == [2, 2]
+    first = (lambda h: h[0]) if key[0] == "lstm" else (lambda h: h)
+    assert not torch.allclose(first(plain), first(carried))
+    with pytest.raises(TypeError):                           # the former positional form fails loudly
+        cell(x[1], hx, rs)
+
+
+@pytest.mark.parametrize("key", CELL_KEYS, ids=lambda k: mrnn.CELLS[k].__name__)
+def test_cells_take_zero_hidden_size_as_torch(key):
+    cell = mrnn.CELLS[key](3, 0, **ACTIVE[key[1]])
+    theirs = TORCH_CELLS[key[0]](3, 0)(torch.randn(2, 3))
+    got = cell(torch.randn(2, 3))
+    for a, b in zip(got if key[0] == "lstm" else (got,), theirs if key[0] == "lstm" else (theirs,)):
+        assert a.shape == b.shape == (2, 0)
+    with pytest.raises(ValueError, match="hidden_size must be >= 0, got -1"):
+        mrnn.CELLS[key](3, -1)
+
+
+def test_cells_refuse_non_bool_bias_as_torch():
+    with pytest.raises(TypeError, match="bias should be of type bool, got: str"):
+        mrnn.MomentumLSTMCell(3, 4, bias="False")
+
+
+# ------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("impl", ["auto", "loop", "fused", "fused-drive", "reference"])
+@pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)
+def test_gradients_are_contiguous(key, impl):
+    try:
+        layer = make(key, impl=impl, bidirectional=True)
+    except ValueError:
+        pytest.skip(f"{impl} is not a path of this rule")
+    out, _ = layer(torch.randn(5, 2, 3, dtype=torch.float64))
+    out.pow(2).sum().backward()
+    strided = [name for name, p in layer.named_parameters() if not p.grad.is_contiguous()]
+    assert not strided, f"non-contiguous gradients: {strided}"
+
+
+@pytest.mark.parametrize("impl", ["auto", "loop", "fused", "reference"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("key", [("lstm", "momentum"), ("lstm", "adam"), ("rnn", "nesterov"), ("gru", "restart")],
+                         ids=layer_id)
+def test_batched_gradients_are_exact_or_name_the_path(key, bias, impl):
+    """``is_grads_batched=True`` (vmap over the backward): exact on the reference path; a
+    fast path whose backward cannot be batched says so and names ``impl='reference'``."""
+    try:
+        layer = make(key, impl=impl, bias=bias)
+    except ValueError:
+        pytest.skip(f"{impl} is not a path of this rule")
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = layer(x)
+    inputs = [x, *layer.parameters()]
+    seeds = torch.randn(3, *out.shape, dtype=torch.float64)
+    try:
+        batched = torch.autograd.grad(out, inputs, seeds, is_grads_batched=True, retain_graph=True)
+    except RuntimeError as error:
+        assert impl != "reference"
+        assert "batched gradients" in str(error) and "impl='reference'" in str(error)
+        return
+    for i in range(3):
+        single = torch.autograd.grad(out, inputs, seeds[i], retain_graph=True)
+        for a, b in zip(batched, single):
+            torch.testing.assert_close(a[i], b, **TOL)
+
+
+# ------------------------------------------------------------------ torch.func
+@pytest.mark.parametrize("which", every_layer())
+def test_torch_func_grad_equals_autograd(which):
+    layer = make(which)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+
+    def loss(p, x):
+        return torch.func.functional_call(layer, p, (x,))[0].pow(2).sum()
+
+    got = torch.func.grad(loss, argnums=(0, 1))(params, x)
+    want = torch.autograd.grad(loss(params, x.requires_grad_()), [*params.values(), x])
+    for a, b in zip([*got[0].values(), got[1]], want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("which", every_layer())
+def test_torch_func_vmap_equals_a_loop(which):
+    layer = make(which)
+    xs = torch.randn(3, 6, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(3, 1, 2, 4, dtype=torch.float64)
+    lstm = not isinstance(which, type) and which[0] == "lstm"
+    hx = (lambda h: (h, h.flip(-1))) if lstm else (lambda h: h)
+    got = torch.func.vmap(lambda x, h: layer(x, hx(h))[0])(xs, h0)
+    want = torch.stack([layer(xs[i], hx(h0[i]))[0] for i in range(3)])
+    torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("key", [("lstm", "nesterov"), ("gru", "adam")], ids=layer_id)
+def test_torch_func_jacrev_equals_autograd(key):
+    layer = make(key)
+    x = torch.randn(4, 1, 3, dtype=torch.float64)
+    jac = torch.func.jacrev(lambda x: layer(x)[0])(x)
+    want = torch.autograd.functional.jacobian(lambda x: layer(x)[0], x)
+    torch.testing.assert_close(jac, want, **TOL)
+
+
+# ------------------------------------------------------- tracing and exporting
+@pytest.mark.parametrize("which", every_layer())
+def test_torch_export_equals_eager(which):
+    layer = make(which)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    program = torch.export.export(Outputs(layer), (x,))
+    x2 = torch.randn(6, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(program.module()(x2), layer(x2)[0], **TOL)
+    with pytest.raises(Exception):                   # the sequence length is fixed at export: loud
+        program.module()(torch.randn(9, 2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam"), ("rnn", "nesterov"),
+                                   ("gru", "restart"), mrnn.MomentumOrthogonalRNN],
+                         ids=lambda w: layer_id(w) if isinstance(w, tuple) else w.__name__)
+def test_jit_trace_saves_and_equals_eager_at_the_traced_length(which):
+    layer = make(which)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(Outputs(layer), (x,))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x2 = torch.randn(6, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x2), layer(x2)[0], **TOL)
+    with pytest.raises(RuntimeError):                # another length: an error, never a wrong answer
+        loaded(torch.randn(9, 2, 3, dtype=torch.float64))
+
+
+def _onnx_session(model, x, dynamo):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="onnxscript is not installed (the dynamo ONNX exporter)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            data = torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto.SerializeToString()
+        else:
+            buffer = io.BytesIO()
+            torch.onnx.export(model, (x,), buffer, dynamo=False)
+            data = buffer.getvalue()
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def _freeze_orthogonal(layer):
+    """Inference export: ``U`` as a plain parameter (ONNX has no matrix exponential)."""
+    for suffix in layer._suffixes:
+        parametrize.remove_parametrizations(layer, "weight_hh" + suffix, leave_parametrized=True)
+    return layer
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam"), ("lstm", "nesterov"),
+                                   ("gru", "restart"), ("rnn", "rmsprop"), mrnn.MomentumOrthogonalRNN],
+                         ids=lambda w: layer_id(w) if isinstance(w, tuple) else w.__name__)
+def test_onnx_round_trip_in_onnxruntime(which, dynamo):
+    layer = make(which, dtype=torch.float32).eval()
+    if not isinstance(which, tuple):
+        _freeze_orthogonal(layer)
+    x = torch.randn(6, 2, 3)
+    session = _onnx_session(Outputs(layer), x, dynamo)
+    x2 = torch.randn(6, 2, 3)
+    got = session.run(None, {session.get_inputs()[0].name: x2.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), layer(x2)[0].detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_onnx_export_of_a_parametrized_orthogonal_layer_fails_loudly():
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    layer = mrnn.MomentumOrthogonalRNN(3, 4).eval()
+    with pytest.raises(Exception, match="mH|matrix_exp|Failed to convert"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Outputs(layer), (torch.randn(6, 2, 3),), io.BytesIO(), dynamo=False)
+
+
+def test_double_backward_on_the_reference_path_and_under_torch_func():
+    layer = make(("lstm", "nesterov"))
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    reference = make(("lstm", "nesterov"), impl="reference")
+    reference.load_state_dict(layer.state_dict())
+    torch.autograd.gradgradcheck(lambda x: reference(x)[0], (x,))
+    hessian = torch.func.hessian(lambda x: layer(x)[0].pow(2).sum())(x[:2, :1])
+    assert hessian.shape == (2, 1, 3, 2, 1, 3) and torch.isfinite(hessian).all()
