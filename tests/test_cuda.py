@@ -202,3 +202,20 @@ def test_kernels_at_pixel_mnist_length(dtype):
     a = torch.rand(T, B, dtype=torch.float64)
     torch.testing.assert_close(kernels.linear_scan(a.to("cuda", dtype), u.to("cuda", dtype), v0.to("cuda", dtype))
                                .double().cpu(), linear_scan(a, u, v0, method="sequential"), **tol)
+
+
+@pytest.mark.parametrize("key", LAYER_KEYS, ids=lambda k: mrnn.LAYERS[k].__name__)
+def test_float16_autocast_on_cuda(key):
+    """Under CUDA autocast (float16) a layer returns float16 output and hidden state equal to
+    its float32 computation, and float32 gradients (``momentumrnn.autocast``)."""
+    from conftest import ACTIVE
+
+    for impl in impls(mrnn.LAYERS[key]):
+        layer = mrnn.LAYERS[key](3, 8, impl=impl, device="cuda", **ACTIVE[key[1]])
+        x = torch.randn(20, 4, 3, device="cuda").half()
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = layer(x)[0]
+        want = layer(x.float())[0]
+        assert out.dtype == torch.float16 and torch.equal(out, want.half()), impl
+        out.float().sum().backward()
+        assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from .autocast import autocast_boundary
 from .base import RuleModule
 from .checks import (InputError, check_hidden, check_rule_state, expect_like, expect_positive_int, expect_size,
                      expect_tensor, zero_rule_state)
@@ -62,6 +63,7 @@ class RecurrentCell(RuleModule):
         """Hyperparameters in force (tensors for the learnable ones)."""
         return self._hyperparameters("")
 
+    @autocast_boundary
     def forward(self, input: Tensor, hx=None, *, rule_state: RuleState | None = None,
                 return_rule_state: bool = False):
         """One step: ``hx`` as torch's cell returns it (``h`` or ``(h, c)``), and with

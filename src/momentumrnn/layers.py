@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from .autocast import autocast_boundary
 from .base import RuleModule
 from .checks import (InputError, check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
                      zero_rule_state)
@@ -130,6 +131,7 @@ class RecurrentLayer(RuleModule):
         return self._hyperparameters(f"_l{layer}{'_reverse' if reverse else ''}")
 
     # ------------------------------------------------------------------ forward
+    @autocast_boundary
     def forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
         x, lengths, packed, unbatched = self._time_major(input)
         steps_in_call, batch = x.size(0), x.size(1)

@@ -52,15 +52,18 @@ def first_order(backward):
     """Decorate a hand-written ``backward``: refuse double backward (``create_graph=True``)
     instead of returning gradients that silently carry no graph, and name the path that
     supports batched gradients (``is_grads_batched=True``), which these in-place backward
-    passes cannot run. The orthogonal layers' rules (momentum, Adam, RMSProp, restart) run
+    passes cannot run. The backward runs with autocast off (see ``momentumrnn.autocast``). The orthogonal layers' rules (momentum, Adam, RMSProp, restart) run
     through these scans too."""
     @functools.wraps(backward)
     def checked(ctx, *grads):
         if torch.is_grad_enabled():
             raise RuntimeError("momentumrnn's fast paths and parallel scans compute first derivatives only: "
                                "double backward (create_graph=True) is not supported. " + _REFERENCE_HINT)
+        device_type = next((g.device.type for g in grads if isinstance(g, Tensor)), "cpu")
         try:
-            return backward(ctx, *grads)
+            # in the forward's dtype, whatever autocast region the backward is called from
+            with torch.autocast(device_type, enabled=False):
+                return backward(ctx, *grads)
         except RuntimeError as error:
             if "Batching rule not implemented" not in str(error):
                 raise
