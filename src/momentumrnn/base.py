@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -15,16 +16,58 @@ from .rules import Rule
 __all__ = ["RuleModule"]
 
 
+class _ConstructorSignature:
+    """``cls.__signature__`` of a concrete cell or layer class: its constructor's arguments
+    with the rule's hyperparameters and their defaults (``momentum=0.6, step_size=0.6``) in
+    place of ``**hyperparameters``, for ``help()`` and ``inspect.signature``. Base classes
+    and instances (whose signature is ``forward``'s) fall back to Python's own."""
+
+    def __get__(self, instance, owner):
+        if instance is not None or not hasattr(owner, "rule_type"):
+            raise AttributeError("__signature__")
+        return constructor_signature(owner)
+
+
+def constructor_signature(cls) -> inspect.Signature:
+    """The arguments ``cls(...)`` takes. By convention an ``__init__``'s ``**kwargs`` go to its
+    parent's ``__init__`` (expanded here into the parent's arguments) and its
+    ``**hyperparameters`` are the rule's (spelled out with this class's defaults)."""
+    parameters: list[inspect.Parameter] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        own = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]     # without self
+        names = {p.name for p in parameters}
+        if parameters:              # the parent's arguments that the child does not name: keyword-only
+            own = [p if p.kind is inspect.Parameter.VAR_KEYWORD else p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                   for p in own if p.name not in names]
+        parameters = parameters[:-1] + own
+        if parameters[-1].kind is not inspect.Parameter.VAR_KEYWORD or parameters[-1].name != "kwargs":
+            break
+    if parameters[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        parameters = parameters[:-1] + [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value, annotation=type(value).__name__)
+            for name, value in cls.hyperparameter_defaults().items()]
+    return inspect.Signature(parameters)
+
+
 class RuleModule(nn.Module):
     """Base of every cell and layer: ``recurrence_type`` combined with ``rule_type``.
 
     Subclasses set the two class attributes; nothing else differs between variants.
     """
 
+    __signature__ = _ConstructorSignature()
+
     recurrence_type: ClassVar[type[Recurrence]]
     rule_type: ClassVar[type[Rule]]
     #: Names ``init`` accepts (subclasses with their own initializations replace it).
     valid_inits: ClassVar[tuple[str, ...]] = INITS
+
+    @classmethod
+    def hyperparameter_defaults(cls) -> dict:
+        """The rule's hyperparameters with this class's defaults."""
+        return dict(cls.rule_type.defaults)
 
     def _configure(self, *, nonlinearity, init, forget_bias, learnable, hyperparameters,
                    suffixes, device, dtype) -> None:

@@ -14,6 +14,7 @@ step (zero velocity, step counter 1): carry it to run the rule over time.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -38,15 +39,17 @@ class RecurrentCell(RuleModule):
     """One step of ``recurrence_type`` driven by ``rule_type``.
 
     Args: ``input_size, hidden_size, bias=True, device=None, dtype=None`` as torch's
-    cells (``hidden_size`` may be 0, as there); keyword-only: the rule's hyperparameters (``momentum``, ``step_size``, ``beta``,
-    ``restart``: each rule takes its own), ``learnable``, ``init`` ("torch" or "paper"),
+    cells (``hidden_size`` may be 0, as there); keyword-only: the rule's hyperparameters
+    (``momentum``, ``step_size``, ``beta``, ``restart``: each rule takes its own; the class's
+    signature lists them with their defaults), ``learnable``, ``init`` ("torch" or "paper"),
     ``forget_bias`` (LSTM, paper init). Parameters: ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh`` with torch's shapes.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
                  nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
-                 forget_bias: float = 1.0, **hyperparameters):
+                 forget_bias: float = 1.0, **hyperparameters: float):
         super().__init__()
         self.input_size = expect_positive_int("input_size", input_size)
         self.hidden_size = expect_size("hidden_size", hidden_size)
@@ -120,7 +123,7 @@ class _RNNCell(RecurrentCell):
     recurrence_type = RNNRecurrence
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-                 device=None, dtype=None, **kwargs):
+                 device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, **kwargs):
         super().__init__(input_size, hidden_size, bias, device, dtype, nonlinearity=nonlinearity, **kwargs)
 
 

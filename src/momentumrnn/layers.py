@@ -50,7 +50,8 @@ class RecurrentLayer(RuleModule):
     Args: ``input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, device=None, dtype=None`` exactly as torch's layers.
     Keyword-only: the rule's hyperparameters (``momentum``, ``step_size``, ``beta``,
-    ``restart``: each rule takes its own, defaults are the paper's pixel-MNIST settings),
+    ``restart``: each rule takes its own, defaults are the paper's pixel-MNIST settings; the
+    class's signature, as ``help()`` shows it, lists them),
     ``learnable`` (momentum and step size become trainable, one scalar per layer and
     direction), ``init`` ("torch" or "paper"), ``forget_bias`` (LSTM, paper init),
     ``impl`` (computation path, see ``momentumrnn.paths``).
@@ -61,9 +62,9 @@ class RecurrentLayer(RuleModule):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, nonlinearity: str | None = None, learnable: bool = False,
-                 init: str = "torch", forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0,
-                 **hyperparameters):
+                 device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                 nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                 forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, **hyperparameters: float):
         super().__init__()
         for name, value in (("bias", bias), ("batch_first", batch_first)):
             if not isinstance(value, bool):                # torch's check: "False" must not mean True
@@ -354,7 +355,7 @@ class _RNNLayer(RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, **kwargs):
+                 device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, **kwargs):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device, dtype, nonlinearity=nonlinearity, **kwargs)
 

@@ -204,10 +204,15 @@ class OrthogonalRNN(RecurrentLayer):
     #: Hyperparameter defaults of this layer where the paper gives orthogonal-RNN settings.
     orthogonal_defaults: ClassVar[dict] = {}
 
+    @classmethod
+    def hyperparameter_defaults(cls) -> dict:
+        return {**cls.rule_type.defaults, **cls.orthogonal_defaults}
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 device: torch.device | str | int | None = None, dtype: torch.dtype | None = None,
                  trivialization: int | float = math.inf, init: str = "cayley", learnable: bool = False,
-                 **hyperparameters):
+                 **hyperparameters: float):
         if self.rule_type.couples_to_hidden:
             raise TypeError(f"{type(self).__name__}: the orthogonal layers take input-only rules, "
                             f"not {self.rule_type.__name__}")

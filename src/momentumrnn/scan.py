@@ -52,8 +52,8 @@ def first_order(backward):
     """Decorate a hand-written ``backward``: refuse double backward (``create_graph=True``)
     instead of returning gradients that silently carry no graph, and name the path that
     supports batched gradients (``is_grads_batched=True``), which these in-place backward
-    passes cannot run. The backward runs with autocast off (see ``momentumrnn.autocast``). The orthogonal layers' rules (momentum, Adam, RMSProp, restart) run
-    through these scans too."""
+    passes cannot run. The backward runs with autocast off (see ``momentumrnn.autocast``).
+    The orthogonal layers' rules (momentum, Adam, RMSProp, restart) run through these scans too."""
     @functools.wraps(backward)
     def checked(ctx, *grads):
         if torch.is_grad_enabled():
