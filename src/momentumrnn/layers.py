@@ -132,6 +132,7 @@ class RecurrentLayer(RuleModule):
         return self._hyperparameters(f"_l{layer}{'_reverse' if reverse else ''}")
 
     # ------------------------------------------------------------------ forward
+    @torch.compiler.disable
     @autocast_boundary
     def forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
         x, lengths, packed, unbatched = self._time_major(input)

@@ -1,0 +1,88 @@
+"""torch.compile on a model with a momentumrnn layer, against the same model in eager mode.
+
+The model is ``Linear -> layer -> Linear``; dynamo runs the layer eagerly (the layers'
+``forward`` is marked with ``torch.compiler.disable``, as dynamo treats torch's own RNN
+modules) and compiles the Linears around it. For each layer: the cold compile time over
+three sequence lengths (seconds from the first call until the third length has run
+forward+backward), the number of compiled frames, and forward+backward time compiled over
+eager, measured side by side (median of ``--repeats``), with ``torch.nn.LSTM`` as control::
+
+    PYTHONPATH=src python benchmarks/compile.py                     # CPU, inductor
+    PYTHONPATH=src python benchmarks/compile.py --device cuda --shape 784,128,1,128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch._dynamo
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import momentumrnn as mrnn
+from layers import machine, side_by_side
+
+#: torch.nn.LSTM is the control: dynamo runs it eagerly too, so its ratio is the cost of the
+#: graph break itself.
+LAYERS = ["torch.nn.LSTM", "MomentumLSTM", "AdamLSTM", "NesterovLSTM", "RestartGRU", "MomentumOrthogonalRNN"]
+
+
+def measure(name, shape, device, repeats):
+    time_steps, batch, features, hidden = shape
+    torch._dynamo.reset()
+    layer_class = torch.nn.LSTM if name == "torch.nn.LSTM" else getattr(mrnn, name)
+    layer = layer_class(features, hidden, device=device)
+    before = torch.nn.Linear(features, features, device=device)
+    after = torch.nn.Linear(hidden, 1, device=device)
+
+    def model(x):
+        return after(layer(before(x))[0]).sum()
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter)
+    start = time.perf_counter()
+    for length in (time_steps - 2, time_steps - 1, time_steps):
+        compiled(torch.randn(length, batch, features, device=device)).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    cold = time.perf_counter() - start
+    x = torch.randn(time_steps, batch, features, device=device)
+    runs = [lambda: compiled(x).backward(), lambda: model(x).backward()]
+    compiled_s, eager_s = side_by_side(runs, repeats, device)
+    return {"layer": name, "cold_compile_s": cold, "frames": counter.frame_count,
+            "compiled_ms": compiled_s * 1e3, "eager_ms": eager_s * 1e3, "ratio": compiled_s / eager_s}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="100,8,16,64", metavar="T,B,I,H")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="write NAME.json and NAME.md here (e.g. benchmarks/results)")
+    parser.add_argument("--name", default="compile")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    device = torch.device(args.device)
+    rows = [measure(name, shape, device, args.repeats) for name in LAYERS]
+    lines = [f"torch.compile (inductor) over eager, forward+backward, shape (T, B, I, H) = {shape}, "
+             f"{device.type}, torch {torch.__version__}", "",
+             "| layer | cold compile (3 lengths) | frames | compiled | eager | compiled / eager |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['cold_compile_s']:.1f} s | {r['frames']} | {r['compiled_ms']:.2f} ms | "
+              f"{r['eager_ms']:.2f} ms | {r['ratio']:.2f} |" for r in rows]
+    print("\n".join(lines))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.name}.json").write_text(json.dumps(
+            {"machine": machine([device.type], args.threads), "shape": shape, "rows": rows}, indent=2) + "\n")
+        (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
