@@ -43,6 +43,7 @@ FULL_SHAPES = [  # name, (T, batch, input, hidden)
     ("TIMIT-like", (200, 32, 129, 158)),
     ("PTB small", (35, 20, 200, 200)),
     ("PTB large", (70, 20, 400, 1150)),
+    ("long sequence, small batch", (5000, 8, 8, 64)),
 ]
 QUICK_SHAPES = [
     ("pixel MNIST, short", (196, 32, 1, 64)),
@@ -357,7 +358,9 @@ def main(argv=None):
         devices = args.device.split(",")
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shape:
-        shapes = [(f"custom {s}", tuple(int(v) for v in s.split(","))) for s in args.shape]
+        named = {shape: name for name, shape in FULL_SHAPES}
+        shapes = [(named.get(shape, f"custom {s}"), shape)
+                  for s, shape in ((s, tuple(int(v) for v in s.split(","))) for s in args.shape)]
     layers = LAYERS
     if args.layers:
         wanted = args.layers.split(",")

@@ -27,6 +27,10 @@ All arithmetic is torch's; results equal the per-step reference to rounding.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
+
 import torch
 from torch import Tensor
 
@@ -35,8 +39,40 @@ from .scan import AdamChunks, _time_chunks, adam_arguments, first_order
 __all__ = ["lstm_loop", "rnn_loop", "gru_loop", "adam_loop"]
 
 
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc():
+    """Python's cyclic garbage collector paused while the loops run. Their lists of per-step
+    views hold thousands of live tensor objects, which would trigger full collections of
+    every object in the process (about 0.15 s each, measured at T = 5000); the loops create
+    no reference cycles. Nested and concurrent uses restore the collector once, at the end
+    of the last one."""
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 def _keep(mask: Tensor | None, t: int):
     return None if mask is None else mask[t, :, None]
+
+
+def _keeps(mask: Tensor | None):
+    """The mask of every step as (B, 1) views, made at once (None without a mask)."""
+    return None if mask is None else mask[..., None].unbind(0)
 
 
 def _previous(outs: Tensor, h0: Tensor) -> Tensor:
@@ -50,31 +86,37 @@ def _previous_chunk(outs: Tensor, h0: Tensor, start: int, stop: int) -> Tensor:
 
 
 class _LSTMActivations:
-    """The LSTM gate nonlinearities over preallocated buffers (gate order i, f, g, o)."""
+    """The LSTM gate nonlinearities over preallocated buffers (gate order i, f, g, o). Their
+    per-step views are made once, as lists: slicing a tensor inside the loop costs about as
+    much as one of its small ops."""
 
-    def __init__(self, time, batch, hidden, like, c0):
+    def __init__(self, time, batch, hidden, like, c0, pre):
         self.hidden = hidden
         self.acts = like.new_empty(time, batch, 4 * hidden)      # sigmoid(i, f, o), tanh(g)
         self.cells = like.new_empty(time + 1, batch, hidden)
         self.cells[0] = c0
         self.tanh_cells = like.new_empty(time, batch, hidden)
+        self.step_acts = self.acts.unbind(0)
+        self.step_gates = tuple(gate.unbind(0) for gate in self.acts.split(hidden, dim=-1))
+        self.step_cells = self.cells.unbind(0)
+        self.step_tanh_cells = self.tanh_cells.unbind(0)
+        self.pre_g = pre[:, 2 * hidden:3 * hidden]                # ``pre``: the loop's one buffer
 
-    def forward(self, t, gates, out, keep):
-        H = self.hidden
-        a = self.acts[t]
-        torch.sigmoid(gates, out=a)
-        torch.tanh(gates[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
-        c = self.cells[t + 1]
-        torch.mul(a[:, H:2 * H], self.cells[t], out=c)
-        c.addcmul_(a[:, :H], a[:, 2 * H:3 * H])
+    def forward(self, t, pre, out, keep):
+        i, f, g, o = self.step_gates
+        g_t, c, c_prev, tanh_c = g[t], self.step_cells[t + 1], self.step_cells[t], self.step_tanh_cells[t]
+        torch.sigmoid(pre, out=self.step_acts[t])
+        torch.tanh(self.pre_g, out=g_t)
+        torch.mul(f[t], c_prev, out=c)
+        c.addcmul_(i[t], g_t)
         if keep is not None:
-            torch.where(keep, c, self.cells[t], out=c)
-        torch.tanh(c, out=self.tanh_cells[t])
-        torch.mul(a[:, 3 * H:], self.tanh_cells[t], out=out)
+            torch.where(keep, c, c_prev, out=c)
+        torch.tanh(c, out=tanh_c)
+        torch.mul(o[t], tanh_c, out=out)
 
     def factors(self, outs, start, stop):
         """Factors of the backward step for steps ``start:stop`` at once (two passes each),
-        indexed from ``start``."""
+        as lists of per-step views indexed from ``start``."""
         H = self.hidden
         i, f, g, o = self.acts[start:stop].split(H, dim=-1)
         tc = self.tanh_cells[start:stop]
@@ -82,22 +124,28 @@ class _LSTMActivations:
         torch.addcmul(i, i, i, value=-1.0, out=to_ifg[:, :, 0]).mul_(g)                  # dc -> d(pre_i): g i (1-i)
         torch.addcmul(f, f, f, value=-1.0, out=to_ifg[:, :, 1]).mul_(self.cells[start:stop])  # dc -> d(pre_f)
         torch.addcmul(i, i * g, g, value=-1.0, out=to_ifg[:, :, 2])                      # dc -> d(pre_g): i (1-g^2)
-        return {"to_c": torch.addcmul(o, o * tc, tc, value=-1.0),                       # dh -> dc: o (1 - tanh(c)^2)
-                "to_o": torch.addcmul(o, o, o, value=-1.0).mul_(tc),                     # dh -> d(pre_o)
-                "to_ifg": to_ifg, "forget": f}
+        factors = {"to_c": torch.addcmul(o, o * tc, tc, value=-1.0),                    # dh -> dc: o (1 - tanh(c)^2)
+                   "to_o": torch.addcmul(o, o, o, value=-1.0).mul_(tc),                  # dh -> d(pre_o)
+                   "to_ifg": to_ifg, "forget": f}
+        return {name: factor.unbind(0) for name, factor in factors.items()}
+
+    def gradient_views(self, d_pre):
+        """Per step, where ``backward`` writes d(pre-activation): the (B, 3, H) view of the
+        i, f, g gates and the (B, H) view of the o gate of ``d_pre`` (T, B, 4H)."""
+        H = self.hidden
+        return list(zip(d_pre[..., :3 * H].unflatten(-1, (3, H)).unbind(0), d_pre[..., 3 * H:].unbind(0)))
 
     def backward(self, factors, t, dh, dc, dgates, keep):
-        """Write d(pre-activation) of step t into ``dgates``; return the gradient reaching
-        c_{t-1}. ``dh``, ``dc``: the gradients reaching h_t and c_t."""
-        H = self.hidden
-        batch = dh.size(0)
+        """Write d(pre-activation) of step t into ``dgates`` (``gradient_views``); return the
+        gradient reaching c_{t-1}. ``dh``, ``dc``: the gradients reaching h_t and c_t."""
+        d_ifg, d_o = dgates
         if keep is not None:
             held_c = torch.where(keep, 0.0, dc)
             dh = dh * keep
             dc = dc * keep
         dc = torch.addcmul(dc, dh, factors["to_c"][t])
-        torch.mul(dc.unsqueeze(1), factors["to_ifg"][t], out=dgates[:, :3 * H].view(batch, 3, H))
-        torch.mul(dh, factors["to_o"][t], out=dgates[:, 3 * H:])
+        torch.mul(dc.unsqueeze(1), factors["to_ifg"][t], out=d_ifg)
+        torch.mul(dh, factors["to_o"][t], out=d_o)
         dc = dc * factors["forget"][t]
         return dc if keep is None else dc + held_c
 
@@ -111,7 +159,10 @@ class _RNNActivations:
 
     def factors(self, outs, start, stop):
         outs = outs[start:stop]
-        return {"derivative": (outs > 0).to(outs.dtype) if self.relu else 1.0 - outs * outs}
+        return {"derivative": ((outs > 0).to(outs.dtype) if self.relu else 1.0 - outs * outs).unbind(0)}
+
+    def gradient_views(self, d_pre):
+        return d_pre.unbind(0)
 
     def backward(self, factors, t, dh, dc, dgates, keep):
         torch.mul(dh, factors["derivative"][t], out=dgates)
@@ -186,35 +237,49 @@ class _AdditiveLoop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam):
+        with _without_cyclic_gc():
+            return _AdditiveLoop._forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind,
+                                          m0, momentum, adam)
+
+    @staticmethod
+    def _forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam):
         time, batch, gates = terms.shape
         hidden = h0.size(-1)
         lstm = kind == "lstm"
         nesterov = coefficient is not None
-        acts = _LSTMActivations(time, batch, hidden, terms, c0) if lstm else _RNNActivations(kind)
         outs = terms.new_empty(time, batch, hidden)
         pre = terms.new_empty(batch, gates)
+        acts = _LSTMActivations(time, batch, hidden, terms, c0, pre) if lstm else _RNNActivations(kind)
         drives = _Drives(terms, v0, m0, momentum, scale, adam)
+        step_outs, keeps = outs.unbind(0), _keeps(mask)                  # per-step views, made once
         if nesterov:
             coefficient = coefficient[..., None]
+            step_coefficients = coefficient.unbind(0)
             v_prev = v0
         u_t = weight_hh.t()
         h = h0
         for start, stop, block in drives:
+            # the chunk's terms with the recurrent bias (Nesterov: scaled first) in one op, so
+            # that each step adds U h_{t-1} in its one addmm
+            if nesterov:
+                block = block * scale if bias is None else torch.addcmul(bias, block, scale)
+            elif bias is not None:        # Adam's chunk buffer is ours to change; the drive is not
+                block = block.add_(bias) if adam is not None else block + bias
+            step_block = block.unbind(0)
             for t in range(start, stop):
-                keep = _keep(mask, t)
-                rec = torch.mm(h, u_t) if bias is None else torch.addmm(bias, h, u_t)
-                if nesterov:
-                    v = rec.addcmul_(block[t - start], scale)
+                keep = None if keeps is None else keeps[t]
+                if nesterov:                      # v_t = (scale A_t + b) + U h_{t-1}
+                    v = torch.addmm(step_block[t - start], h, u_t)
                     if keep is not None:
                         v = torch.where(keep, v, v_prev)
-                    torch.addcmul(v, coefficient[t], v - v_prev, out=pre)
+                    torch.addcmul(v, step_coefficients[t], v - v_prev, out=pre)
                     v_prev = v
-                else:
-                    torch.add(block[t - start], rec, out=pre)
-                acts.forward(t, pre, outs[t], keep)
+                else:                             # pre_t = (A_t + b) + U h_{t-1}
+                    torch.addmm(step_block[t - start], h, u_t, out=pre)
+                h = step_outs[t]
+                acts.forward(t, pre, h, keep)
                 if keep is not None:
-                    torch.where(keep, outs[t], h, out=outs[t])
-                h = outs[t]
+                    torch.where(keep, h, step_outs[t - 1] if t > 0 else h0, out=h)
         ctx.acts, ctx.lstm, ctx.nesterov, ctx.has_bias = acts, lstm, nesterov, bias is not None
         ctx.drives = drives
         ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask, scale,
@@ -228,6 +293,11 @@ class _AdditiveLoop(torch.autograd.Function):
     @staticmethod
     @first_order
     def backward(ctx, grad_out, grad_h, grad_c, grad_v, grad_m):
+        with _without_cyclic_gc():
+            return _AdditiveLoop._backward(ctx, grad_out, grad_h, grad_c, grad_v, grad_m)
+
+    @staticmethod
+    def _backward(ctx, grad_out, grad_h, grad_c, grad_v, grad_m):
         outs, h0, weight_hh, coefficient, mask, scale, terms, *entering = ctx.saved_tensors
         acts, lstm, nesterov, drives = ctx.acts, ctx.lstm, ctx.nesterov, ctx.drives
         adam = drives.rule is not None
@@ -245,25 +315,32 @@ class _AdditiveLoop(torch.autograd.Function):
             drives.start_backward(terms, entering, grad_v, grad_m, ctx.needs_input_grad[11], ctx.needs_input_grad[1])
             d_weight = outs.new_zeros(gates, hidden) if need_weight else None
             d_bias = outs.new_zeros(gates) if need_bias else None
+        # per-step views, made once (a slice in the loop costs as much as a small op)
+        step_d_pre, step_grad_out, keeps = d_pre.unbind(0), grad_out.unbind(0), _keeps(mask)
+        step_dgates = acts.gradient_views(d_pre)
+        if nesterov:
+            step_one_plus, step_minus = one_plus.unbind(0), minus.unbind(0)
         for index in range(len(drives.chunks) - 1, -1, -1):
             start, stop = drives.chunks[index]
             factors = acts.factors(outs, start, stop)
             for t in range(stop - 1, start - 1, -1):
-                keep = _keep(mask, t)
-                dc = acts.backward(factors, t - start, dh, dc, d_pre[t], keep)
-                if nesterov:
-                    total = torch.addcmul(passed, d_pre[t], one_plus[t])       # the gradient reaching v_t
+                keep = None if keeps is None else keeps[t]
+                dc = acts.backward(factors, t - start, dh, dc, step_dgates[t], keep)
+                d_t = step_d_pre[t]
+                if nesterov:                                # d_t becomes the gradient reaching v_t
                     if keep is None:
-                        passed = d_pre[t] * minus[t]
-                        d_pre[t] = total
+                        reaching_earlier = d_t * step_minus[t]
+                        torch.addcmul(passed, d_t, step_one_plus[t], out=d_t)
+                        passed = reaching_earlier
                     else:
-                        passed = torch.where(keep, d_pre[t] * minus[t], total)
-                        torch.mul(total, keep, out=d_pre[t])
+                        total = torch.addcmul(passed, d_t, step_one_plus[t])
+                        passed = torch.where(keep, d_t * step_minus[t], total)
+                        torch.mul(total, keep, out=d_t)
                 held = None if keep is None else torch.where(keep, 0.0, dh)
                 if t > 0:
-                    dh = torch.addmm(grad_out[t - 1], d_pre[t], weight_hh)
+                    dh = torch.addmm(step_grad_out[t - 1], d_t, weight_hh)
                 else:
-                    dh = torch.mm(d_pre[t], weight_hh)
+                    dh = torch.mm(d_t, weight_hh)
                 if held is not None:
                     dh = dh + held
             del factors

@@ -248,11 +248,11 @@ class AdamChunks:
         torch.mul(u, self.step_size, out=v)
         torch.mul(u, u, out=q2)
         q2.mul_(1.0 - self.beta)
-        for t in range(u.size(0)):
+        for v_t, q2_t in zip(v.unbind(0), q2.unbind(0)):      # per-step views made at once
             if self.moving:
-                v[t].addcmul_(v_prev, self.momentum)
-            q2[t].add_(m_prev, alpha=self.beta)
-            v_prev, m_prev = v[t], q2[t]
+                v_t.addcmul_(v_prev, self.momentum)
+            q2_t.add_(m_prev, alpha=self.beta)
+            v_prev, m_prev = v_t, q2_t
         last_m = q2[-1].clone()
         q2.add_(self.eps)
         torch.sqrt(q2, out=q)
@@ -290,10 +290,11 @@ class AdamChunks:
         if to_v is not None:
             gv[last].add_(to_v)
         hm[last].add_(to_h)
+        step_gv, step_hm = gv.unbind(0), hm.unbind(0)
         for t in range(last - 1, -1, -1):
             if moving:
-                gv[t].addcmul_(gv[t + 1], momentum)
-            hm[t].add_(hm[t + 1], alpha=beta)
+                step_gv[t].addcmul_(step_gv[t + 1], momentum)
+            step_hm[t].add_(step_hm[t + 1], alpha=beta)
         if need_s:
             part = torch.dot(gv.reshape(-1), u.reshape(-1))
             self.d_s = part if self.d_s is None else self.d_s + part
