@@ -8,9 +8,12 @@ runs step by step. Each loop is one ``torch.autograd.Function`` with a hand-writ
 backward (backpropagation through time), which is what makes it tight. Time runs in
 cache-sized chunks of steps:
 
-* forward, per step: ``r_t = U h_{t-1} + b_hh`` (one ``addmm``, as the reference computes
-  it), one add of the drive (or, for Nesterov, ``- s u_t`` and the extrapolation), and the
-  gate nonlinearities written into preallocated buffers, with no autograd graph;
+* forward, per step: one ``addmm`` of ``U h_{t-1}`` onto the step's terms, to which each
+  chunk of steps has added ``b_hh`` (Nesterov: ``-s u_t + b_hh``) in one op; for Nesterov
+  the extrapolation; and the gate nonlinearities written into preallocated buffers, with no
+  autograd graph. The buffers' per-step views are made once per call (a slice inside the
+  loop costs about as much as one of its small ops), with Python's cyclic garbage collector
+  paused meanwhile (``_without_cyclic_gc``);
 * backward, per step: a handful of elementwise ops with factors computed per chunk, and one
   GEMM for ``dh_{t-1}``; the weight gradient ``dU = sum_t dz_t^T h_{t-1}`` and ``db_hh`` are
   GEMMs and sums over whole chunks (or all steps) after their steps.
