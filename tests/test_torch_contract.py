@@ -256,8 +256,8 @@ def _onnx_session(model, x, dynamo):
 
 def _freeze_orthogonal(layer):
     """Inference export: ``U`` as a plain parameter (ONNX has no matrix exponential)."""
-    for suffix in layer._suffixes:
-        parametrize.remove_parametrizations(layer, "weight_hh" + suffix, leave_parametrized=True)
+    for name in list(layer.parametrizations):
+        parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
     return layer
 
 
