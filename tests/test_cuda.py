@@ -219,3 +219,23 @@ def test_float16_autocast_on_cuda(key):
         assert out.dtype == torch.float16 and torch.equal(out, want.half()), impl
         out.float().sum().backward()
         assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("rule", ["momentum", "adam", "nesterov"])
+def test_projections_on_cuda(rule):
+    """LSTM projections (proj_size) on CUDA, every path the rule takes with them, in float64
+    against the CPU reference."""
+    from conftest import ACTIVE
+
+    reference = mrnn.LAYERS["lstm", rule](3, 6, proj_size=4, num_layers=2, bidirectional=True, impl="reference",
+                                          dtype=torch.float64, **ACTIVE[rule])
+    x = torch.randn(9, 3, 3, dtype=torch.float64)
+    want = reference(x)[0]
+    for impl in ("auto", "fused", "fused-drive"):
+        try:
+            layer = mrnn.LAYERS["lstm", rule](3, 6, proj_size=4, num_layers=2, bidirectional=True, impl=impl,
+                                              dtype=torch.float64, device="cuda", **ACTIVE[rule])
+        except ValueError:
+            continue
+        layer.load_state_dict(reference.state_dict())
+        assert_close(layer(x.cuda())[0], want.detach(), torch.float64, f"{rule} {impl}")

@@ -292,3 +292,82 @@ def test_double_backward_on_the_reference_path_and_under_torch_func():
     torch.autograd.gradgradcheck(lambda x: reference(x)[0], (x,))
     hessian = torch.func.hessian(lambda x: layer(x)[0].pow(2).sum())(x[:2, :1])
     assert hessian.shape == (2, 1, 3, 2, 1, 3) and torch.isfinite(hessian).all()
+
+
+# ------------------------------------------------------------ LSTM projections
+PROJECTED = [("lstm", rule) for rule in ("momentum", "restart", "nesterov", "adam", "rmsprop")]
+
+
+def _projected(key, impl, hyperparameters, **kwargs):
+    try:
+        return mrnn.LAYERS[key](3, 6, proj_size=4, impl=impl, dtype=torch.float64, **hyperparameters, **kwargs)
+    except ValueError:
+        pytest.skip(f"{impl} is not a path of this rule with projections")
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "fused-drive", "reference"])
+@pytest.mark.parametrize("key", [k for k in PROJECTED if k[1] in NEUTRAL], ids=layer_id)
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first", [(1, False, False), (2, True, True)])
+def test_projections_equal_torchs_lstm(key, impl, num_layers, bidirectional, batch_first):
+    """``proj_size`` as torch: ``h_t = W_hr (o * tanh(c_t))``, h of proj_size, c of hidden_size,
+    the next layer fed h; values and gradients at neutral settings, with an initial state."""
+    ours = _projected(key, impl, NEUTRAL[key[1]], num_layers=num_layers, bidirectional=bidirectional,
+                      batch_first=batch_first)
+    theirs = torch.nn.LSTM(3, 6, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                           proj_size=4, dtype=torch.float64)
+    state = ours.state_dict()
+    if key[1] == "nesterov":                      # pre = U h + b_hh - u: torch's LSTM with -W_ih, -b_ih
+        state = {k: -v if "_ih_" in k else v for k, v in state.items()}
+    theirs.load_state_dict(state)
+    assert ours._flat_weights_names == theirs._flat_weights_names
+    stacks = num_layers * (2 if bidirectional else 1)
+    x = torch.randn(2, 7, 3, dtype=torch.float64) if batch_first else torch.randn(7, 2, 3, dtype=torch.float64)
+    hx = (torch.randn(stacks, 2, 4, dtype=torch.float64), torch.randn(stacks, 2, 6, dtype=torch.float64))
+    got, want = ours(x, hx), theirs(x, hx)
+    for a, b in zip((got[0], *got[1]), (want[0], *want[1])):
+        torch.testing.assert_close(a, b, **TOL)
+    (got[0].pow(2).sum() + got[1][1].sum()).backward()
+    (want[0].pow(2).sum() + want[1][1].sum()).backward()
+    sign = {k: -1.0 if key[1] == "nesterov" and "_ih_" in k else 1.0 for k in state}
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p.grad, sign[name] * q.grad, **TOL)
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "fused-drive"])
+@pytest.mark.parametrize("key", PROJECTED, ids=layer_id)
+def test_projections_on_every_path_equal_the_reference(key, impl):
+    """Active hyperparameters, packed input, a carried rule state: each path with
+    projections equals the per-step reference, values and gradients."""
+    layer = _projected(key, impl, ACTIVE[key[1]], num_layers=2, bidirectional=True)
+    reference = _projected(key, "reference", ACTIVE[key[1]], num_layers=2, bidirectional=True)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(7, 3, 3, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [7, 4, 6], enforce_sorted=False)
+    carried = reference(x, return_rule_state=True)[2].detach()
+    results = []
+    for module in (layer, reference):
+        out, (h, c), rs = module(packed, rule_state=carried, return_rule_state=True)
+        out = torch.nn.utils.rnn.pad_packed_sequence(out)[0]
+        assert out.shape == (7, 3, 8) and h.shape == (4, 3, 4) and c.shape == (4, 3, 6)
+        (out.pow(2).sum() + c.sum() + rs.velocity.sum()).backward()
+        results.append((out, h, c, rs.velocity, [p.grad for p in module.parameters()]))
+    for a, b in zip(results[0][:4], results[1][:4]):
+        torch.testing.assert_close(a, b, **TOL)
+    for a, b in zip(results[0][4], results[1][4]):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_projection_arguments_are_checked_as_torch():
+    with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size, got 6 >= 6"):
+        mrnn.MomentumLSTM(3, 6, proj_size=6)
+    with pytest.raises(ValueError, match="proj_size is only supported for LSTM layers, not MomentumGRU"):
+        mrnn.MomentumGRU(3, 6, proj_size=2)
+    with pytest.raises(ValueError, match="impl='loop' has no LSTM projections"):
+        mrnn.NesterovLSTM(3, 6, proj_size=2, impl="loop")
+    layer = mrnn.NesterovLSTM(3, 6, proj_size=2)
+    assert layer.path == "reference" and "proj_size=2" in repr(layer)
+    with pytest.raises(RuntimeError, match=r"h_0 must have shape \(1, 5, 2\), got \(1, 5, 6\)"):
+        layer(torch.randn(4, 5, 3), (torch.zeros(1, 5, 6), torch.zeros(1, 5, 6)))
+    out, (h, c) = layer(torch.randn(4, 3))                           # unbatched
+    assert out.shape == (4, 2) and h.shape == (1, 2) and c.shape == (1, 6)
+    assert [w.shape for w in layer.all_weights[0]] == [w.shape for w in torch.nn.LSTM(3, 6, proj_size=2).all_weights[0]]

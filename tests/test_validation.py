@@ -154,9 +154,8 @@ def test_bias_and_batch_first_must_be_bools_as_in_torch(name, value):
 
 def test_torch_attributes_proj_size_and_repr():
     assert mrnn.MomentumLSTM(2, 3, proj_size=0).proj_size == 0                 # torch's default is accepted
-    with pytest.raises(NotImplementedError, match="proj_size > 0 .* is not supported; got proj_size=2"):
-        mrnn.MomentumLSTM(2, 3, proj_size=2)
-    with pytest.raises(ValueError, match="proj_size must be an int >= 0, got -1"):
+    assert mrnn.MomentumLSTM(2, 3, proj_size=2).proj_size == 2
+    with pytest.raises(ValueError, match=r"proj_size must be an int >= 0 \(0: no projections\), got -1"):
         mrnn.AdamLSTM(2, 3, proj_size=-1)
     pairs = [(mrnn.MomentumLSTM(2, 3), torch.nn.LSTM(2, 3)), (mrnn.AdamGRU(2, 3), torch.nn.GRU(2, 3)),
              (mrnn.MomentumRNN(2, 3), torch.nn.RNN(2, 3)),

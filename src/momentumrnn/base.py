@@ -105,10 +105,15 @@ class RuleModule(nn.Module):
                        self.init, self.forget_bias)
         reset_hyperparameters(self, self.rule_type, self._suffixes)
 
+    @property
+    def output_size(self) -> int:
+        """The width of ``h``: ``hidden_size`` (``proj_size`` for LSTM layers with projections)."""
+        return self.hidden_size
+
     def _register_weights(self, suffix: str, input_size: int, bias: bool, factory: dict) -> None:
         rows = self.recurrence.gates * self.hidden_size
         self.register_parameter("weight_ih" + suffix, nn.Parameter(torch.empty(rows, input_size, **factory)))
-        self.register_parameter("weight_hh" + suffix, nn.Parameter(torch.empty(rows, self.hidden_size, **factory)))
+        self.register_parameter("weight_hh" + suffix, nn.Parameter(torch.empty(rows, self.output_size, **factory)))
         if bias:
             self.register_parameter("bias_ih" + suffix, nn.Parameter(torch.empty(rows, **factory)))
             self.register_parameter("bias_hh" + suffix, nn.Parameter(torch.empty(rows, **factory)))

@@ -65,8 +65,10 @@ def zero_rule_state(fields: tuple[str, ...], shape: tuple[int, ...], steps_shape
     return state, torch.zeros(steps_shape, dtype=torch.long, device=like.device)
 
 
-def check_hidden(hx, state_tensors: int, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, ...]:
-    """Validate ``hx``: a tensor ``h`` (RNN, GRU) or a tuple ``(h, c)`` (LSTM) of ``shape``."""
+def check_hidden(hx, state_tensors: int, shape: tuple[int, ...], like: Tensor,
+                 cell_shape: tuple[int, ...] | None = None) -> tuple[Tensor, ...]:
+    """Validate ``hx``: a tensor ``h`` (RNN, GRU) or a tuple ``(h, c)`` (LSTM) of ``shape``
+    (``c`` of ``cell_shape`` where given: LSTM projections make ``h`` narrower)."""
     if state_tensors == 2:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM, got {type(hx).__name__}")
@@ -74,9 +76,9 @@ def check_hidden(hx, state_tensors: int, shape: tuple[int, ...], like: Tensor) -
     else:
         hx = (hx,)
         names = ("hx",)
-    for name, tensor in zip(names, hx):
+    for name, tensor, expected in zip(names, hx, (shape, cell_shape or shape)):
         expect_tensor(name, tensor)
-        expect_shape(name, tensor, shape)
+        expect_shape(name, tensor, expected)
         expect_like(name, tensor, like)
     return tuple(hx)
 

@@ -115,11 +115,12 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
     ``x`` (T, B, I) in processing order (already reversed within each sequence for the
     reverse direction); ``weights`` ``(W, U, b_ih, b_hh)``; ``hidden`` the initial state;
     ``velocity`` (B, G*H) the carried velocity, or None when it is zero; ``steps`` (B,) the
-    steps already taken; ``lengths`` (B,) for packed sequences. Returns the output (T, B, H),
+    steps already taken; ``lengths`` (B,) for packed sequences; ``weights`` may end with the LSTM
+    projection ``W_hr`` (or None), which torch's kernel applies. Returns the output (T, B, H),
     the final state and the final velocity (at each sequence's last valid step; None unless
     ``final_velocity``: it costs a GEMM).
     """
-    weight_ih, weight_hh, bias_ih, bias_hh = weights
+    weight_ih, weight_hh, bias_ih, bias_hh, *projection = weights
     time, batch, _ = x.shape
     coefficient = rule.state_coefficients(hp, steps, time, None, x.dtype)["velocity"]
     filtered = filter_inputs(coefficient, hp["step_size"], x, bias_ih is not None)      # [x~, beta]
@@ -138,6 +139,7 @@ def fused_direction(recurrence: Recurrence, rule: Rule, x: Tensor, weights: tupl
         flat = [weight, weight_hh, torch.zeros_like(bias_hh), bias_hh]
     else:
         flat = [weight, weight_hh]
+    flat += [p for p in projection if p is not None]            # torch's order: w_ih, w_hh, b_ih, b_hh, w_hr
     output, final = fused_kernel(recurrence, filtered, hidden, flat, bias_hh is not None, lengths)
     if not final_velocity:
         return output, final, None
@@ -238,18 +240,21 @@ def _products(coefficient, time: int, like: Tensor) -> Tensor:
 
 
 def drive_kernel(recurrence: Recurrence, drives: Tensor, weight_hh: Tensor, bias_hh: Tensor | None,
-                 hidden: tuple[Tensor, ...], lengths: Tensor | None):
+                 hidden: tuple[Tensor, ...], lengths: Tensor | None, projection: Tensor | None = None):
     """Torch's fused kernel run on a rule's drive ``d`` (T, B, G*H) of all steps: input weights
     ``I`` (G*H x G*H) and a zero input bias, so that the kernel's input term ``I d_t + 0`` is
     exactly ``d_t`` (a product with the identity adds only zeros; cuDNN's TF32 mode, where
     enabled, rounds ``d_t`` as it rounds ``W x_t`` in ``torch.nn.LSTM``). Its input gradient
     is then dL/dd. Holds for the LSTM, the GRU (torch adds the n gate's input term outside
-    the reset gate, as ``GRURecurrence``) and the RNN. Returns the output and final state."""
+    the reset gate, as ``GRURecurrence``) and the RNN; ``projection``: the LSTM's ``W_hr``.
+    Returns the output and final state."""
     identity = _identity(drives.size(-1), drives.dtype, drives.device)
     if bias_hh is not None:
         flat = [identity, weight_hh, torch.zeros_like(bias_hh), bias_hh]
     else:
         flat = [identity, weight_hh]
+    if projection is not None:
+        flat.append(projection)
     return fused_kernel(recurrence, drives, hidden, flat, bias_hh is not None, lengths)
 
 

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .autocast import autocast_boundary
@@ -70,19 +70,20 @@ class RecurrentLayer(RuleModule):
             if not isinstance(value, bool):                # torch's check: "False" must not mean True
                 raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
         if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) or proj_size < 0:
-            raise ValueError(f"proj_size must be an int >= 0, got {proj_size!r}")
-        if proj_size:
-            raise NotImplementedError(f"{type(self).__name__}: proj_size > 0 (LSTM projections) is not supported; "
-                                      f"got proj_size={proj_size}")
-        self.proj_size = 0
+            raise ValueError(f"proj_size must be an int >= 0 (0: no projections), got {proj_size!r}")
         self.input_size = expect_positive_int("input_size", input_size)
         self.hidden_size = expect_positive_int("hidden_size", hidden_size)
+        if proj_size and self.recurrence_type is not LSTMRecurrence:           # torch's checks
+            raise ValueError(f"proj_size is only supported for LSTM layers, not {type(self).__name__}")
+        if proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got {proj_size} >= {self.hidden_size}")
+        self.proj_size = int(proj_size)
         self.num_layers = expect_positive_int("num_layers", num_layers)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers: with num_layers=1 it does nothing", stacklevel=2)
-        check_impl(impl, self.rule_type, type(self).__name__)
+        check_impl(impl, self.rule_type, type(self).__name__, projections=self.proj_size > 0)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -94,9 +95,30 @@ class RecurrentLayer(RuleModule):
                         learnable=learnable, hyperparameters=hyperparameters, suffixes=suffixes,
                         device=device, dtype=dtype)
         for index, suffix in enumerate(suffixes):
-            layer_input = self.input_size if index < directions else self.hidden_size * directions
+            layer_input = self.input_size if index < directions else self.output_size * directions
             self._register_weights(suffix, layer_input, self.bias, {"device": device, "dtype": dtype})
+            if self.proj_size:
+                self.register_parameter("weight_hr" + suffix, nn.Parameter(
+                    torch.empty(self.proj_size, self.hidden_size, device=device, dtype=dtype)))
         self.reset_parameters()
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def reset_parameters(self) -> None:
+        """Re-initialize weights (``init``; the projections ``weight_hr`` as torch's, uniform in
+        ``[-1/sqrt(H), 1/sqrt(H)]``, with either init) and learnable hyperparameters."""
+        super().reset_parameters()
+        bound = 1.0 / self.hidden_size ** 0.5
+        with torch.no_grad():
+            for suffix in self._suffixes:
+                if self._projection(suffix) is not None:
+                    self._projection(suffix).uniform_(-bound, bound)
+
+    def _projection(self, suffix: str) -> Tensor | None:
+        """``weight_hr`` of one layer and direction (LSTM projections), else None."""
+        return getattr(self, "weight_hr" + suffix, None) if self.proj_size else None
 
     @property
     def num_directions(self) -> int:
@@ -116,7 +138,21 @@ class RecurrentLayer(RuleModule):
     @property
     def all_weights(self) -> list[list[Tensor]]:
         """Weights per layer and direction, as ``torch.nn.LSTM.all_weights``."""
-        return [[w for w in group[1:] if w is not None] for group in self._weight_groups()]
+        return [[w for w in (*group[1:], self._projection(group[0])) if w is not None]
+                for group in self._weight_groups()]
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """Parameter names in torch's flat order (per layer and direction: w_ih, w_hh, b_ih,
+        b_hh, w_hr), as ``torch.nn.LSTM._flat_weights_names``."""
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        names += ["weight_hr"] if self.proj_size else []
+        return [name + suffix for suffix in self._suffixes for name in names]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The parameters in torch's flat order (``_flat_weights_names``)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against cuDNN-backed torch layers."""
@@ -125,7 +161,7 @@ class RecurrentLayer(RuleModule):
     def path(self) -> str:
         """The computation path ``impl`` resolves to on the weights' device: "fused",
         "fused-drive", "loop" or "reference" (``momentumrnn.paths``)."""
-        return choose_path(self.impl, self.rule_type, self.weight_ih_l0.device)
+        return choose_path(self.impl, self.rule_type, self.weight_ih_l0.device, self.proj_size > 0)
 
     def hyperparameters(self, layer: int = 0, reverse: bool = False) -> dict:
         """Hyperparameters in force for one layer and direction (tensors where learnable)."""
@@ -141,11 +177,12 @@ class RecurrentLayer(RuleModule):
         gates = self.recurrence.gates * self.hidden_size
         like = self.weight_ih_l0
 
+        widths = (self.output_size, self.hidden_size)[:self.recurrence.state_tensors]      # h, c
         if hx is None:
-            hidden = tuple(x.new_zeros(stacks, batch, self.hidden_size) for _ in range(self.recurrence.state_tensors))
+            hidden = tuple(x.new_zeros(stacks, batch, width) for width in widths)
         else:
-            shape = (stacks, self.hidden_size) if unbatched else (stacks, batch, self.hidden_size)
-            hidden = check_hidden(hx, self.recurrence.state_tensors, shape, like)
+            shapes = [(stacks, width) if unbatched else (stacks, batch, width) for width in widths]
+            hidden = check_hidden(hx, self.recurrence.state_tensors, shapes[0], like, shapes[-1])
             hidden = tuple(h.unsqueeze(1) for h in hidden) if unbatched else hidden
         if rule_state is None:
             rules, steps = zero_rule_state(self.rule_type.state_fields, (stacks, batch, gates), (batch,), x)
@@ -161,14 +198,14 @@ class RecurrentLayer(RuleModule):
 
         final_states, final_rules = [], []
         run = {"reference": self._run_reference, "fused": self._run_fused, "fused-drive": self._run_fused_drive,
-               "loop": self._run_loop}[choose_path(self.impl, self.rule_type, x.device)]
+               "loop": self._run_loop}[choose_path(self.impl, self.rule_type, x.device, self.proj_size > 0)]
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 suffix = self._suffixes[index]
-                weights = self._weights(suffix)
+                weights = (*self._weights(suffix), self._projection(suffix))
                 stack_state = tuple(h[index] for h in hidden)
                 stack_rules = {k: v[index] for k, v in rules.items()}
                 sequence = layer_input if direction == 0 else reverse_sequences(layer_input, lengths)
@@ -230,7 +267,8 @@ class RecurrentLayer(RuleModule):
         expect_like("input", x, self.weight_ih_l0)
 
     # Each path: ``x`` (T, B, I) of one layer and direction in processing order (reversed
-    # within each sequence for the reverse direction), its weights ``(W, U, b_ih, b_hh)``,
+    # within each sequence for the reverse direction), its weights ``(W, U, b_ih, b_hh, W_hr)``
+    # (biases and the LSTM projection ``W_hr`` may be None),
     # hyperparameters, initial state and rule state, step counters (B,), the mask and lengths
     # of packed input (else None), whether the rule state was given and whether the final
     # one is wanted; returns the output (T, B, H), the final state (a tuple) and the final
@@ -238,8 +276,9 @@ class RecurrentLayer(RuleModule):
     def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """The per-step path. The input drive of all steps in one GEMM; input-only rules make
         all drives (``Rule.drives_stepwise``), then the recurrence loops; the coupled rule
-        runs ``cell_step`` at every step. Padded steps of packed sequences change no state."""
-        weight_ih, weight_hh, bias_ih, bias_hh = weights
+        runs ``cell_step`` at every step; with LSTM projections ``h_t = W_hr (o * tanh(c_t))``.
+        Padded steps of packed sequences change no state."""
+        weight_ih, weight_hh, bias_ih, bias_hh, projection = weights
         u = F.linear(x, weight_ih, bias_ih)
         outputs = []
         # unbind, not u[t]: indexing in a loop makes backward add a full-size zero gradient
@@ -257,6 +296,8 @@ class RecurrentLayer(RuleModule):
                 steps = steps + (1 if keep is None else keep.long())
             else:
                 new_state = self.recurrence.step(u_t, F.linear(state[0], weight_hh, bias_hh), state)
+            if projection is not None:
+                new_state = (F.linear(new_state[0], projection), *new_state[1:])
             state = masked(keep, new_state, state)
             outputs.append(state[0])
         return torch.stack(outputs), state, rules
@@ -265,10 +306,12 @@ class RecurrentLayer(RuleModule):
         """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``).
         A carried velocity enters as weight columns that the whole batch multiplies (by zero
         for the other sequences), so a non-finite one would reach every sequence (0 * inf =
-        nan): such a call takes the loop path, which keeps sequences apart."""
+        nan): such a call takes the loop path (with projections the reference), which keeps
+        sequences apart."""
         velocity = rules["velocity"] if carried else None
         if velocity is not None and not bool(torch.isfinite(velocity).all()):
-            return self._run_loop(x, weights, hp, state, rules, steps, mask, lengths, carried, wanted)
+            apart = self._run_loop if weights[4] is None else self._run_reference
+            return apart(x, weights, hp, state, rules, steps, mask, lengths, carried, wanted)
         output, state, velocity = fused_direction(self.recurrence, self.rule, x, weights, hp, state,
                                                   velocity, steps, lengths, wanted)
         return output, state, {"velocity": velocity}
@@ -277,15 +320,16 @@ class RecurrentLayer(RuleModule):
         """The rule's drive of all steps from the input drive ``W x + b_ih`` (one GEMM;
         ``Rule.drives_of_inputs``), then torch's fused kernel with identity input weights
         (``fused.drive_kernel``)."""
-        weight_ih, weight_hh, bias_ih, bias_hh = weights
+        weight_ih, weight_hh, bias_ih, bias_hh, projection = weights
         drives, rules = self.rule.drives_of_inputs(x, weight_ih, bias_ih, rules, hp, steps, mask)
-        output, state = drive_kernel(self.recurrence, drives, weight_hh, bias_hh, state, lengths)
+        output, state = drive_kernel(self.recurrence, drives, weight_hh, bias_hh, state, lengths, projection)
         return output, state, rules
 
     def _run_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """The input drive in one GEMM, the rule's input side for all steps in parallel, then
-        the recurrence in a tight loop with a hand-written backward (``momentumrnn.loops``)."""
-        weight_ih, weight_hh, bias_ih, bias_hh = weights
+        the recurrence in a tight loop with a hand-written backward (``momentumrnn.loops``; no
+        LSTM projections: ``paths.check_impl`` and ``choose_path`` keep them off this path)."""
+        weight_ih, weight_hh, bias_ih, bias_hh, _ = weights
         u = F.linear(x, weight_ih, bias_ih)
         recurrence = self.recurrence
         if self.rule.couples_to_hidden:          # Nesterov: v_t = (U h_{t-1} + b_hh) - s u_t, ...
@@ -323,7 +367,7 @@ class RecurrentLayer(RuleModule):
         if self.recurrence.name == "rnn" and self.recurrence.nonlinearity != "tanh":
             s += f", nonlinearity={self.recurrence.nonlinearity!r}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("impl", "auto")):
+                              ("proj_size", 0), ("impl", "auto")):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}" if name == "impl" else f", {name}={getattr(self, name)}"
         return f"{s}, {self._rule_repr()}"

@@ -323,7 +323,7 @@ class OrthogonalRNN(RecurrentLayer):
         """The input-side rule over all time steps at once (``Rule.drives``), then the
         recurrence loops: ``h_t = modReLU(d_t + U h_{t-1}; b)``. ``weights`` are
         ``(W, U, None, b)``: the orthogonal ``U`` and the modReLU bias ``b`` (``_weights``)."""
-        weight_ih, weight_hh, _, bias = weights
+        weight_ih, weight_hh, _, bias, _ = weights
         u = F.linear(x, weight_ih)
         # the rule's parallel scans, or step by step where only plain torch ops may run (paths.py)
         drives_of = self.rule.drives_stepwise if plain_ops_required() else self.rule.drives

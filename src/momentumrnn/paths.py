@@ -37,7 +37,7 @@ import functools
 
 import torch
 
-__all__ = ["IMPLS", "AUTO", "choose_path", "check_impl", "plain_ops_required", "scan_backend",
+__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "choose_path", "check_impl", "plain_ops_required", "scan_backend",
            "scan_backend_override"]
 
 #: Every value of a layer's ``impl``.
@@ -54,10 +54,19 @@ AUTO = {
 # --8<-- [end:AUTO-table]
 
 
-def check_impl(impl: str, rule_type, layer_name: str) -> None:
+#: With LSTM projections (``proj_size > 0``) the loops do not apply: ``impl="auto"`` takes
+#: torch's kernel (which has projections) where the rule allows, else the reference.
+AUTO_WITH_PROJECTIONS = {"momentum": "fused", "restart": "fused", "adam": "fused-drive", "rmsprop": "fused-drive",
+                         "nesterov": "reference"}
+
+
+def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False) -> None:
     """Refuse an ``impl`` the layer's rule cannot take, naming the ones it can."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if projections and impl == "loop":
+        raise ValueError(f"impl='loop' has no LSTM projections; with proj_size > 0 {layer_name} takes 'auto', "
+                         f"'reference'" + ("" if rule_type.couples_to_hidden else " or a fused path"))
     allowed = ["auto", "loop", "reference"]
     if not rule_type.couples_to_hidden:
         allowed.insert(1, "fused-drive")
@@ -79,12 +88,15 @@ def plain_ops_required() -> bool:
             or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
-def choose_path(impl: str, rule_type, device: torch.device | str) -> str:
-    """The path a layer with this ``impl`` and rule takes on ``device``."""
+def choose_path(impl: str, rule_type, device: torch.device | str, projections: bool = False) -> str:
+    """The path a layer with this ``impl`` and rule takes on ``device`` (with LSTM
+    ``projections`` or not)."""
     if plain_ops_required():
         return "reference"
     if impl != "auto":
         return impl
+    if projections:
+        return AUTO_WITH_PROJECTIONS[rule_type.name]
     kind = torch.device(device).type
     return AUTO["cuda" if kind == "cuda" else "cpu"][rule_type.name]
 
