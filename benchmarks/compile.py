@@ -1,8 +1,8 @@
 """torch.compile on a model with a momentumrnn layer, against the same model in eager mode.
 
 The model is ``Linear -> layer -> Linear``; dynamo runs the layer eagerly (the layers'
-``forward`` is marked with ``torch.compiler.disable``, as dynamo treats torch's own RNN
-modules) and compiles the Linears around it. For each layer: the cold compile time over
+``forward`` hands dynamo a ``torch.compiler.disable``d call, much as dynamo treats torch's own
+RNN modules) and compiles the Linears around it. For each layer: the cold compile time over
 three sequence lengths (seconds from the first call until the third length has run
 forward+backward), the number of compiled frames, and forward+backward time compiled over
 eager, measured side by side (median of ``--repeats``), with ``torch.nn.LSTM`` as control::

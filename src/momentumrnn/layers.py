@@ -168,9 +168,18 @@ class RecurrentLayer(RuleModule):
         return self._hyperparameters(f"_l{layer}{'_reverse' if reverse else ''}")
 
     # ------------------------------------------------------------------ forward
-    @torch.compiler.disable
-    @autocast_boundary
     def forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
+        """``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``), and the final ``RuleState``
+        with ``return_rule_state=True``. Under ``torch.compile`` dynamo runs the layer eagerly
+        (``torch.compiler.disable``, as it treats torch's own RNN modules): no graph of the
+        per-step work, no recompilation per sequence length."""
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return torch.compiler.disable(type(self)._forward)(self, input, hx, rule_state=rule_state,
+                                                                return_rule_state=return_rule_state)
+        return self._forward(input, hx, rule_state=rule_state, return_rule_state=return_rule_state)
+
+    @autocast_boundary
+    def _forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
         x, lengths, packed, unbatched = self._time_major(input)
         steps_in_call, batch = x.size(0), x.size(1)
         stacks = self.num_layers * self.num_directions
