@@ -9,9 +9,9 @@ same rules are in ``momentumrnn.orthogonal``.
 from .cells import (AdamGRUCell, AdamLSTMCell, AdamRNNCell, MomentumGRUCell, MomentumLSTMCell, MomentumRNNCell,
                     NesterovLSTMCell, NesterovRNNCell, RecurrentCell, RestartGRUCell, RestartLSTMCell,
                     RestartRNNCell, RMSPropGRUCell, RMSPropLSTMCell, RMSPropRNNCell)
+from .checks import InputDtypeError, InputError
 from .layers import (AdamGRU, AdamLSTM, AdamRNN, MomentumGRU, MomentumLSTM, MomentumRNN, NesterovLSTM, NesterovRNN,
                      RecurrentLayer, RestartGRU, RestartLSTM, RestartRNN, RMSPropGRU, RMSPropLSTM, RMSPropRNN)
-from .checks import InputDtypeError, InputError
 from .gradients import GradientNorms, gradient_norms
 from .orthogonal import (ORTHOGONAL_LAYERS, AdamOrthogonalRNN, MomentumOrthogonalRNN, OrthogonalRNN,
                          ParameterGroups, RestartOrthogonalRNN, RMSPropOrthogonalRNN, is_former_orthogonal_state,
