@@ -200,9 +200,11 @@ class _Filter(torch.autograd.Function):
         d_a = d_s = None
         if ctx.needs_input_grad[0]:                      # sum_t g_t . y_{t-1} (a learnable momentum)
             d_a = torch.dot(g[1:].reshape(-1), out[:-1].reshape(-1))
+        ones = g.size(-1) > features
+        g_x = g[..., :features] if ones else g       # not a full slice: vmap has no rule for its alias
         if ctx.needs_input_grad[1]:                      # sum_t g_t . [x_t, 1]
-            d_s = (g[..., :features] * x).sum() + g[..., features:].sum()
-        d_x = g[..., :features] * step_size if ctx.needs_input_grad[2] else None
+            d_s = (g_x * x).sum() + (g[..., features:].sum() if ones else 0.0)
+        d_x = g_x * step_size if ctx.needs_input_grad[2] else None
         return d_a, d_s, d_x, None, None
 
 
