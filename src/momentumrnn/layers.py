@@ -31,7 +31,7 @@ from .checks import (InputError, check_hidden, check_rule_state, expect_like, ex
                      zero_rule_state)
 from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
-from .paths import check_impl, choose_path
+from .paths import check_impl, choose_path, is_exporting
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
@@ -173,7 +173,7 @@ class RecurrentLayer(RuleModule):
         with ``return_rule_state=True``. Under ``torch.compile`` dynamo runs the layer eagerly
         (``torch.compiler.disable``, as it treats torch's own RNN modules): no graph of the
         per-step work, no recompilation per sequence length."""
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if torch.compiler.is_compiling() and not is_exporting():
             return torch.compiler.disable(type(self)._forward)(self, input, hx, rule_state=rule_state,
                                                                 return_rule_state=return_rule_state)
         return self._forward(input, hx, rule_state=rule_state, return_rule_state=return_rule_state)

@@ -80,11 +80,15 @@ def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False)
                          f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
 
 
+#: ``torch.compiler.is_exporting`` (torch >= 2.7); before it, export is not detected here.
+is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def plain_ops_required() -> bool:
     """Whether the call runs under a tool that must see plain torch ops: a ``torch.func``
     transform, ``torch.jit.trace`` (the ONNX exporter's ``dynamo=False`` mode) or
     ``torch.export`` (the ONNX exporter's default mode)."""
-    return (torch.jit.is_tracing() or torch.compiler.is_exporting()
+    return (torch.jit.is_tracing() or is_exporting()
             or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
