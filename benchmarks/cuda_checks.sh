@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run from the repository root, results under OUT_DIR:
 #   the CUDA tests (pytest --device cuda), the layer benchmark against cuDNN (layers-cuda.*),
-#   the alternatives the path table was decided on (alt-*.*), and the training throughput of
-#   `momentumrnn train` (train-throughput.*). DATA_DIR holds mnist/ for the throughput runs.
+#   the alternatives the path table was decided on (alt-*.*), torch.compile against eager
+#   (compile-cuda.*), and the training throughput of `momentumrnn train` (train-throughput.*). DATA_DIR holds mnist/ for the throughput runs.
 #
 #   bash benchmarks/cuda_checks.sh OUT_DIR [DATA_DIR]          (ALTERNATIVES=0: skip the alternatives)
 set -u
@@ -37,6 +37,11 @@ $python benchmarks/layers.py --device cuda --no-reference --name alt-torch-scans
   --layers MomentumLSTM,AdamLSTM --shape 784,128,1,128 --shape 35,20,200,200 >> "$out/alt.log" 2>&1
 echo "exit $?"; grep -h -A 6 "Summary (cuda): forward+backward" "$out"/alt-*.md
 fi
+
+step "torch.compile vs eager"
+$python benchmarks/compile.py --device cuda --shape 784,128,1,128 --repeats 5 --name compile-cuda --out "$out" \
+  > "$out/compile-cuda.log" 2>&1
+echo "exit $?"; cat "$out/compile-cuda.md"
 
 if [ -n "$data" ]; then
   step "training throughput"
