@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,14 +24,16 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import momentumrnn as mrnn
-from layers import machine, side_by_side
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layers import machine, side_by_side  # noqa: E402
 
 #: torch.nn.LSTM is the control: dynamo runs it eagerly too, so its ratio is the cost of the
 #: graph break itself.
 LAYERS = ["torch.nn.LSTM", "MomentumLSTM", "AdamLSTM", "NesterovLSTM", "RestartGRU", "MomentumOrthogonalRNN"]
 
 
-def measure(name, shape, device, repeats):
+def measure(name, shape, device, repeats, backend="inductor"):
     time_steps, batch, features, hidden = shape
     torch._dynamo.reset()
     layer_class = torch.nn.LSTM if name == "torch.nn.LSTM" else getattr(mrnn, name)
@@ -41,7 +44,7 @@ def measure(name, shape, device, repeats):
     def model(x):
         return after(layer(before(x))[0]).sum()
 
-    counter = CompileCounterWithBackend("inductor")
+    counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, backend=counter)
     start = time.perf_counter()
     for length in (time_steps - 2, time_steps - 1, time_steps):
@@ -64,12 +67,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write NAME.json and NAME.md here (e.g. benchmarks/results)")
     parser.add_argument("--name", default="compile")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated (default: all of LAYERS)")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend (eager: a quick smoke run)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
     device = torch.device(args.device)
-    rows = [measure(name, shape, device, args.repeats) for name in LAYERS]
-    lines = [f"torch.compile (inductor) over eager, forward+backward, shape (T, B, I, H) = {shape}, "
+    rows = [measure(name, shape, device, args.repeats, args.backend) for name in args.layers.split(",")]
+    lines = [f"torch.compile ({args.backend}) over eager, forward+backward, shape (T, B, I, H) = {shape}, "
              f"{device.type}, torch {torch.__version__}", "",
              "| layer | cold compile (3 lengths) | frames | compiled | eager | compiled / eager |",
              "|---|---|---|---|---|---|"]

@@ -58,3 +58,12 @@ def test_loops_quick_mode_prints_a_table(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "| shape (T, B, H) | torch | autograd | function |"
     assert lines[3].startswith("| tiny (20, 4, 8) |")
+
+
+def test_compile_benchmark_writes_markdown_and_json(tmp_path):
+    load("compile").main(["--shape", "6,2,3,4", "--repeats", "1", "--backend", "eager",
+                          "--layers", "torch.nn.LSTM,NesterovLSTM", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "compile.json").read_text())
+    assert [r["layer"] for r in report["rows"]] == ["torch.nn.LSTM", "NesterovLSTM"]
+    assert all(r["compiled_ms"] > 0 and r["eager_ms"] > 0 and r["frames"] >= 0 for r in report["rows"])
+    assert "| NesterovLSTM |" in (tmp_path / "compile.md").read_text()
