@@ -113,8 +113,9 @@ class RecurrentLayer(RuleModule):
         bound = 1.0 / self.hidden_size ** 0.5
         with torch.no_grad():
             for suffix in self._suffixes:
-                if self._projection(suffix) is not None:
-                    self._projection(suffix).uniform_(-bound, bound)
+                projection = self._projection(suffix)
+                if projection is not None:
+                    projection.uniform_(-bound, bound)
 
     def _projection(self, suffix: str) -> Tensor | None:
         """``weight_hr`` of one layer and direction (LSTM projections), else None."""
@@ -207,7 +208,7 @@ class RecurrentLayer(RuleModule):
 
         final_states, final_rules = [], []
         run = {"reference": self._run_reference, "fused": self._run_fused, "fused-drive": self._run_fused_drive,
-               "loop": self._run_loop}[choose_path(self.impl, self.rule_type, x.device, self.proj_size > 0)]
+               "loop": self._run_loop}[self.path]
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []

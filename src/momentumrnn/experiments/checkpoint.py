@@ -20,6 +20,7 @@ or the difference. (Checkpoints of format 1 have no digests; they are read unche
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -29,7 +30,8 @@ import torch
 
 from .data import sha256 as _sha256
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "has_checkpoint", "atomic_write_text"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "has_checkpoint", "atomic_write_text",
+           "atomic_write_json"]
 
 FORMAT = 2
 #: Formats this version reads: 1 (no digests of the weights files) and 2.
@@ -50,6 +52,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, value) -> None:
+    """``value`` as indented JSON with a final newline, written as ``atomic_write_text``."""
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def _cpu(state: dict) -> dict:

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .checkpoint import has_checkpoint
+from .checkpoint import atomic_write_json, has_checkpoint
 from .config import ConfigError, parse_device, resolve_config
 from .models import rule_hyperparameters
 from .rundir import RunError, hold_lock
@@ -256,7 +256,7 @@ def run_sweep(sweep: Sweep, out: Path, *, devices: list[str], jobs_per_device: i
                                for p in sweep.points},
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if not record_path.exists():
-            _write_json(record_path, record)
+            atomic_write_json(record_path, record)
         return _schedule(sweep, out, devices, jobs_per_device, say)
     finally:
         os.close(lock)
@@ -356,12 +356,6 @@ def _tail(path: Path, lines: int = 12) -> str:
     except OSError:
         return "    (no log)"
     return "\n".join("    " + line for line in text[-lines:])
-
-
-def _write_json(path: Path, value) -> None:
-    from .checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def _say(quiet: bool):

@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .checkpoint import CheckpointError, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, has_checkpoint, load_checkpoint,
+                         save_checkpoint)
 from .config import RESUMABLE, ConfigError, check_config, fingerprint, identity, parse_device
 from .data import data_root
 from .distributed import Ranks, from_environment
@@ -473,7 +474,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
             entry["metrics_damage"] = log.damage
         record["resumed"] = old.get("resumed", []) + [entry]
     if ranks.main:
-        atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_json(run_dir / "config.json", record)
     train_model = model
     if ranks.world > 1:                                 # gradients averaged across ranks in the backward
         from torch.nn.parallel import DistributedDataParallel
@@ -518,7 +519,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
         summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "diverged",
                            f"{what} at step {progress['step']}", None)
         if ranks.main:
-            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_json(run_dir / "summary.json", summary)
         raise Diverged(f"training diverged: {what} at step {progress['step']} (epoch {epochs_done():.2f}). "
                        f"The run stops here; its last checkpoint, at step {last_checkpoint['step']}, holds finite "
                        f"weights. A resume would repeat the same steps: start a new run with a lower --lr, "
@@ -642,7 +643,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
             log.close()
             summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "interrupted", stop, None)
             if ranks.main:
-                atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+                atomic_write_json(run_dir / "summary.json", summary)
             say(f"stopped by {signals.requested} at step {progress['step']}; checkpoint saved. Continue with: "
                 f"momentumrnn train --out {run_dir} --resume")
             return summary
@@ -663,7 +664,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
     log.close()
     summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "finished", stop, test)
     if ranks.main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(run_dir / "summary.json", summary)
     if test is not None:
         say(f"finished ({stop}) after {progress['step']} steps, {elapsed():.0f} s: best val {metric} "
             f"{progress['best']['value']:.4f} at step {progress['best']['step']}; test at best val: "
