@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .autocast import autocast_boundary
 from .base import RuleModule
-from .checks import (InputError, check_hidden, check_rule_state, expect_like, expect_positive_int, expect_size,
+from .checks import (InputError, check_hidden, check_rule_state, expect_input, expect_positive_int, expect_size,
                      expect_tensor, zero_rule_state)
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
@@ -75,9 +75,7 @@ class RecurrentCell(RuleModule):
         if input.dim() not in (1, 2):
             raise InputError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), got {input.dim()}-D "
                              f"of shape {tuple(input.shape)}")
-        if input.size(-1) != self.input_size:
-            raise InputError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {input.size(-1)}")
-        expect_like("input", input, self.weight_ih)
+        expect_input(input, self.input_size, self.weight_ih)
         unbatched = input.dim() == 1
         if unbatched:
             input = input.unsqueeze(0)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["InputError", "InputDtypeError", "expect_tensor", "expect_shape", "expect_like", "expect_positive_int",
-           "expect_size", "zero_rule_state", "check_hidden", "check_rule_state"]
+           "expect_size", "expect_input", "zero_rule_state", "check_hidden", "check_rule_state"]
 
 
 class InputError(ValueError, RuntimeError):
@@ -42,6 +42,13 @@ def expect_like(name: str, tensor: Tensor, reference: Tensor) -> None:
                               f"got {tensor.dtype}")
     if tensor.device != reference.device:
         raise InputError(f"{name} must be on device {reference.device} (the module's parameters), got {tensor.device}")
+
+
+def expect_input(x: Tensor, input_size: int, weight: Tensor) -> None:
+    """A layer's or cell's input: ``input_size`` features, the weights' dtype and device."""
+    if x.size(-1) != input_size:
+        raise InputError(f"input.size(-1) must equal input_size: expected {input_size}, got {x.size(-1)}")
+    expect_like("input", x, weight)
 
 
 def expect_positive_int(name: str, value) -> int:

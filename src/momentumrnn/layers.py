@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .autocast import autocast_boundary
 from .base import RuleModule
-from .checks import (InputError, check_hidden, check_rule_state, expect_like, expect_positive_int, expect_tensor,
+from .checks import (InputError, check_hidden, check_rule_state, expect_input, expect_positive_int, expect_tensor,
                      zero_rule_state)
 from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
@@ -255,13 +255,13 @@ class RecurrentLayer(RuleModule):
         """Return ``(x, lengths, packed, unbatched)`` with x shaped (time, batch, features)."""
         if isinstance(input, PackedSequence):
             x, lengths = pad_packed_sequence(input)                # original batch order
-            self._check_features(x)
+            expect_input(x, self.input_size, self.weight_ih_l0)
             return x, lengths, input, False
         expect_tensor("input", input)
         if input.dim() not in (2, 3):
             raise InputError(f"input must be 2-D (unbatched: time, input_size) or 3-D (batched), got "
                              f"{input.dim()}-D of shape {tuple(input.shape)}")
-        self._check_features(input)
+        expect_input(input, self.input_size, self.weight_ih_l0)
         unbatched = input.dim() == 2
         if unbatched:
             x = input.unsqueeze(1)
@@ -270,11 +270,6 @@ class RecurrentLayer(RuleModule):
         if x.size(0) == 0:
             raise InputError(f"input must have at least one time step, got shape {tuple(input.shape)}")
         return x, None, None, unbatched
-
-    def _check_features(self, x: Tensor) -> None:
-        if x.size(-1) != self.input_size:
-            raise InputError(f"input.size(-1) must equal input_size: expected {self.input_size}, got {x.size(-1)}")
-        expect_like("input", x, self.weight_ih_l0)
 
     # Each path: ``x`` (T, B, I) of one layer and direction in processing order (reversed
     # within each sequence for the reverse direction), its weights ``(W, U, b_ih, b_hh, W_hr)``
