@@ -214,7 +214,7 @@ def test_auto_picks_the_path_of_the_table():
         assert choose_path("loop", cls.rule_type, "cuda") == "loop"
     with pytest.raises(ValueError, match="impl='fused' needs a rule that commutes with the input weights"):
         mrnn.AdamLSTM(2, 3, impl="fused")
-    with pytest.raises(ValueError, match="impl='fused-drive' needs an input-only rule.*'auto', 'loop', 'reference'"):
+    with pytest.raises(ValueError, match="impl='fused-drive' needs an input-only rule.*'auto', 'loop', 'triton-loop', 'reference'"):
         mrnn.NesterovLSTM(2, 3, impl="fused-drive")
     with pytest.raises(ValueError, match="impl must be one of"):
         mrnn.MomentumLSTM(2, 3, impl="cudnn")

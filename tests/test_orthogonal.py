@@ -595,12 +595,17 @@ def test_hidden_size_mismatches():
         layer.load_state_dict(other.state_dict())
 
 
-def test_impl_is_refused_clearly():
-    with pytest.raises(TypeError, match=r"MomentumOrthogonalRNN takes no impl argument \(got impl='loop'\): "
-                                        r"the orthogonal layers have one path, the per-step reference"):
+def test_impl_is_checked_clearly():
+    """The orthogonal layers take "auto" (the reference on every device), "reference" and
+    "triton-loop"; the other paths are refused by name."""
+    with pytest.raises(ValueError, match=r"MomentumOrthogonalRNN takes impl in \('auto', 'triton-loop', "
+                                         r"'reference'\), got 'loop'"):
         mrnn.MomentumOrthogonalRNN(3, 4, impl="loop")
-    with pytest.raises(TypeError, match="OrthogonalRNN takes no impl argument"):
-        mrnn.OrthogonalRNN(3, 4, impl="reference")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        mrnn.OrthogonalRNN(3, 4, impl="cudnn")
+    assert mrnn.OrthogonalRNN(3, 4).path == "reference"
+    assert mrnn.OrthogonalRNN(3, 4, impl="triton-loop").path == "triton-loop"
+    assert "impl='triton-loop'" in repr(mrnn.OrthogonalRNN(3, 4, impl="triton-loop"))
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -615,5 +620,5 @@ def test_double_backward(rule):
         return
     with pytest.raises(RuntimeError, match="double backward") as info:
         torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
-    assert ("the orthogonal layers (one path, no impl) support it under torch.func transforms, or with the plain "
-            "rule (OrthogonalRNN)") in str(info.value)
+    assert ("the orthogonal layers support it under torch.func transforms, or on the reference path with the "
+            "plain rule (OrthogonalRNN)") in str(info.value)

@@ -9,7 +9,7 @@ zero on every call unless carried explicitly::
     out, hx, rs = layer(x, hx, return_rule_state=True)        # also return the rule state
     out, hx, rs = layer(x2, hx, rule_state=rs, return_rule_state=True)   # continue it
 
-Computation paths (``impl``: "auto", "fused", "fused-drive", "loop", "reference"), all
+Computation paths (``impl``: "auto", "fused", "fused-drive", "loop", "triton-loop", "reference"), all
 equal to rounding, values and gradients, are described and chosen in ``momentumrnn.paths``;
 ``layer.path`` tells which one a layer takes. Each path is one ``_run_*`` method with the
 same signature, run per layer and direction.
@@ -36,6 +36,7 @@ from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
 from .step import cell_step, masked
+from .triton_loop import check_device, nesterov_lstm, nesterov_rnn
 
 __all__ = [
     "RecurrentLayer",
@@ -83,7 +84,8 @@ class RecurrentLayer(RuleModule):
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers: with num_layers=1 it does nothing", stacklevel=2)
-        check_impl(impl, self.rule_type, type(self).__name__, projections=self.proj_size > 0)
+        check_impl(impl, self.rule_type, type(self).__name__, projections=self.proj_size > 0,
+                   recurrence=self.recurrence_type.name)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -161,8 +163,9 @@ class RecurrentLayer(RuleModule):
     @property
     def path(self) -> str:
         """The computation path ``impl`` resolves to on the weights' device: "fused",
-        "fused-drive", "loop" or "reference" (``momentumrnn.paths``)."""
-        return choose_path(self.impl, self.rule_type, self.weight_ih_l0.device, self.proj_size > 0)
+        "fused-drive", "loop", "triton-loop" or "reference" (``momentumrnn.paths``)."""
+        return choose_path(self.impl, self.rule_type, self.weight_ih_l0.device, self.proj_size > 0,
+                           self.recurrence.name)
 
     def hyperparameters(self, layer: int = 0, reverse: bool = False) -> dict:
         """Hyperparameters in force for one layer and direction (tensors where learnable)."""
@@ -208,7 +211,7 @@ class RecurrentLayer(RuleModule):
 
         final_states, final_rules = [], []
         run = {"reference": self._run_reference, "fused": self._run_fused, "fused-drive": self._run_fused_drive,
-               "loop": self._run_loop}[self.path]
+               "loop": self._run_loop, "triton-loop": self._run_triton_loop}[self.path]
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
@@ -364,6 +367,24 @@ class RecurrentLayer(RuleModule):
             return output, (h_n, c_n), rules
         output, h_n, _ = rnn_loop(drives, state[0], weight_hh, bias_hh, recurrence.nonlinearity, mask)
         return output, (h_n,), rules
+
+    def _run_triton_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
+        """The rule coupled to h (Nesterov) on CUDA: the input drive in one GEMM and the
+        per-step terms ``b_hh - s u_t`` in one op, then one GEMM and one Triton kernel a step,
+        forward and backward (``momentumrnn.triton_loop``)."""
+        weight_ih, weight_hh, bias_ih, bias_hh, _ = weights
+        check_device(x, type(self).__name__)
+        u = F.linear(x, weight_ih, bias_ih)
+        scale = hp["step_size"]
+        terms = -scale * u if bias_hh is None else bias_hh - scale * u
+        coefficient = self.rule.extrapolation(hp, steps, x.size(0), x.dtype)
+        velocity = rules["velocity"]
+        if self.recurrence.name == "lstm":
+            output, h_n, c_n, v_n = nesterov_lstm(terms, *state, weight_hh, coefficient, velocity, mask)
+            return output, (h_n, c_n), {"velocity": v_n}
+        output, h_n, v_n = nesterov_rnn(terms, state[0], weight_hh, coefficient, velocity,
+                                        self.recurrence.nonlinearity, mask)
+        return output, (h_n,), {"velocity": v_n}
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -41,6 +41,7 @@ from torch.nn.utils.parametrizations import orthogonal
 from .hyperparameters import reset_hyperparameters
 from .layers import RecurrentLayer
 from .paths import plain_ops_required
+from .triton_loop import check_device, modrelu_rnn
 from .recurrences import Recurrence
 from .rules import AdamRule, MomentumRule, PlainRule, RestartRule, RMSPropRule
 from .step import masked
@@ -188,9 +189,11 @@ class OrthogonalRNN(RecurrentLayer):
     the base); ``init`` ("cayley", default, or "henaff": the skew-symmetric ``A_0``, with
     ``base = exp(A_0)`` and ``A = 0``, so ``U_0 = exp(A_0)^T``; ``W`` is Kaiming-normal for relu,
     ``b ~ U(-0.01, 0.01)``, as the authors); ``learnable`` and the rule's hyperparameters as
-    the other layers. There is no ``impl``: the orthogonal layers have one path, the per-step
-    reference. Double backward (``create_graph=True``) works with the plain rule only: the
-    other rules' drives come from the first-order parallel scans (``momentumrnn.scan``).
+    the other layers; ``impl``: "auto" (the per-step reference, on every device),
+    "reference", or "triton-loop" (CUDA: one GEMM and one Triton kernel a step, replayed as
+    CUDA graphs; ``momentumrnn.triton_loop``). Double backward (``create_graph=True``) works
+    on the reference path with the plain rule only: the other rules' drives come from the
+    first-order parallel scans (``momentumrnn.scan``).
 
     Input, output, ``hx``, ``PackedSequence``, unbatched input and the carried rule state
     (``rule_state=``, ``return_rule_state=True``) follow ``RecurrentLayer``; the hidden
@@ -212,16 +215,13 @@ class OrthogonalRNN(RecurrentLayer):
                  dropout: float = 0.0, bidirectional: bool = False,
                  device: torch.device | str | int | None = None, dtype: torch.dtype | None = None,
                  trivialization: int | float = math.inf, init: str = "cayley", learnable: bool = False,
-                 **hyperparameters: float):
+                 impl: str = "auto", **hyperparameters: float):
         if self.rule_type.couples_to_hidden:
             raise TypeError(f"{type(self).__name__}: the orthogonal layers take input-only rules, "
                             f"not {self.rule_type.__name__}")
-        if "impl" in hyperparameters:
-            raise TypeError(f"{type(self).__name__} takes no impl argument (got impl={hyperparameters['impl']!r}): "
-                            f"the orthogonal layers have one path, the per-step reference")
         trivialization = _check_trivialization(trivialization)
         super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
-                         device, dtype, learnable=learnable, init=init, impl="reference",
+                         device, dtype, learnable=learnable, init=init, impl=impl,
                          **{**self.orthogonal_defaults, **hyperparameters})
         self.trivialization = trivialization
         self.register_buffer("orthogonal_form", torch.tensor(ORTHOGONAL_FORM, device=self.weight_ih_l0.device))
@@ -338,6 +338,15 @@ class OrthogonalRNN(RecurrentLayer):
             outputs.append(state[0])
         return torch.stack(outputs), state, rules
 
+    def _run_triton_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
+        """The drives as on the reference path, then ``h_t = modReLU(d_t + U h_{t-1}; b)`` in one
+        GEMM and one Triton kernel a step, forward and backward (``momentumrnn.triton_loop``)."""
+        weight_ih, weight_hh, _, bias, _ = weights
+        check_device(x, parametrize.type_before_parametrizations(self).__name__)
+        drives, rules = self.rule.drives(F.linear(x, weight_ih), rules, hp, steps, mask)
+        output, h_n = modrelu_rnn(drives, state[0], weight_hh, bias, mask)
+        return output, (h_n,), rules
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
@@ -345,6 +354,8 @@ class OrthogonalRNN(RecurrentLayer):
         for name, default in (("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
+        if self.impl != "auto":
+            s += f", impl={self.impl!r}"
         return ", ".join(part for part in (s, f"trivialization={self.trivialization}", self._rule_repr().lstrip(", "))
                          if part)
 

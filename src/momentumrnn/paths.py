@@ -10,7 +10,11 @@ Paths (``impl``), all equal to the per-step reference to rounding, values and gr
   torch's fused kernel with identity input weights and a zero input bias, so that the
   kernel's input term is ``I d_t = d_t`` (``fused.drive_kernel``).
 * ``"loop"`` (every rule): the recurrence in a loop with a hand-written backward
-  (``momentumrnn.loops``); the only fast path of the Nesterov rule, which is coupled to h.
+  (``momentumrnn.loops``); the CPU's fast path of the Nesterov rule, which is coupled to h.
+* ``"triton-loop"`` (the Nesterov RNN and LSTM, and the orthogonal layers' modReLU
+  recurrence; CUDA): one GEMM and one Triton kernel a step, forward and backward, the steps
+  replayed as CUDA graphs (``momentumrnn.triton_loop``). Chosen explicitly: ``"auto"`` does
+  not take it until it has been measured against the other paths on a GPU.
 
 Under a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...), ``torch.jit.trace``
 (and the ONNX exporter built on it) and ``torch.export``, every ``impl`` takes the
@@ -37,11 +41,11 @@ import functools
 
 import torch
 
-__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "choose_path", "check_impl", "plain_ops_required", "scan_backend",
+__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "choose_path", "check_impl", "plain_ops_required", "scan_backend",
            "scan_backend_override"]
 
 #: Every value of a layer's ``impl``.
-IMPLS = ("auto", "fused", "fused-drive", "loop", "reference")
+IMPLS = ("auto", "fused", "fused-drive", "loop", "triton-loop", "reference")
 
 # --8<-- [start:AUTO-table]
 #: The path ``impl="auto"`` takes, by device type and rule name. Devices other than CUDA
@@ -59,16 +63,28 @@ AUTO = {
 AUTO_WITH_PROJECTIONS = {"momentum": "fused", "restart": "fused", "adam": "fused-drive", "rmsprop": "fused-drive",
                          "nesterov": "reference"}
 
+#: The paths of the orthogonal layers (modReLU recurrence), whatever their rule, and what
+#: ``impl="auto"`` takes there on every device.
+ORTHOGONAL_IMPLS = ("auto", "triton-loop", "reference")
+AUTO_ORTHOGONAL = "reference"
 
-def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False) -> None:
-    """Refuse an ``impl`` the layer's rule cannot take, naming the ones it can."""
+
+def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False, recurrence: str = "") -> None:
+    """Refuse an ``impl`` the layer's rule (and ``recurrence``, by name) cannot take, naming
+    the ones it can."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if projections and impl == "loop":
-        raise ValueError(f"impl='loop' has no LSTM projections; with proj_size > 0 {layer_name} takes 'auto', "
+    if recurrence == "modrelu":
+        if impl not in ORTHOGONAL_IMPLS:
+            raise ValueError(f"{layer_name} takes impl in {ORTHOGONAL_IMPLS}, got {impl!r}")
+        return
+    if projections and impl in ("loop", "triton-loop"):
+        raise ValueError(f"impl={impl!r} has no LSTM projections; with proj_size > 0 {layer_name} takes 'auto', "
                          f"'reference'" + ("" if rule_type.couples_to_hidden else " or a fused path"))
     allowed = ["auto", "loop", "reference"]
-    if not rule_type.couples_to_hidden:
+    if rule_type.couples_to_hidden:
+        allowed.insert(2, "triton-loop")
+    else:
         allowed.insert(1, "fused-drive")
     if rule_type.commutes_with_input_weights:
         allowed.insert(1, "fused")
@@ -77,6 +93,9 @@ def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False)
                          f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
     if impl == "fused-drive" and impl not in allowed:
         raise ValueError(f"impl='fused-drive' needs an input-only rule (not coupled to the hidden state); "
+                         f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
+    if impl == "triton-loop" and impl not in allowed:
+        raise ValueError(f"impl='triton-loop' runs the rule coupled to h (Nesterov) and the orthogonal layers; "
                          f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
 
 
@@ -92,13 +111,16 @@ def plain_ops_required() -> bool:
             or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
-def choose_path(impl: str, rule_type, device: torch.device | str, projections: bool = False) -> str:
-    """The path a layer with this ``impl`` and rule takes on ``device`` (with LSTM
-    ``projections`` or not)."""
+def choose_path(impl: str, rule_type, device: torch.device | str, projections: bool = False,
+                recurrence: str = "") -> str:
+    """The path a layer with this ``impl``, rule and ``recurrence`` (by name) takes on
+    ``device`` (with LSTM ``projections`` or not)."""
     if plain_ops_required():
         return "reference"
     if impl != "auto":
         return impl
+    if recurrence == "modrelu":
+        return AUTO_ORTHOGONAL
     if projections:
         return AUTO_WITH_PROJECTIONS[rule_type.name]
     kind = torch.device(device).type

@@ -73,8 +73,8 @@ def first_order(backward):
 
 
 _REFERENCE_HINT = ("The layers of momentumrnn.layers support it with impl='reference' (and every path does "
-                   "under torch.func transforms, which take the reference path); the orthogonal layers (one "
-                   "path, no impl) support it under torch.func transforms, or with the plain rule "
+                   "under torch.func transforms, which take the reference path); the orthogonal layers "
+                   "support it under torch.func transforms, or on the reference path with the plain rule "
                    "(OrthogonalRNN)")
 
 

@@ -1,0 +1,272 @@
+"""The ``"triton-loop"`` path: recurrences coupled to h on the GPU, two launches a step.
+
+For the recurrences torch's fused kernels do not have: the Nesterov-coupled LSTM and RNN
+(``v_t = U h_{t-1} + b_hh - s u_t``, ``pre_t = v_t + c_t (v_t - v_{t-1})``, then the cell)
+and the orthogonal layers' modReLU recurrence (``h_t = modReLU(U h_{t-1} + d_t)``). Per step:
+
+* forward: one GEMM ``z = h_{t-1} U^T`` and one Triton kernel for everything elementwise
+  (``momentumrnn.step_kernels``);
+* backward: one Triton kernel (the cell's adjoint, and Nesterov's) and one GEMM
+  ``dh_{t-1} = base + dz_t U``; the weight gradients ``dU = sum_t dz_t^T h_{t-1}`` (and
+  modReLU's bias) are whole-sequence GEMMs and sums after the loop.
+
+Time runs in windows of ``WINDOW_STEPS`` steps over fixed buffers (``Window``, cached by
+shape, dtype and device, at most ``MAX_WINDOWS``): each window's inputs are copied in, its
+steps run, its results are copied out. Because the buffers never move, the steps of a full
+window are captured once as a CUDA graph and replayed (``momentumrnn.cuda_graphs``), so no
+Python runs per step on the GPU and no graph depends on the sequence length.
+
+Padded steps of packed sequences (``mask`` False) hold every state, as in the reference.
+On the CPU the kernels run only under Triton's interpreter (the tests); the layers refuse
+this path for CPU tensors otherwise (``check_device``).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+
+import torch
+from torch import Tensor
+
+from .checks import InputError
+from .cuda_graphs import Programs
+from .scan import first_order
+
+__all__ = ["nesterov_lstm", "nesterov_rnn", "modrelu_rnn", "check_device", "WINDOW_STEPS", "MAX_WINDOWS"]
+
+#: Steps per window (and per captured graph).
+WINDOW_STEPS = 64
+#: Windows kept (least recently used dropped first); each holds about
+#: ``WINDOW_STEPS * B * (3 G + 3 H)`` numbers and its two graphs.
+MAX_WINDOWS = 8
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _interpreting() -> bool:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    import triton
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    return bool(runtime is not None and runtime.interpret)
+
+
+def check_device(x: Tensor, layer_name: str) -> None:
+    """Refuse what the path cannot run: a non-CUDA tensor (unless Triton interprets), no
+    Triton, a dtype other than float32/float64."""
+    from .paths import triton_available
+    if not triton_available():
+        raise InputError(f"{layer_name}: impl='triton-loop' needs Triton (pip install triton); "
+                         f"impl='loop' or 'reference' run without it")
+    if x.device.type != "cuda" and not _interpreting():
+        raise InputError(f"{layer_name}: impl='triton-loop' runs on CUDA tensors, got a {x.device.type} tensor; "
+                         f"on the CPU use impl='loop' (or 'auto')")
+    if x.dtype not in _DTYPES:
+        raise InputError(f"{layer_name}: impl='triton-loop' computes in float32 or float64, got {x.dtype}; "
+                         f"use impl='reference' for other dtypes")
+
+
+class Window:
+    """Fixed buffers for ``steps`` time steps of one recurrence (names as the kernels' arguments):
+
+    forward: ``terms`` (steps, B, G) the per-step terms ``a_t`` (or drives ``d_t``),
+    ``coefficient`` (steps, Bc), ``keep`` (steps, B) uint8, ``h`` and ``c`` (steps + 1, B, H)
+    with row 0 the state entering the window, ``acts`` (steps, B, 4H), ``pre`` (steps, B, H),
+    ``velocity`` and ``z`` (B, G), ``weight`` U (G, H), ``bias`` (H);
+    backward: ``dh``, ``base``, ``dc`` (B, H), ``passed`` (B, G), ``grad_before`` (steps, B, H)
+    (``grad_out`` one step behind), ``dz`` (steps, B, G).
+
+    Absent buffers are one-element placeholders, since the kernels take every pointer."""
+
+    def __init__(self, cell: str, batch: int, hidden: int, coefficient_width: int, has_mask: bool,
+                 dtype: torch.dtype, device: torch.device, steps: int):
+        self.cell, self.batch, self.hidden, self.steps = cell, batch, hidden, steps
+        self.has_mask, self.fp32 = has_mask, dtype == torch.float32
+        lstm, nesterov = cell == "lstm", cell != "modrelu"
+        self.gates = gates = (4 if lstm else 1) * hidden
+        new = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+        placeholder = new(1)
+        self.lock = threading.Lock()
+        self.terms, self.z, self.weight = new(steps, batch, gates), new(batch, gates), new(gates, hidden)
+        self.h = new(steps + 1, batch, hidden)
+        self.c = new(steps + 1, batch, hidden) if lstm else placeholder
+        self.acts = new(steps, batch, gates) if lstm else placeholder
+        self.pre = new(steps, batch, hidden) if cell == "modrelu" else placeholder
+        self.bias = new(hidden) if cell == "modrelu" else placeholder
+        self.velocity = new(batch, gates) if nesterov else placeholder
+        self.passed = new(batch, gates) if nesterov else placeholder
+        self.coefficient = new(steps, coefficient_width) if nesterov else placeholder
+        self.coefficient_strides = (coefficient_width, 0 if coefficient_width == 1 else 1)
+        self.keep = torch.zeros(steps, batch, dtype=torch.uint8, device=device) if has_mask else placeholder
+        self.dh, self.base, self.dz = new(batch, hidden), new(batch, hidden), new(steps, batch, gates)
+        self.dc = new(batch, hidden) if lstm else placeholder
+        self.grad_before = new(steps, batch, hidden)
+        # per-step views, made once: the programs index them at every step
+        self.h_rows, self.dz_rows, self.weight_t = self.h.unbind(0), self.dz.unbind(0), self.weight.t()
+        self.programs = Programs(device, steps)
+
+    def forward_program(self, steps: int) -> None:
+        from .step_kernels import forward_step
+        for i in range(steps):
+            torch.mm(self.h_rows[i], self.weight_t, out=self.z)
+            forward_step(self, i)
+
+    def backward_program(self, steps: int) -> None:
+        from .step_kernels import backward_step
+        for i in range(steps - 1, -1, -1):
+            backward_step(self, i)
+            torch.addmm(self.base, self.dz_rows[i], self.weight, out=self.dh)
+
+
+_windows: collections.OrderedDict = collections.OrderedDict()
+_windows_lock = threading.Lock()
+
+
+def _window(cell, batch, hidden, coefficient_width, has_mask, dtype, device) -> Window:
+    key = (cell, batch, hidden, coefficient_width, has_mask, dtype, device, WINDOW_STEPS)
+    with _windows_lock:
+        window = _windows.pop(key, None)
+        if window is None:
+            window = Window(cell, batch, hidden, coefficient_width, has_mask, dtype, device, WINDOW_STEPS)
+        _windows[key] = window
+        while len(_windows) > MAX_WINDOWS:
+            _windows.popitem(last=False)
+    return window
+
+
+def clear_windows() -> None:
+    """Drop every cached window and its graphs (frees their memory)."""
+    with _windows_lock:
+        _windows.clear()
+
+
+def _chunks(time: int, steps: int):
+    return [(start, min(start + steps, time)) for start in range(0, time, steps)]
+
+
+class _TritonLoop(torch.autograd.Function):
+    """The recurrence ``cell`` over ``terms`` (T, B, G): returns the outputs (T, B, H), h_T,
+    c_T (LSTM, else None) and v_T (Nesterov, else None)."""
+
+    @staticmethod
+    def forward(ctx, terms, h0, c0, weight_hh, bias, coefficient, v0, mask, cell):
+        time, batch, _ = terms.shape
+        hidden = h0.size(-1)
+        lstm, nesterov = cell == "lstm", cell != "modrelu"
+        window = _window(cell, batch, hidden, coefficient.size(1) if nesterov else 0, mask is not None,
+                         terms.dtype, terms.device)
+        h_all = terms.new_empty(time + 1, batch, hidden)
+        h_all[0] = h0
+        cells = acts = pre = None
+        if lstm:
+            cells = terms.new_empty(time + 1, batch, hidden)
+            cells[0] = c0
+            acts = terms.new_empty(time, batch, 4 * hidden)
+        if cell == "modrelu":
+            pre = terms.new_empty(time, batch, hidden)
+        keep = None if mask is None else mask.to(torch.uint8)
+        with window.lock:
+            window.weight.copy_(weight_hh)
+            if cell == "modrelu":
+                window.bias.copy_(bias)
+            if nesterov:
+                window.velocity.copy_(v0)
+            for start, stop in _chunks(time, window.steps):
+                n = stop - start
+                window.terms[:n].copy_(terms[start:stop])
+                if nesterov:
+                    window.coefficient[:n].copy_(coefficient[start:stop])
+                if keep is not None:
+                    window.keep[:n].copy_(keep[start:stop])
+                window.h[0].copy_(h_all[start])
+                if lstm:
+                    window.c[0].copy_(cells[start])
+                window.programs.run("forward", window.forward_program, n)
+                h_all[start + 1:stop + 1].copy_(window.h[1:n + 1])
+                if lstm:
+                    cells[start + 1:stop + 1].copy_(window.c[1:n + 1])
+                    acts[start:stop].copy_(window.acts[:n])
+                if pre is not None:
+                    pre[start:stop].copy_(window.pre[:n])
+            v_n = window.velocity.clone() if nesterov else None
+        ctx.cell = cell
+        ctx.save_for_backward(h_all, cells, acts, pre, weight_hh, bias, coefficient, keep)
+        c_n = cells[time].clone() if lstm else None
+        return h_all[1:], h_all[time].clone(), c_n, v_n
+
+    @staticmethod
+    @first_order
+    def backward(ctx, grad_out, grad_h, grad_c, grad_v):
+        h_all, cells, acts, pre, weight_hh, bias, coefficient, keep = ctx.saved_tensors
+        cell = ctx.cell
+        lstm, nesterov = cell == "lstm", cell != "modrelu"
+        time, batch, hidden = grad_out.shape
+        window = _window(cell, batch, hidden, coefficient.size(1) if nesterov else 0, keep is not None,
+                         h_all.dtype, h_all.device)
+        dz = h_all.new_empty(time, batch, window.gates)
+        with window.lock:
+            window.weight.copy_(weight_hh)
+            if cell == "modrelu":
+                window.bias.copy_(bias)
+            torch.add(grad_out[time - 1], grad_h, out=window.dh)
+            if lstm:
+                window.dc.copy_(grad_c) if grad_c is not None else window.dc.zero_()
+            if nesterov:
+                window.passed.copy_(grad_v) if grad_v is not None else window.passed.zero_()
+            for start, stop in reversed(_chunks(time, window.steps)):
+                n = stop - start
+                if nesterov:
+                    window.coefficient[:n].copy_(coefficient[start:stop])
+                if keep is not None:
+                    window.keep[:n].copy_(keep[start:stop])
+                if start > 0:
+                    window.grad_before[:n].copy_(grad_out[start - 1:stop - 1])
+                else:
+                    window.grad_before[0].zero_()
+                    window.grad_before[1:n].copy_(grad_out[:n - 1])
+                if lstm:
+                    window.c[:n + 1].copy_(cells[start:stop + 1])
+                    window.acts[:n].copy_(acts[start:stop])
+                elif cell == "modrelu":
+                    window.pre[:n].copy_(pre[start:stop])
+                else:
+                    window.h[1:n + 1].copy_(h_all[start + 1:stop + 1])
+                window.programs.run("backward", window.backward_program, n)
+                dz[start:stop].copy_(window.dz[:n])
+            d_h0 = window.dh.clone()
+            d_c0 = window.dc.clone() if lstm else None
+            d_v0 = window.passed.clone() if nesterov else None
+        needs = ctx.needs_input_grad
+        flat = dz.view(time * batch, window.gates)
+        d_weight = flat.t().mm(h_all[:time].reshape(time * batch, hidden)) if needs[3] else None
+        d_bias = None
+        if cell == "modrelu" and needs[4]:
+            d_bias = (dz * torch.sign(pre)).sum((0, 1))
+        return dz, d_h0, d_c0, d_weight, d_bias, None, d_v0, None, None
+
+
+def nesterov_lstm(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, coefficient: Tensor, v0: Tensor,
+                  mask: Tensor | None = None):
+    """Nesterov-coupled LSTM over ``terms`` (T, B, 4H) ``= b_hh - s u_t``, with the
+    extrapolation ``coefficient`` (T, 1 or B) and velocity ``v0`` (B, 4H). Returns
+    (out, h_n, c_n, v_n)."""
+    return _TritonLoop.apply(terms.contiguous(), h0.contiguous(), c0.contiguous(), weight_hh, None,
+                             coefficient.contiguous(), v0.contiguous(), mask, "lstm")
+
+
+def nesterov_rnn(terms: Tensor, h0: Tensor, weight_hh: Tensor, coefficient: Tensor, v0: Tensor,
+                 nonlinearity: str, mask: Tensor | None = None):
+    """Nesterov-coupled tanh or relu RNN over ``terms`` (T, B, H), as ``nesterov_lstm``.
+    Returns (out, h_n, v_n)."""
+    out, h_n, _, v_n = _TritonLoop.apply(terms.contiguous(), h0.contiguous(), None, weight_hh, None,
+                                         coefficient.contiguous(), v0.contiguous(), mask, nonlinearity)
+    return out, h_n, v_n
+
+
+def modrelu_rnn(drives: Tensor, h0: Tensor, weight_hh: Tensor, bias: Tensor, mask: Tensor | None = None):
+    """``h_t = modReLU(U h_{t-1} + d_t; b)`` over the drives (T, B, H). Returns (out, h_n)."""
+    out, h_n, _, _ = _TritonLoop.apply(drives.contiguous(), h0.contiguous(), None, weight_hh, bias, None, None,
+                                       mask, "modrelu")
+    return out, h_n
