@@ -8,6 +8,8 @@ remainder, masks, both coefficient shapes, float64 and float32; whole layers aga
 reference path; and the CUDA graph bookkeeping with the capture replaced by a recorder.
 """
 
+import pathlib
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -168,6 +170,17 @@ def test_nesterov_layers_without_bias_batch_first_unbatched(engine, cls):
     assert_same_values_and_gradients(fast, ref, lambda m: m(x[0]), [x], torch.float64)
 
 
+def test_inference_mode_then_training(engine):
+    """A window made under inference mode serves later calls outside it."""
+    layer = mrnn.NesterovLSTM(3, 4, dtype=torch.float64, impl="triton-loop")
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with torch.inference_mode():
+        first = layer(x)[0]
+    out = layer(x)[0]
+    out.sum().backward()
+    torch.testing.assert_close(out, first)
+
+
 def test_double_backward_is_refused(engine):
     layer = mrnn.NesterovLSTM(3, 4, dtype=torch.float64, impl="triton-loop")
     out, _ = layer(torch.randn(5, 2, 3, dtype=torch.float64))
@@ -298,3 +311,41 @@ def test_graphs_apply_only_on_cuda_outside_a_capture():
     with cuda_graphs.use_cuda_graphs(False):
         assert not cuda_graphs._enabled[-1]
     assert cuda_graphs._enabled[-1]
+
+
+_COMPILE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from momentumrnn import step_kernels
+
+constants = ("CELL", "HAS_MASK", "FP32", "BLOCK")
+for kernel in (step_kernels.forward_kernel, step_kernels.backward_kernel):
+    names = list(kernel.arg_names)
+    for cell in step_kernels.CELLS.values():
+        for dtype in ("fp32", "fp64"):
+            for has_mask in (False, True):
+                signature = {n: "constexpr" if n in constants else ("*u8" if n == "keep_ptr" else f"*{dtype}")
+                             if n.endswith("_ptr") else "i32" for n in names}
+                values = {"CELL": cell, "HAS_MASK": has_mask, "FP32": dtype == "fp32", "BLOCK": 128}
+                source = ASTSource(fn=kernel, signature=signature,
+                                   constexprs={(names.index(k),): v for k, v in values.items()})
+                assert "cubin" in triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
+print("compiled")
+"""
+
+
+def test_the_step_kernels_compile_for_a_gpu(tmp_path):
+    """The interpreter accepts code the compiler refuses (globals that are not constexpr,
+    for one): compile every kernel variant to a cubin for an sm_90 GPU, with no GPU needed."""
+    import os
+    import subprocess
+    import sys
+
+    import triton
+    if not (pathlib.Path(triton.__file__).parent / "backends" / "nvidia").is_dir():
+        pytest.skip("Triton has no NVIDIA backend here")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]

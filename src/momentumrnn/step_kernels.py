@@ -36,7 +36,7 @@ __all__ = ["CELLS", "forward_step", "backward_step"]
 
 #: The cells, as the kernels' ``CELL`` constant.
 CELLS = {"lstm": 0, "tanh": 1, "relu": 2, "modrelu": 3}
-LSTM, TANH, RELU, MODRELU = 0, 1, 2, 3
+LSTM, TANH, RELU, MODRELU = (tl.constexpr(CELLS[name]) for name in ("lstm", "tanh", "relu", "modrelu"))
 
 #: Units per program.
 BLOCK_UNITS = 128

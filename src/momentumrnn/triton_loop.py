@@ -129,7 +129,8 @@ def _window(cell, batch, hidden, coefficient_width, has_mask, dtype, device) -> 
     with _windows_lock:
         window = _windows.pop(key, None)
         if window is None:
-            window = Window(cell, batch, hidden, coefficient_width, has_mask, dtype, device, WINDOW_STEPS)
+            with torch.inference_mode(False):        # buffers that later calls outside inference mode may write
+                window = Window(cell, batch, hidden, coefficient_width, has_mask, dtype, device, WINDOW_STEPS)
         _windows[key] = window
         while len(_windows) > MAX_WINDOWS:
             _windows.popitem(last=False)
