@@ -4,10 +4,11 @@ Skipped without ``--device cuda``. float64: to 1e-9 (the paths sum the same term
 another order); float32 with TF32 off in cuDNN and cuBLAS: against the float64 reference,
 ``||got - want|| / ||want|| <= 1e-4`` for every output and gradient (1e-3 for the
 gradients of learnable hyperparameters, single sums with cancellation). Covered: all 14 layers
-on every path their rule allows (auto, fused, fused-drive, loop) and the 5 orthogonal
-layers, with two layers, both directions, an initial state, packed input, a carried rule
+on every path their rule allows (auto, fused, fused-drive, loop, triton-loop) and the 5
+orthogonal layers (reference and triton-loop), with two layers, both directions, an initial state, packed input, a carried rule
 state with step counters that differ, learnable momentum and step size, and no bias; the
-Triton kernels at pixel-MNIST length; and the torch scans (no Triton) on CUDA.
+Triton kernels at pixel-MNIST length; the triton-loop path over windows replayed as CUDA
+graphs; and the torch scans (no Triton) on CUDA.
 """
 
 import pytest
@@ -54,7 +55,9 @@ def _cuda_only(request):
 def impls(cls):
     rule = cls.rule_type
     out = ["auto", "loop"]
-    if not rule.couples_to_hidden:
+    if rule.couples_to_hidden:
+        out.append("triton-loop")
+    else:
         out.append("fused-drive")
     if rule.commutes_with_input_weights:
         out.append("fused")
@@ -153,13 +156,15 @@ def test_no_bias_on_cuda(key):
     check(fast, ref, plain, [x], torch.float64)
 
 
+@pytest.mark.parametrize("impl", ["auto", "triton-loop"])
 @pytest.mark.parametrize("rule", ["none", "momentum", "adam", "rmsprop", "restart"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_orthogonal_on_cuda(rule, dtype):
+def test_orthogonal_on_cuda(rule, dtype, impl):
     cls = mrnn.ORTHOGONAL_LAYERS[rule]
     torch.manual_seed(3)
     ref = cls(3, 6, 2, bidirectional=True, dtype=torch.float64, learnable=bool(cls.rule_type.learnable))
-    fast = cls(3, 6, 2, bidirectional=True, dtype=dtype, device="cuda", learnable=bool(cls.rule_type.learnable))
+    fast = cls(3, 6, 2, bidirectional=True, dtype=dtype, device="cuda", learnable=bool(cls.rule_type.learnable),
+               impl=impl)
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(37, 3, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([37, 5, 20])
@@ -239,3 +244,51 @@ def test_projections_on_cuda(rule):
             continue
         layer.load_state_dict(reference.state_dict())
         assert_close(layer(x.cuda())[0], want.detach(), torch.float64, f"{rule} {impl}")
+
+
+TRITON_LOOP_LAYERS = [(mrnn.NesterovLSTM, {}), (mrnn.NesterovRNN, {}), (mrnn.NesterovRNN, {"nonlinearity": "relu"}),
+                      (mrnn.MomentumOrthogonalRNN, {}), (mrnn.AdamOrthogonalRNN, {})]
+
+
+@pytest.mark.parametrize("case", TRITON_LOOP_LAYERS,
+                         ids=lambda c: c[0].__name__ + ("-relu" if c[1] else ""))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_triton_loop_over_captured_windows(case, dtype):
+    """150 steps: two full windows, captured as CUDA graphs and replayed, and a remainder
+    launched step by step; packed input of three lengths; both directions. Against the CPU
+    reference, then a second call (replays only) against the first, and the launch-by-launch
+    run (``use_cuda_graphs(False)``) against the replayed one."""
+    from conftest import ACTIVE
+    from momentumrnn import cuda_graphs, triton_loop
+
+    cls, kwargs = case
+    hp = ACTIVE["nesterov"] if cls.rule_type.name == "nesterov" else ACTIVE.get(cls.rule_type.name, {})
+    torch.manual_seed(5)
+    ref = cls(3, 8, 2, bidirectional=True, dtype=torch.float64, impl="reference", **hp, **kwargs)
+    fast = cls(3, 8, 2, bidirectional=True, dtype=dtype, device="cuda", impl="triton-loop", **hp, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    triton_loop.clear_windows()
+    x = torch.randn(150, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([150, 70, 129])
+    check(fast, ref, packed_call(lengths), [x], dtype)
+    graphs = [g for w in triton_loop._windows.values() for g in w.programs.graphs.values()]
+    assert graphs and all(isinstance(g, torch.cuda.CUDAGraph) for g in graphs), graphs
+    xc = x.detach().to("cuda", dtype)
+    first = tensors(fast(xc, return_rule_state=True))
+    second = tensors(fast(xc, return_rule_state=True))
+    with cuda_graphs.use_cuda_graphs(False):
+        eager = tensors(fast(xc, return_rule_state=True))
+    for a, b, c in zip(first, second, eager, strict=True):
+        torch.testing.assert_close(b, a, atol=0, rtol=0)
+        torch.testing.assert_close(c, a, **TOL[dtype])
+
+
+@pytest.mark.parametrize("cls", [mrnn.NesterovLSTM, mrnn.MomentumOrthogonalRNN])
+def test_triton_loop_at_pixel_mnist_length(cls):
+    """784 steps (12 windows and a remainder) in float32 against the float64 reference."""
+    torch.manual_seed(6)
+    ref = cls(1, 32, dtype=torch.float64, impl="reference")
+    fast = cls(1, 32, device="cuda", impl="triton-loop")
+    fast.load_state_dict(ref.state_dict())
+    x = torch.rand(784, 4, 1, dtype=torch.float64, requires_grad=True)
+    check(fast, ref, plain, [x], torch.float32)

@@ -94,6 +94,10 @@ def test_explicit_flags_win_over_the_preset():
     ("dtriv", {"orthogonal_init": "xavier"}, "orthogonal_init must be one of"),
     ("lstm", {"lr_orth": 1e-3}, "--lr-orth applies to the orthogonal models"),
     ("transformer", {}, "unknown model 'transformer'"),
+    ("lstm", {"impl": "loop"}, "--impl does not apply to model 'lstm'"),
+    ("momentum-lstm", {"impl": "triton-loop"}, "impl='triton-loop' runs the rule coupled to h"),
+    ("dtriv", {"impl": "loop"}, "OrthogonalRNN takes impl in ('auto', 'triton-loop', 'reference'), got 'loop'"),
+    ("adam-lstm", {"impl": "cudnn"}, "impl must be one of"),
 ])
 def test_configuration_errors(model, overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -109,6 +113,18 @@ def test_every_model_builds_and_runs(name, per_step):
     model = build_model(config, 3, 5, per_step)
     out = model(torch.randn(2, 4, 3))
     assert out.shape == ((2, 4, 5) if per_step else (2, 5))
+
+
+def test_the_path_is_a_setting_of_momentumrnn_models():
+    """``--impl`` reaches the layer; it places a run (like the device), so a resumed run may change it."""
+    from momentumrnn.experiments.config import RESUMABLE, identity
+
+    config = resolve_config("smnist", "nesterov-lstm", {"impl": "reference"})
+    assert build_model(config, 1, 10, False).rnn.path == "reference"
+    assert build_model(resolve_config("smnist", "momentum-dtriv", {"impl": "triton-loop"}), 1, 10, False).rnn.impl \
+        == "triton-loop"
+    assert resolve_config("smnist", "adam-lstm")["impl"] == "auto" and "impl" not in resolve_config("smnist", "lstm")
+    assert "impl" in RESUMABLE and "impl" not in identity(config)
 
 
 def test_torch_and_momentum_models_share_shapes_and_paper_init():

@@ -52,6 +52,8 @@ _CONFIG_FLAGS = [
     ("--orthogonal-init", str, "orthogonal models: skew-symmetric initialization, cayley (default) or henaff"),
     ("--trivialization", int, "orthogonal models: change of base every K optimizer steps, 0 = never (default 100)"),
     ("--lr-orth", float, "orthogonal models: RMSprop learning rate of the orthogonal parameters (default 1e-4)"),
+    ("--impl", str, "momentumrnn models: computation path, auto (default), loop, triton-loop (CUDA), reference, ... "
+                    "(every path gives the same numbers to rounding)"),
     ("--val-size", int, "validation examples (MNIST: held out of the training set, default 5000)"),
     ("--train-size", int, "training examples of a synthetic task (default 20000)"),
     ("--test-size", int, "test examples of a synthetic task (default 2000)"),

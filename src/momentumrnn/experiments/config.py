@@ -58,7 +58,7 @@ DEFAULTS = {
 
 #: Keys that may differ when a run is resumed.
 RESUMABLE = {"epochs", "max_steps", "time_budget", "device", "threads", "log_every", "checkpoint_every",
-             "download", "data_dir"}
+             "download", "data_dir", "impl"}
 #: Keys that describe a run but do not identify it.
 _BOOKKEEPING = {"preset", "preset_notes"}
 
@@ -125,6 +125,8 @@ def _not_applicable(key: str, task: str, model: str, task_type, hyperparameters:
         return f"{flag} does not apply to the orthogonal model {model!r}: use --orthogonal-init cayley|henaff"
     if key in ("orthogonal_init", "trivialization", "lr_orth"):
         return f"{flag} applies to the orthogonal models (dtriv, momentum-dtriv, ...), not {model!r}"
+    if key == "impl":
+        return f"{flag} does not apply to model {model!r}: torch's layers have one path; momentumrnn's models take it"
     owners = [name for name, t in TASKS.items() if key in t.options]
     if owners:
         return f"{flag} does not apply to task {task!r} (it is an option of {', '.join(owners)})"
@@ -195,6 +197,12 @@ def check_config(config: dict) -> None:
         from .. import LAYERS
         rule_type = LAYERS[recurrence, rule].rule_type
     if rule is not None:
+        from ..paths import check_impl
+        layer_type = ORTHOGONAL_LAYERS[rule] if recurrence == "orthogonal" else LAYERS[recurrence, rule]
+        try:
+            check_impl(config.get("impl", "auto"), rule_type, layer_type.__name__, recurrence=layer_type.recurrence_type.name)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         try:
             rule_type.validate({k: config[k] for k in rule_hyperparameters(config["model"])})
         except (TypeError, ValueError) as error:

@@ -18,7 +18,7 @@ from .. import LAYERS, ORTHOGONAL_LAYERS
 from ..initialization import initialize
 from ..recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 
-__all__ = ["MODELS", "ORTHOGONAL_OPTIONS", "SequenceModel", "build_model", "model_spec", "model_options",
+__all__ = ["MODELS", "ORTHOGONAL_OPTIONS", "LAYER_OPTIONS", "SequenceModel", "build_model", "model_spec", "model_options",
            "rule_hyperparameters", "count_parameters"]
 
 #: Model name -> (recurrence, rule); rule None means torch's plain layer.
@@ -32,6 +32,9 @@ MODELS: dict[str, tuple[str, str | None]] = {
 #: change of base every K optimizer steps (0 = never, expRNN), and the learning rate of
 #: the RMSprop optimizer for the orthogonal parameters (the two-optimizer recipe).
 ORTHOGONAL_OPTIONS = {"orthogonal_init": "cayley", "trivialization": 100, "lr_orth": 1e-4}
+#: Settings of every momentumrnn model (not torch's layers): the computation path
+#: (``momentumrnn.paths``; every path gives the same numbers to rounding).
+LAYER_OPTIONS = {"impl": "auto"}
 
 _TORCH_LAYERS = {"lstm": (nn.LSTM, LSTMRecurrence), "gru": (nn.GRU, GRURecurrence), "rnn": (nn.RNN, RNNRecurrence)}
 
@@ -55,8 +58,11 @@ def rule_hyperparameters(name: str) -> dict:
 
 
 def model_options(name: str) -> dict:
-    """Settings that only some models take (the orthogonal ones), with defaults."""
-    return dict(ORTHOGONAL_OPTIONS) if model_spec(name)[0] == "orthogonal" else {}
+    """Settings that only some models take (momentumrnn's layers; the orthogonal ones), with defaults."""
+    recurrence, rule = model_spec(name)
+    if rule is None:
+        return {}
+    return {**LAYER_OPTIONS, **(ORTHOGONAL_OPTIONS if recurrence == "orthogonal" else {})}
 
 
 class SequenceModel(nn.Module):
@@ -89,11 +95,12 @@ def build_model(config: dict, input_size: int, output_size: int, per_step: bool)
     elif recurrence == "orthogonal":
         hp = {k: config[k] for k in rule_hyperparameters(config["model"])}
         rnn = ORTHOGONAL_LAYERS[rule](input_size, hidden, layers, batch_first=True, init=config["orthogonal_init"],
-                                      trivialization=config["trivialization"] or math.inf, **hp)
+                                      trivialization=config["trivialization"] or math.inf,
+                                      impl=config.get("impl", "auto"), **hp)
     else:
         hp = {k: config[k] for k in rule_hyperparameters(config["model"])}
         rnn = LAYERS[recurrence, rule](input_size, hidden, layers, batch_first=True, init=config["init"],
-                                       forget_bias=config["forget_bias"], **hp)
+                                       forget_bias=config["forget_bias"], impl=config.get("impl", "auto"), **hp)
     return SequenceModel(rnn, hidden, output_size, per_step)
 
 

@@ -159,7 +159,7 @@ def build_layer(config: dict, input_size: int, hidden_size: int) -> nn.Module:
         return layer
     hp = {k: config[k] for k in rule_hyperparameters(config["model"])}
     return LAYERS[recurrence, rule](input_size, hidden_size, 1, batch_first=True, init=config["init"],
-                                    forget_bias=config["forget_bias"], **hp)
+                                    forget_bias=config["forget_bias"], impl=config.get("impl", "auto"), **hp)
 
 
 class LanguageModel(nn.Module):
