@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 
 import momentumrnn as mrnn
+from momentumrnn import triton_loop
+from momentumrnn.cuda_graphs import use_cuda_graphs
 from momentumrnn.paths import check_impl, scan_backend_override
 
 FULL_SHAPES = [  # name, (T, batch, input, hidden)
@@ -50,17 +52,20 @@ QUICK_SHAPES = [
     ("TIMIT-like, small", (100, 16, 129, 64)),
     ("PTB small", (35, 20, 200, 200)),
 ]
-TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN, "orthogonal": torch.nn.RNN}
 ORDER = ["momentum", "restart", "adam", "rmsprop", "nesterov"]
 LAYERS = sorted(mrnn.LAYERS.items(), key=lambda item: (["lstm", "gru", "rnn"].index(item[0][0]),
                                                       ORDER.index(item[0][1])))
+#: The orthogonal layers, against torch's tanh RNN of the same size; only when ``--layers`` names them.
+ORTHOGONAL = [(("orthogonal", rule), cls) for rule, cls in mrnn.ORTHOGONAL_LAYERS.items()]
 #: Targets: ratio of f+b time to torch's fused layer, per device and layer name.
 TIME_TARGETS = {
     "cpu": {"MomentumLSTM": 1.10, "MomentumGRU": 1.10, "MomentumRNN": 1.10,
             "AdamLSTM": 1.6, "RMSPropLSTM": 1.6, "NesterovLSTM": 2.0},
     "cuda": {**{f"{rule}{kind}": 1.15 for rule in ("Momentum", "Restart") for kind in ("LSTM", "GRU", "RNN")},
              **{f"{rule}{kind}": 1.3 for rule in ("Adam", "RMSProp") for kind in ("LSTM", "GRU", "RNN")},
-             "NesterovLSTM": 2.0, "NesterovRNN": 2.0},
+             "NesterovLSTM": 2.0, "NesterovRNN": 2.0,
+             **{cls.__name__: 2.0 for _, cls in ORTHOGONAL}},
 }
 SPEEDUP_SHAPES = ("TIMIT-like", "PTB small")
 MEMORY_TARGET = 1.3
@@ -185,7 +190,7 @@ def reference_repeats(shape, repeats, quick):
 def layer_impl(cls, impl):
     """``impl`` where the layer's rule takes it, else "auto"."""
     try:
-        check_impl(impl, cls.rule_type, cls.__name__)
+        check_impl(impl, cls.rule_type, cls.__name__, recurrence=cls.recurrence_type.name)
     except ValueError:
         return "auto"
     return impl
@@ -200,6 +205,7 @@ def benchmark_shape(name, shape, device, repeats, quick, layers, log, impl="auto
     nan = float("nan")
     for (kind, rule), cls in layers:
         torch.manual_seed(0)
+        triton_loop.clear_windows()
         fast = cls(I, H, device=device, dtype=dtype, impl=layer_impl(cls, impl))
         ref = cls(I, H, device=device, dtype=dtype, impl="reference")
         ref.load_state_dict(fast.state_dict())
@@ -211,6 +217,7 @@ def benchmark_shape(name, shape, device, repeats, quick, layers, log, impl="auto
         fwd_ref, = side_by_side([forward_only(ref, x)], n_ref, device) if reference else (nan,)
         mem = {"fast": peak_memory(forward_backward(fast, x), device),
                "torch": peak_memory(forward_backward(theirs, x), device),
+               "held": triton_loop.cached_bytes(),
                "reference": peak_memory(forward_backward(ref, x), device) if reference else None}
         row = {
             "shape": name, "T": T, "batch": B, "input": I, "hidden": H,
@@ -220,7 +227,8 @@ def benchmark_shape(name, shape, device, repeats, quick, layers, log, impl="auto
             "peak_mib": {k: (None if v is None else v / 2 ** 20) for k, v in mem.items()},
             "ratio_fb": fb_fast / fb_torch, "ratio_fwd": fwd_fast / fwd_torch,
             "speedup_fb": fb_ref / fb_fast, "speedup_fwd": fwd_ref / fwd_fast,
-            "memory_ratio": None if not mem["fast"] or not mem["torch"] else mem["fast"] / mem["torch"],
+            # the windows a triton-loop layer keeps between calls count as its memory too
+            "memory_ratio": None if not mem["fast"] or not mem["torch"] else (mem["fast"] + mem["held"]) / mem["torch"],
             "repeats": repeats, "reference_repeats": n_ref,
         }
         rows.append(row)
@@ -286,7 +294,10 @@ def markdown(report):
              + (report['settings']['reference_repeats_note'] if report['settings'].get('reference', True)
                 else "not timed in this run (`--no-reference`)")
              + f". Paths: `impl={report['settings'].get('impl', 'auto')!r}` where the rule takes it; scans: "
-             f"{report['settings'].get('scan_backend', 'default')}. Peak memory: one forward+backward.", ""]
+             f"{report['settings'].get('scan_backend', 'default')}"
+             + ("" if report['settings'].get('cuda_graphs', True) else "; triton-loop without CUDA graphs")
+             + ". Peak memory: one forward+backward, plus the buffers the triton-loop path keeps between "
+             "calls. The orthogonal layers are compared with torch's tanh RNN of the same size.", ""]
     lines += summary(report)
     for device in report["machine"]["devices"]:
         for shape in dict.fromkeys(r["shape"] for r in report["results"] if r["device"] == device):
@@ -338,6 +349,8 @@ def main(argv=None):
                         help="path for every layer whose rule takes it (e.g. fused-drive), else auto")
     parser.add_argument("--scan-backend", default=None, choices=("triton", "torch"),
                         help="run the rules' scans with this backend (default: momentumrnn.paths decides)")
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="triton-loop: launch every step from Python instead of replaying CUDA graphs")
     parser.add_argument("--no-reference", action="store_true",
                         help="do not time impl='reference' (on CUDA it launches kernels at every step)")
     parser.add_argument("--from-json", default=None, metavar="FILE",
@@ -364,13 +377,14 @@ def main(argv=None):
     layers = LAYERS
     if args.layers:
         wanted = args.layers.split(",")
-        layers = [item for item in LAYERS if item[1].__name__ in wanted]
+        layers = [item for item in LAYERS + ORTHOGONAL if item[1].__name__ in wanted]
     mode = "quick" if args.quick else "full"
     command = "PYTHONPATH=src python benchmarks/layers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"mode": mode, "command": command.strip(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(devices, torch.get_num_threads()),
               "settings": {"repeats": repeats, "warmup": 1, "dtype": "float32", "impl": args.impl,
                            "scan_backend": args.scan_backend or "default", "reference": not args.no_reference,
+                           "cuda_graphs": not args.no_cuda_graphs,
                            "reference_repeats_note": "1 timed run after the warm-up in quick mode and at "
                                                      f"T >= 200 or hidden >= 1000, else {min(repeats, 3)}"},
               "results": []}
@@ -379,7 +393,8 @@ def main(argv=None):
         device = torch.device(device_name)
         for name, shape in shapes:
             print(f"{name} {shape} on {device_name}", flush=True)
-            with scan_backend_override(args.scan_backend) if args.scan_backend else contextlib.nullcontext():
+            with (scan_backend_override(args.scan_backend) if args.scan_backend else contextlib.nullcontext(),
+                  use_cuda_graphs(not args.no_cuda_graphs)):
                 rows = benchmark_shape(name, shape, device, repeats, args.quick or bool(args.shape), layers,
                                        lambda line: print(line, flush=True), args.impl, not args.no_reference)
             for row in rows:

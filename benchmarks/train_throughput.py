@@ -8,6 +8,8 @@ compilation). Writes ``train-throughput.{md,json}`` to ``--out``::
 
     PYTHONPATH=src python benchmarks/train_throughput.py --device cuda --data-dir DATA \\
         --models lstm,momentum-lstm,adam-lstm,rmsprop-lstm,nesterov-lstm,momentum-dtriv
+
+``MODEL@PATH`` trains the model with ``--impl PATH`` (e.g. ``nesterov-lstm@triton-loop``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from pathlib import Path
 
 def run(model, args, work):
     out = Path(work) / model
-    command = [sys.executable, "-m", "momentumrnn", "train", "--task", args.task, "--model", model,
+    name, _, impl = model.partition("@")
+    command = [sys.executable, "-m", "momentumrnn", "train", "--task", args.task, "--model", name,
                "--preset", "paper", "--device", args.device, "--max-steps", str(args.steps),
                "--log-every", str(args.log_every), "--eval-every", str(10 * args.steps),
                "--val-subset", "256", "--test-subset", "256", "--quiet", "--out", str(out)]
+    if impl:
+        command += ["--impl", impl]
     if args.data_dir:
         command += ["--data-dir", args.data_dir, "--no-download"]
     started = time.perf_counter()
@@ -52,6 +57,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--name", default="train-throughput", help="file name stem of the results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
         results = []
@@ -72,8 +78,8 @@ def main(argv=None):
         lines.append(f"| {r['model']} | {r['examples_per_s']:,.0f} | {ratio} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train-throughput.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=1) + "\n")
-    (out / "train-throughput.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=1) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if any("error" in r for r in results) else 0
 

@@ -34,7 +34,8 @@ from .checks import InputError
 from .cuda_graphs import Programs
 from .scan import first_order
 
-__all__ = ["nesterov_lstm", "nesterov_rnn", "modrelu_rnn", "check_device", "WINDOW_STEPS", "MAX_WINDOWS"]
+__all__ = ["nesterov_lstm", "nesterov_rnn", "modrelu_rnn", "check_device", "clear_windows", "cached_bytes",
+           "WINDOW_STEPS", "MAX_WINDOWS"]
 
 #: Steps per window (and per captured graph).
 WINDOW_STEPS = 64
@@ -141,6 +142,13 @@ def clear_windows() -> None:
     """Drop every cached window and its graphs (frees their memory)."""
     with _windows_lock:
         _windows.clear()
+
+
+def cached_bytes() -> int:
+    """Bytes held by the cached windows' buffers (memory this path keeps between calls)."""
+    with _windows_lock:
+        tensors = {id(t): t for w in _windows.values() for t in vars(w).values() if isinstance(t, Tensor)}
+    return sum(t.untyped_storage().nbytes() for t in tensors.values() if t._base is None)
 
 
 def _chunks(time: int, steps: int):
