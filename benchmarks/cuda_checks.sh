@@ -3,8 +3,9 @@
 #   tests:        the CUDA tests (pytest --device cuda)
 #   layers:       the layer benchmark against cuDNN (layers-cuda.*)
 #   alternatives: the alternatives the path table was decided on (alt-*.*)
-#   triton-loop:  the triton-loop path (Nesterov, orthogonal) against cuDNN, with and without
-#                 CUDA graphs, beside the loop path (triton-loop-*.*)
+#   triton-loop:  the triton-loop path (Nesterov, orthogonal) against cuDNN: windows replayed as
+#                 CUDA graphs, launched step by step, and the persistent kernels; beside the loop
+#                 path (triton-loop-*.*)
 #   compile:      torch.compile against eager (compile-cuda.*)
 #   throughput:   the training throughput of `momentumrnn train` (train-throughput*.*); DATA_DIR holds mnist/
 #
@@ -62,10 +63,15 @@ $python benchmarks/layers.py --device cuda --no-reference --name triton-loop-no-
   --impl triton-loop --no-cuda-graphs --layers $coupled --shape 784,128,1,128 --shape 35,20,200,200 \
   >> "$out/triton-loop.log" 2>&1
 echo "exit $?"
+$python benchmarks/layers.py --device cuda --no-reference --name triton-loop-persistent --out "$out" \
+  --impl triton-loop --engine persistent --layers $coupled --shape 784,128,1,64 --shape 784,128,1,128 \
+  --shape 35,20,200,64 >> "$out/triton-loop.log" 2>&1
+echo "exit $?"
 $python benchmarks/layers.py --device cuda --no-reference --name triton-loop-before --out "$out" \
   --layers NesterovLSTM,NesterovRNN,MomentumOrthogonalRNN --shape 784,128,1,128 --shape 35,20,200,200 \
   --repeats 3 >> "$out/triton-loop.log" 2>&1
-echo "exit $?"; grep -h -A 6 "Summary (cuda): forward+backward" "$out"/triton-loop-no-graphs.md "$out"/triton-loop-before.md
+echo "exit $?"; grep -h -A 6 "Summary (cuda): forward+backward" "$out"/triton-loop-no-graphs.md \
+  "$out"/triton-loop-persistent.md "$out"/triton-loop-before.md
 fi
 
 if want compile; then

@@ -196,6 +196,15 @@ def layer_impl(cls, impl):
     return impl
 
 
+def path_name(layer, hidden):
+    """The layer's path, with the triton-loop engine that runs at this hidden size."""
+    if layer.path != "triton-loop":
+        return layer.path
+    name = layer.recurrence.name
+    cell = layer.nonlinearity if name == "rnn" else name
+    return f"triton-loop ({triton_loop.chosen_engine(cell, hidden)})"
+
+
 def benchmark_shape(name, shape, device, repeats, quick, layers, log, impl="auto", reference=True):
     T, B, I, H = shape
     dtype = torch.float32
@@ -221,7 +230,7 @@ def benchmark_shape(name, shape, device, repeats, quick, layers, log, impl="auto
                "reference": peak_memory(forward_backward(ref, x), device) if reference else None}
         row = {
             "shape": name, "T": T, "batch": B, "input": I, "hidden": H,
-            "layer": cls.__name__, "path": fast.path, "torch_layer": TORCH[kind].__name__,
+            "layer": cls.__name__, "path": path_name(fast, H), "torch_layer": TORCH[kind].__name__,
             "fb_ms": {"fast": fb_fast * 1e3, "torch": fb_torch * 1e3, "reference": fb_ref * 1e3},
             "fwd_ms": {"fast": fwd_fast * 1e3, "torch": fwd_torch * 1e3, "reference": fwd_ref * 1e3},
             "peak_mib": {k: (None if v is None else v / 2 ** 20) for k, v in mem.items()},
@@ -296,6 +305,8 @@ def markdown(report):
              + f". Paths: `impl={report['settings'].get('impl', 'auto')!r}` where the rule takes it; scans: "
              f"{report['settings'].get('scan_backend', 'default')}"
              + ("" if report['settings'].get('cuda_graphs', True) else "; triton-loop without CUDA graphs")
+             + ("; triton-loop engine: persistent kernels where the hidden size fits them"
+                if report['settings'].get('engine') == "persistent" else "")
              + ". Peak memory: one forward+backward, plus the buffers the triton-loop path keeps between "
              "calls. The orthogonal layers are compared with torch's tanh RNN of the same size.", ""]
     lines += summary(report)
@@ -351,6 +362,9 @@ def main(argv=None):
                         help="run the rules' scans with this backend (default: momentumrnn.paths decides)")
     parser.add_argument("--no-cuda-graphs", action="store_true",
                         help="triton-loop: launch every step from Python instead of replaying CUDA graphs")
+    parser.add_argument("--engine", default="windows", choices=triton_loop.ENGINES,
+                        help="triton-loop: windows of steps replayed as CUDA graphs (default) or one persistent kernel "
+                             "per call where the hidden size fits it")
     parser.add_argument("--no-reference", action="store_true",
                         help="do not time impl='reference' (on CUDA it launches kernels at every step)")
     parser.add_argument("--from-json", default=None, metavar="FILE",
@@ -384,7 +398,7 @@ def main(argv=None):
               "machine": machine(devices, torch.get_num_threads()),
               "settings": {"repeats": repeats, "warmup": 1, "dtype": "float32", "impl": args.impl,
                            "scan_backend": args.scan_backend or "default", "reference": not args.no_reference,
-                           "cuda_graphs": not args.no_cuda_graphs,
+                           "cuda_graphs": not args.no_cuda_graphs, "engine": args.engine,
                            "reference_repeats_note": "1 timed run after the warm-up in quick mode and at "
                                                      f"T >= 200 or hidden >= 1000, else {min(repeats, 3)}"},
               "results": []}
@@ -394,7 +408,7 @@ def main(argv=None):
         for name, shape in shapes:
             print(f"{name} {shape} on {device_name}", flush=True)
             with (scan_backend_override(args.scan_backend) if args.scan_backend else contextlib.nullcontext(),
-                  use_cuda_graphs(not args.no_cuda_graphs)):
+                  use_cuda_graphs(not args.no_cuda_graphs), triton_loop.use_engine(args.engine)):
                 rows = benchmark_shape(name, shape, device, repeats, args.quick or bool(args.shape), layers,
                                        lambda line: print(line, flush=True), args.impl, not args.no_reference)
             for row in rows:

@@ -44,6 +44,13 @@ def engine(request, monkeypatch):
     triton_loop.clear_windows()
 
 
+@pytest.fixture(params=["windows", "persistent"])
+def engine_name(request, engine):
+    """Each engine of the path (``triton_loop.use_engine``) in turn."""
+    with engine.use_engine(request.param):
+        yield request.param
+
+
 def _mask(time, batch):
     """Trailing padding of different lengths (the first sequence full)."""
     lengths = torch.tensor([time] + [max(1, time - 3 * i - 2) for i in range(1, batch)])
@@ -64,9 +71,10 @@ def _compare(got, want, leaves, dtype):
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 @pytest.mark.parametrize("per_sequence", [False, True], ids=["shared-c", "per-sequence-c"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_nesterov_equals_the_cpu_loop(engine, cell, time, masked, per_sequence, dtype):
-    """Every output (h of all steps, h_T, c_T, v_T) and the gradients of terms, h0, c0, U, v0."""
-    batch, hidden = 3, 5
+def test_nesterov_equals_the_cpu_loop(engine, engine_name, cell, time, masked, per_sequence, dtype):
+    """Every output (h of all steps, h_T, c_T, v_T) and the gradients of terms, h0, c0, U, v0;
+    19 sequences: two programs of the persistent kernels, the second one partly empty."""
+    batch, hidden = 19, 5
     gates = 4 * hidden if cell == "lstm" else hidden
     leaf = lambda *shape, scale=1.0: (scale * torch.randn(*shape, dtype=dtype)).requires_grad_()  # noqa: E731
     terms, h0, c0 = leaf(time, batch, gates), leaf(batch, hidden), leaf(batch, hidden)
@@ -97,10 +105,10 @@ def _modrelu_steps(drives, h0, weight, bias, mask):
 @pytest.mark.parametrize("time", [1, 4, 11])
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_modrelu_equals_the_steps(engine, time, masked, dtype):
+def test_modrelu_equals_the_steps(engine, engine_name, time, masked, dtype):
     """modReLU with a bias that switches units off (``|z| + b <= 0``): values and the
     gradients of drives, h0, U and b."""
-    batch, hidden = 3, 6
+    batch, hidden = 17, 6
     drives = torch.randn(time, batch, hidden, dtype=dtype, requires_grad=True)
     h0 = torch.randn(batch, hidden, dtype=dtype, requires_grad=True)
     weight = torch.linalg.qr(torch.randn(hidden, hidden, dtype=dtype))[0].requires_grad_()
@@ -136,7 +144,7 @@ def _case_id(case):
 
 
 @pytest.mark.parametrize("case", _layer_cases(), ids=_case_id)
-def test_layers_equal_the_reference(engine, case):
+def test_layers_equal_the_reference(engine, engine_name, case):
     """Two layers, both directions, learnable hyperparameters; padded input, packed input of
     three lengths, and a carried state (hidden and rule state, step counters that differ)."""
     from test_fast_paths import assert_same_values_and_gradients
@@ -161,7 +169,7 @@ def test_layers_equal_the_reference(engine, case):
 
 
 @pytest.mark.parametrize("cls", [mrnn.NesterovLSTM, mrnn.NesterovRNN])
-def test_nesterov_layers_without_bias_batch_first_unbatched(engine, cls):
+def test_nesterov_layers_without_bias_batch_first_unbatched(engine, engine_name, cls):
     from test_fast_paths import assert_same_values_and_gradients
 
     fast, ref = _pair(cls, ACTIVE["nesterov"], bias=False, batch_first=True)
@@ -179,6 +187,29 @@ def test_inference_mode_then_training(engine):
     out = layer(x)[0]
     out.sum().backward()
     torch.testing.assert_close(out, first)
+
+
+def test_the_engine_is_chosen_per_call(engine):
+    """"persistent" where the hidden size fits its kernels, else the windows; the backward
+    takes the forward's engine whatever is in force when it runs."""
+    from momentumrnn import persistent_kernels
+
+    assert engine.chosen_engine("lstm", 5) == "windows"
+    with engine.use_engine("persistent"):
+        assert engine.chosen_engine("lstm", 64) == "persistent"
+        assert engine.chosen_engine("lstm", 65) == "windows"           # padded to 128 > 64
+        assert engine.chosen_engine("modrelu", 128) == "persistent"
+        assert not persistent_kernels.fits("tanh", 200)
+        out, *_ = engine.nesterov_rnn(torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True),
+                                      torch.zeros(2, 3, dtype=torch.float64),
+                                      torch.eye(3, dtype=torch.float64), torch.rand(6, 1, dtype=torch.float64),
+                                      torch.zeros(2, 3, dtype=torch.float64), "tanh")
+    assert out.grad_fn.engine == "persistent"
+    out.sum().backward()                                             # outside the block: still persistent
+    assert not engine._windows                                       # no window was made
+    with pytest.raises(ValueError, match="engine must be one of"):
+        with engine.use_engine("cudnn"):
+            pass
 
 
 def test_double_backward_is_refused(engine):
@@ -320,15 +351,21 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from momentumrnn import step_kernels
 
-constants = ("CELL", "HAS_MASK", "FP32", "BLOCK")
-for kernel in (step_kernels.forward_kernel, step_kernels.backward_kernel):
+from momentumrnn import persistent_kernels
+
+constants = ("CELL", "HAS_MASK", "FP32", "BLOCK", "BB", "HP")
+kernels = (step_kernels.forward_kernel, step_kernels.backward_kernel,
+           persistent_kernels.persistent_forward_kernel, persistent_kernels.persistent_backward_kernel)
+for kernel in kernels:
     names = list(kernel.arg_names)
     for cell in step_kernels.CELLS.values():
         for dtype in ("fp32", "fp64"):
             for has_mask in (False, True):
                 signature = {n: "constexpr" if n in constants else ("*u8" if n == "keep_ptr" else f"*{dtype}")
                              if n.endswith("_ptr") else "i32" for n in names}
-                values = {"CELL": cell, "HAS_MASK": has_mask, "FP32": dtype == "fp32", "BLOCK": 128}
+                values = {"CELL": cell, "HAS_MASK": has_mask, "FP32": dtype == "fp32", "BLOCK": 128, "BB": 16,
+                          "HP": 64}
+                values = {k: v for k, v in values.items() if k in names}
                 source = ASTSource(fn=kernel, signature=signature,
                                    constexprs={(names.index(k),): v for k, v in values.items()})
                 assert "cubin" in triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm

@@ -16,6 +16,11 @@ steps run, its results are copied out. Because the buffers never move, the steps
 window are captured once as a CUDA graph and replayed (``momentumrnn.cuda_graphs``), so no
 Python runs per step on the GPU and no graph depends on the sequence length.
 
+That is the ``"windows"`` engine. The other, ``"persistent"`` (``use_engine``;
+``momentumrnn.persistent_kernels``), walks all steps in one launch per call and direction,
+with ``h`` in registers and ``U`` read from the cache at every step; it takes small hidden
+sizes only. Both fill the same tensors for the backward and give the same numbers to rounding.
+
 Padded steps of packed sequences (``mask`` False) hold every state, as in the reference.
 On the CPU the kernels run only under Triton's interpreter (the tests); the layers refuse
 this path for CPU tensors otherwise (``check_device``).
@@ -24,6 +29,7 @@ this path for CPU tensors otherwise (``check_device``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 
@@ -35,7 +41,7 @@ from .cuda_graphs import Programs
 from .scan import first_order
 
 __all__ = ["nesterov_lstm", "nesterov_rnn", "modrelu_rnn", "check_device", "clear_windows", "cached_bytes",
-           "WINDOW_STEPS", "MAX_WINDOWS"]
+           "use_engine", "chosen_engine", "ENGINES", "WINDOW_STEPS", "MAX_WINDOWS"]
 
 #: Steps per window (and per captured graph).
 WINDOW_STEPS = 64
@@ -144,6 +150,34 @@ def clear_windows() -> None:
         _windows.clear()
 
 
+_engines: list[str] = ["windows"]
+ENGINES = ("windows", "persistent")
+
+
+@contextlib.contextmanager
+def use_engine(engine: str):
+    """Within the block, run the path with ``engine``: "windows" (the default: a GEMM and a
+    kernel per step, windows replayed as CUDA graphs) or "persistent" (one launch walking all
+    steps, ``momentumrnn.persistent_kernels``, for the hidden sizes it ``fits``; larger ones
+    keep "windows")."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    _engines.append(engine)
+    try:
+        yield
+    finally:
+        _engines.pop()
+
+
+def chosen_engine(cell: str, hidden: int) -> str:
+    """The engine a call of ``cell`` with ``hidden`` units takes (``use_engine``)."""
+    if _engines[-1] == "persistent":
+        from .persistent_kernels import fits
+        if fits(cell, hidden):
+            return "persistent"
+    return "windows"
+
+
 def cached_bytes() -> int:
     """Bytes held by the cached windows' buffers (memory this path keeps between calls)."""
     with _windows_lock:
@@ -157,15 +191,14 @@ def _chunks(time: int, steps: int):
 
 class _TritonLoop(torch.autograd.Function):
     """The recurrence ``cell`` over ``terms`` (T, B, G): returns the outputs (T, B, H), h_T,
-    c_T (LSTM, else None) and v_T (Nesterov, else None)."""
+    c_T (LSTM, else None) and v_T (Nesterov, else None). The engine (``use_engine``) is
+    chosen per call; the backward takes the forward's."""
 
     @staticmethod
     def forward(ctx, terms, h0, c0, weight_hh, bias, coefficient, v0, mask, cell):
         time, batch, _ = terms.shape
         hidden = h0.size(-1)
-        lstm, nesterov = cell == "lstm", cell != "modrelu"
-        window = _window(cell, batch, hidden, coefficient.size(1) if nesterov else 0, mask is not None,
-                         terms.dtype, terms.device)
+        lstm = cell == "lstm"
         h_all = terms.new_empty(time + 1, batch, hidden)
         h_all[0] = h0
         cells = acts = pre = None
@@ -175,85 +208,149 @@ class _TritonLoop(torch.autograd.Function):
             acts = terms.new_empty(time, batch, 4 * hidden)
         if cell == "modrelu":
             pre = terms.new_empty(time, batch, hidden)
-        keep = None if mask is None else mask.to(torch.uint8)
-        with window.lock:
-            window.weight.copy_(weight_hh)
-            if cell == "modrelu":
-                window.bias.copy_(bias)
-            if nesterov:
-                window.velocity.copy_(v0)
-            for start, stop in _chunks(time, window.steps):
-                n = stop - start
-                window.terms[:n].copy_(terms[start:stop])
-                if nesterov:
-                    window.coefficient[:n].copy_(coefficient[start:stop])
-                if keep is not None:
-                    window.keep[:n].copy_(keep[start:stop])
-                window.h[0].copy_(h_all[start])
-                if lstm:
-                    window.c[0].copy_(cells[start])
-                window.programs.run("forward", window.forward_program, n)
-                h_all[start + 1:stop + 1].copy_(window.h[1:n + 1])
-                if lstm:
-                    cells[start + 1:stop + 1].copy_(window.c[1:n + 1])
-                    acts[start:stop].copy_(window.acts[:n])
-                if pre is not None:
-                    pre[start:stop].copy_(window.pre[:n])
-            v_n = window.velocity.clone() if nesterov else None
-        ctx.cell = cell
-        ctx.save_for_backward(h_all, cells, acts, pre, weight_hh, bias, coefficient, keep)
+        keep = None if mask is None else mask.to(torch.uint8).contiguous()
+        saved = (h_all, cells, acts, pre, weight_hh, bias, coefficient, keep)
+        ctx.cell, ctx.engine = cell, chosen_engine(cell, hidden)
+        run = _forward_persistent if ctx.engine == "persistent" else _forward_windows
+        v_n = run(cell, terms, v0, *saved)
+        ctx.save_for_backward(*saved)
         c_n = cells[time].clone() if lstm else None
         return h_all[1:], h_all[time].clone(), c_n, v_n
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out, grad_h, grad_c, grad_v):
-        h_all, cells, acts, pre, weight_hh, bias, coefficient, keep = ctx.saved_tensors
+        h_all, cells, acts, pre, weight_hh, bias, coefficient, keep = saved = ctx.saved_tensors
         cell = ctx.cell
-        lstm, nesterov = cell == "lstm", cell != "modrelu"
         time, batch, hidden = grad_out.shape
-        window = _window(cell, batch, hidden, coefficient.size(1) if nesterov else 0, keep is not None,
-                         h_all.dtype, h_all.device)
-        dz = h_all.new_empty(time, batch, window.gates)
-        with window.lock:
-            window.weight.copy_(weight_hh)
-            if cell == "modrelu":
-                window.bias.copy_(bias)
-            torch.add(grad_out[time - 1], grad_h, out=window.dh)
-            if lstm:
-                window.dc.copy_(grad_c) if grad_c is not None else window.dc.zero_()
-            if nesterov:
-                window.passed.copy_(grad_v) if grad_v is not None else window.passed.zero_()
-            for start, stop in reversed(_chunks(time, window.steps)):
-                n = stop - start
-                if nesterov:
-                    window.coefficient[:n].copy_(coefficient[start:stop])
-                if keep is not None:
-                    window.keep[:n].copy_(keep[start:stop])
-                if start > 0:
-                    window.grad_before[:n].copy_(grad_out[start - 1:stop - 1])
-                else:
-                    window.grad_before[0].zero_()
-                    window.grad_before[1:n].copy_(grad_out[:n - 1])
-                if lstm:
-                    window.c[:n + 1].copy_(cells[start:stop + 1])
-                    window.acts[:n].copy_(acts[start:stop])
-                elif cell == "modrelu":
-                    window.pre[:n].copy_(pre[start:stop])
-                else:
-                    window.h[1:n + 1].copy_(h_all[start + 1:stop + 1])
-                window.programs.run("backward", window.backward_program, n)
-                dz[start:stop].copy_(window.dz[:n])
-            d_h0 = window.dh.clone()
-            d_c0 = window.dc.clone() if lstm else None
-            d_v0 = window.passed.clone() if nesterov else None
+        gates = (4 if cell == "lstm" else 1) * hidden
+        dz = h_all.new_empty(time, batch, gates)
+        run = _backward_persistent if ctx.engine == "persistent" else _backward_windows
+        d_h0, d_c0, d_v0 = run(cell, grad_out, grad_h, grad_c, grad_v, dz, *saved)
         needs = ctx.needs_input_grad
-        flat = dz.view(time * batch, window.gates)
+        flat = dz.view(time * batch, gates)
         d_weight = flat.t().mm(h_all[:time].reshape(time * batch, hidden)) if needs[3] else None
         d_bias = None
         if cell == "modrelu" and needs[4]:
             d_bias = (dz * torch.sign(pre)).sum((0, 1))
         return dz, d_h0, d_c0, d_weight, d_bias, None, d_v0, None, None
+
+
+def _forward_windows(cell, terms, v0, h_all, cells, acts, pre, weight_hh, bias, coefficient, keep):
+    """The forward window by window (replayed as CUDA graphs where ``cuda_graphs`` applies);
+    fills ``h_all``, ``cells``, ``acts``, ``pre``; returns v_T (Nesterov, else None)."""
+    time, batch, _ = terms.shape
+    lstm, nesterov = cell == "lstm", cell != "modrelu"
+    window = _window(cell, batch, h_all.size(-1), coefficient.size(1) if nesterov else 0, keep is not None,
+                     terms.dtype, terms.device)
+    with window.lock:
+        window.weight.copy_(weight_hh)
+        if cell == "modrelu":
+            window.bias.copy_(bias)
+        if nesterov:
+            window.velocity.copy_(v0)
+        for start, stop in _chunks(time, window.steps):
+            n = stop - start
+            window.terms[:n].copy_(terms[start:stop])
+            if nesterov:
+                window.coefficient[:n].copy_(coefficient[start:stop])
+            if keep is not None:
+                window.keep[:n].copy_(keep[start:stop])
+            window.h[0].copy_(h_all[start])
+            if lstm:
+                window.c[0].copy_(cells[start])
+            window.programs.run("forward", window.forward_program, n)
+            h_all[start + 1:stop + 1].copy_(window.h[1:n + 1])
+            if lstm:
+                cells[start + 1:stop + 1].copy_(window.c[1:n + 1])
+                acts[start:stop].copy_(window.acts[:n])
+            if pre is not None:
+                pre[start:stop].copy_(window.pre[:n])
+        return window.velocity.clone() if nesterov else None
+
+
+def _backward_windows(cell, grad_out, grad_h, grad_c, grad_v, dz, h_all, cells, acts, pre, weight_hh, bias,
+                      coefficient, keep):
+    """The backward window by window, last window first; fills ``dz``; returns the
+    gradients reaching h_0, c_0 (LSTM) and v_0 (Nesterov)."""
+    time, batch, hidden = grad_out.shape
+    lstm, nesterov = cell == "lstm", cell != "modrelu"
+    window = _window(cell, batch, hidden, coefficient.size(1) if nesterov else 0, keep is not None,
+                     h_all.dtype, h_all.device)
+    with window.lock:
+        window.weight.copy_(weight_hh)
+        if cell == "modrelu":
+            window.bias.copy_(bias)
+        torch.add(grad_out[time - 1], grad_h, out=window.dh)
+        if lstm:
+            _copy_or_zero(window.dc, grad_c)
+        if nesterov:
+            _copy_or_zero(window.passed, grad_v)
+        for start, stop in reversed(_chunks(time, window.steps)):
+            n = stop - start
+            if nesterov:
+                window.coefficient[:n].copy_(coefficient[start:stop])
+            if keep is not None:
+                window.keep[:n].copy_(keep[start:stop])
+            if start > 0:
+                window.grad_before[:n].copy_(grad_out[start - 1:stop - 1])
+            else:
+                window.grad_before[0].zero_()
+                window.grad_before[1:n].copy_(grad_out[:n - 1])
+            if lstm:
+                window.c[:n + 1].copy_(cells[start:stop + 1])
+                window.acts[:n].copy_(acts[start:stop])
+            elif cell == "modrelu":
+                window.pre[:n].copy_(pre[start:stop])
+            else:
+                window.h[1:n + 1].copy_(h_all[start + 1:stop + 1])
+            window.programs.run("backward", window.backward_program, n)
+            dz[start:stop].copy_(window.dz[:n])
+        return window.dh.clone(), window.dc.clone() if lstm else None, window.passed.clone() if nesterov else None
+
+
+def _copy_or_zero(buffer: Tensor, value: Tensor | None) -> None:
+    if value is None:
+        buffer.zero_()
+    else:
+        buffer.copy_(value)
+
+
+def _strides(coefficient: Tensor | None) -> tuple[int, int]:
+    if coefficient is None:
+        return 0, 0
+    return coefficient.size(1), 0 if coefficient.size(1) == 1 else 1
+
+
+def _forward_persistent(cell, terms, v0, h_all, cells, acts, pre, weight_hh, bias, coefficient, keep):
+    """The forward in one launch (``persistent_kernels``); as ``_forward_windows``."""
+    from .persistent_kernels import persistent_forward
+    placeholder = terms.new_zeros(1)
+    velocity = None if cell == "modrelu" else v0.clone()
+    or_placeholder = lambda t: placeholder if t is None else t  # noqa: E731
+    persistent_forward(cell, terms, weight_hh.contiguous(), or_placeholder(velocity), or_placeholder(coefficient),
+                       _strides(coefficient), or_placeholder(keep), h_all, or_placeholder(cells),
+                       or_placeholder(acts), or_placeholder(pre), or_placeholder(bias), placeholder)
+    return velocity
+
+
+def _backward_persistent(cell, grad_out, grad_h, grad_c, grad_v, dz, h_all, cells, acts, pre, weight_hh, bias,
+                         coefficient, keep):
+    """The backward in one launch (``persistent_kernels``); as ``_backward_windows``."""
+    from .persistent_kernels import persistent_backward
+    placeholder = grad_out.new_zeros(1)
+    or_placeholder = lambda t: placeholder if t is None else t  # noqa: E731
+    batch, hidden = grad_out.shape[1:]
+    d_h = grad_h.clone()
+    d_c = None if cell != "lstm" else (grad_c.clone() if grad_c is not None else grad_out.new_zeros(batch, hidden))
+    d_v = None
+    if cell != "modrelu":
+        d_v = grad_v.clone() if grad_v is not None else grad_out.new_zeros(dz.shape[1:])
+    persistent_backward(cell, grad_out.contiguous(), d_h, or_placeholder(d_c), or_placeholder(d_v), dz,
+                        weight_hh.contiguous(), or_placeholder(coefficient), _strides(coefficient),
+                        or_placeholder(keep), h_all, or_placeholder(cells), or_placeholder(acts), or_placeholder(pre),
+                        or_placeholder(bias), placeholder)
+    return d_h, d_c, d_v
 
 
 def nesterov_lstm(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, coefficient: Tensor, v0: Tensor,

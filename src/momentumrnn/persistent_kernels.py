@@ -1,0 +1,280 @@
+"""Triton kernels that walk all time steps in one launch: the persistent alternative.
+
+The other engine of the ``"triton-loop"`` path (``momentumrnn.triton_loop``): instead of a
+GEMM and a kernel per step (``momentumrnn.step_kernels``, replayed as CUDA graphs), one
+launch per call and direction. Sequences do not interact, so each program owns ``BB``
+sequences (rows of the batch) and all ``H`` units, keeps ``h`` (and ``c``, the velocity)
+in registers and walks time: per step ``z = h U_k^T`` for each gate block ``k`` with
+``tl.dot`` (``U`` read from the L2 cache at every step), then the same elementwise step as
+``step_kernels`` (whose helpers it uses). The backward walks time in reverse with the
+same adjoint and ``dh_{t-1} = held + sum_k dz_k U_k``. Units are padded to ``HP``, a power
+of two (the padded units stay 0), and ``tl.dot`` needs at least 16 rows and columns, so
+this engine serves small hidden sizes only (``fits``).
+
+float32 products use ``input_precision="ieee"`` (no TF32), as torch's float32 GEMMs by default.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .step_kernels import CELLS, LSTM, MODRELU, TANH, _sigmoid, _tanh
+
+__all__ = ["fits", "persistent_forward", "persistent_backward", "ROWS", "MAX_UNITS"]
+
+#: Sequences per program.
+ROWS = 16
+#: The largest padded hidden size per gate block (LSTM: four blocks) that the engine takes.
+MAX_UNITS = {"lstm": 64, "tanh": 128, "relu": 128, "modrelu": 128}
+
+
+def padded(hidden: int) -> int:
+    return max(16, triton.next_power_of_2(hidden))
+
+
+def fits(cell: str, hidden: int) -> bool:
+    """Whether the persistent kernels take this cell and hidden size."""
+    return padded(hidden) <= MAX_UNITS[cell]
+
+
+@triton.jit
+def _gate_product(h, w_ptr, k, H, units, in_units, FP32: tl.constexpr):
+    """``h U_k^T`` (BB, HP) for the gate block k of ``U`` (G, H)."""
+    w = tl.load(w_ptr + (k * H + units[None, :]).to(tl.int64) * H + units[:, None],
+                mask=in_units[:, None] & in_units[None, :], other=0.0)          # (HP in, HP out) = U_k^T
+    if FP32:
+        return tl.dot(h, w, input_precision="ieee")
+    return tl.dot(h, w)
+
+
+@triton.jit
+def _back_product(dz, w_ptr, k, H, units, in_units, FP32: tl.constexpr):
+    """``dz_k U_k`` (BB, HP): the gradient reaching h_{t-1} through gate block k."""
+    w = tl.load(w_ptr + (k * H + units[:, None]).to(tl.int64) * H + units[None, :],
+                mask=in_units[:, None] & in_units[None, :], other=0.0)          # (HP out, HP in) = U_k
+    if FP32:
+        return tl.dot(dz, w, input_precision="ieee")
+    return tl.dot(dz, w)
+
+
+@triton.jit
+def _extrapolate(z, a_ptr, v, offsets, inside, keep, c, HAS_MASK: tl.constexpr):
+    """Nesterov: ``v_t = z + a_t`` (held where not keep); returns (pre_t, v_t)."""
+    v_new = z + tl.load(a_ptr + offsets, mask=inside, other=0.0)
+    if HAS_MASK:
+        v_new = tl.where(keep, v_new, v)
+    return v_new + c * (v_new - v), v_new
+
+
+@triton.jit
+def persistent_forward_kernel(a_ptr, w_ptr, v_ptr, coef_ptr, coef_stride_t, coef_stride_b, keep_ptr, h_ptr, c_ptr,
+                              acts_ptr, pre_ptr, bias_ptr, T, B, H, CELL: tl.constexpr, HAS_MASK: tl.constexpr,
+                              FP32: tl.constexpr, BB: tl.constexpr, HP: tl.constexpr):
+    """All T steps for the program's BB sequences: reads ``a`` (T, B, G), ``h[0]`` (``c[0]``),
+    ``v`` (B, G); writes ``h[1..T]``, ``c[1..T]``, ``acts`` (T, B, 4H) or ``pre`` (T, B, H),
+    and the final ``v`` in place."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    units = tl.arange(0, HP)
+    in_rows = rows < B
+    in_units = units < H
+    inside = in_rows[:, None] & in_units[None, :]
+    rows64 = rows.to(tl.int64)
+    BH = B * H
+    state = rows64[:, None] * H + units[None, :]                 # (b, j) in a (B, H) array
+    h = tl.load(h_ptr + state, mask=inside, other=0.0)
+    keep = inside
+    if CELL == LSTM:
+        G = 4 * H
+        gate = rows64[:, None] * G + units[None, :]               # (b, j) of gate block 0 in a (B, G) array
+        c = tl.load(c_ptr + state, mask=inside, other=0.0)
+        v_i = tl.load(v_ptr + gate, mask=inside, other=0.0)
+        v_f = tl.load(v_ptr + gate + H, mask=inside, other=0.0)
+        v_g = tl.load(v_ptr + gate + 2 * H, mask=inside, other=0.0)
+        v_o = tl.load(v_ptr + gate + 3 * H, mask=inside, other=0.0)
+    elif CELL != MODRELU:
+        v = tl.load(v_ptr + state, mask=inside, other=0.0)
+    if CELL == MODRELU:
+        bias = tl.load(bias_ptr + units, mask=in_units, other=0.0)
+    for t in range(0, T):
+        t64 = tl.full((), 0, tl.int64) + t
+        if HAS_MASK:
+            keep = inside & (tl.load(keep_ptr + t64 * B + rows64, mask=in_rows, other=0) != 0)[:, None]
+        if CELL != MODRELU:
+            c_t = tl.load(coef_ptr + t64 * coef_stride_t + rows64 * coef_stride_b, mask=in_rows, other=0.0)[:, None]
+        if CELL == LSTM:
+            step_gate = t64 * B * G + gate
+            p_i, v_i = _extrapolate(_gate_product(h, w_ptr, 0, H, units, in_units, FP32), a_ptr, v_i, step_gate,
+                                    inside, keep, c_t, HAS_MASK)
+            p_f, v_f = _extrapolate(_gate_product(h, w_ptr, 1, H, units, in_units, FP32), a_ptr, v_f, step_gate + H,
+                                    inside, keep, c_t, HAS_MASK)
+            p_g, v_g = _extrapolate(_gate_product(h, w_ptr, 2, H, units, in_units, FP32), a_ptr, v_g,
+                                    step_gate + 2 * H, inside, keep, c_t, HAS_MASK)
+            p_o, v_o = _extrapolate(_gate_product(h, w_ptr, 3, H, units, in_units, FP32), a_ptr, v_o,
+                                    step_gate + 3 * H, inside, keep, c_t, HAS_MASK)
+            gi = _sigmoid(p_i, FP32)
+            gf = _sigmoid(p_f, FP32)
+            gg = _tanh(p_g, FP32)
+            go = _sigmoid(p_o, FP32)
+            tl.store(acts_ptr + step_gate, gi, mask=inside)
+            tl.store(acts_ptr + step_gate + H, gf, mask=inside)
+            tl.store(acts_ptr + step_gate + 2 * H, gg, mask=inside)
+            tl.store(acts_ptr + step_gate + 3 * H, go, mask=inside)
+            cell = gf * c + gi * gg
+            if HAS_MASK:
+                cell = tl.where(keep, cell, c)
+            c = cell
+            tl.store(c_ptr + (t64 + 1) * BH + state, c, mask=inside)
+            h_new = go * _tanh(c, FP32)
+        elif CELL == MODRELU:
+            pre = _gate_product(h, w_ptr, 0, H, units, in_units, FP32) + tl.load(a_ptr + t64 * BH + state,
+                                                                                mask=inside, other=0.0)
+            tl.store(pre_ptr + t64 * BH + state, pre, mask=inside)
+            magnitude = tl.maximum(tl.abs(pre) + bias[None, :], 0.0)
+            h_new = tl.where(pre > 0, magnitude, tl.where(pre < 0, -magnitude, 0.0))
+        else:
+            pre, v = _extrapolate(_gate_product(h, w_ptr, 0, H, units, in_units, FP32), a_ptr, v, t64 * BH + state,
+                                  inside, keep, c_t, HAS_MASK)
+            if CELL == TANH:
+                h_new = _tanh(pre, FP32)
+            else:
+                h_new = tl.maximum(pre, 0.0)
+        if HAS_MASK:
+            h_new = tl.where(keep, h_new, h)
+        h = tl.where(inside, h_new, 0.0)                         # padded units and rows stay 0
+        tl.store(h_ptr + (t64 + 1) * BH + state, h, mask=inside)
+    if CELL == LSTM:
+        tl.store(v_ptr + gate, v_i, mask=inside)
+        tl.store(v_ptr + gate + H, v_f, mask=inside)
+        tl.store(v_ptr + gate + 2 * H, v_g, mask=inside)
+        tl.store(v_ptr + gate + 3 * H, v_o, mask=inside)
+    elif CELL != MODRELU:
+        tl.store(v_ptr + state, v, mask=inside)
+
+
+@triton.jit
+def _adjoint(dpre, passed, keep, c, HAS_MASK: tl.constexpr):
+    """Nesterov's adjoint: returns (dz, passed for the step before)."""
+    total = dpre * (1.0 + c) + passed
+    earlier = -c * dpre
+    if HAS_MASK:
+        earlier = tl.where(keep, earlier, total)
+        total = tl.where(keep, total, 0.0)
+    return total, earlier
+
+
+@triton.jit
+def persistent_backward_kernel(go_ptr, dh_ptr, dc_ptr, passed_ptr, dz_ptr, w_ptr, coef_ptr, coef_stride_t,
+                               coef_stride_b, keep_ptr, h_ptr, c_ptr, acts_ptr, pre_ptr, bias_ptr, T, B, H,
+                               CELL: tl.constexpr, HAS_MASK: tl.constexpr, FP32: tl.constexpr, BB: tl.constexpr,
+                               HP: tl.constexpr):
+    """All T steps backwards: ``dh`` (B, H) holds the gradient reaching h_T on entry and that
+    reaching h_0 on exit; ``dc``, ``passed`` likewise for c and v; ``go`` (T, B, H) the
+    outputs' gradient; writes ``dz`` (T, B, G)."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    units = tl.arange(0, HP)
+    in_rows = rows < B
+    in_units = units < H
+    inside = in_rows[:, None] & in_units[None, :]
+    rows64 = rows.to(tl.int64)
+    BH = B * H
+    state = rows64[:, None] * H + units[None, :]
+    dh_rec = tl.load(dh_ptr + state, mask=inside, other=0.0)
+    keep = inside
+    if CELL == LSTM:
+        G = 4 * H
+        gate = rows64[:, None] * G + units[None, :]
+        dc = tl.load(dc_ptr + state, mask=inside, other=0.0)
+        q_i = tl.load(passed_ptr + gate, mask=inside, other=0.0)
+        q_f = tl.load(passed_ptr + gate + H, mask=inside, other=0.0)
+        q_g = tl.load(passed_ptr + gate + 2 * H, mask=inside, other=0.0)
+        q_o = tl.load(passed_ptr + gate + 3 * H, mask=inside, other=0.0)
+    elif CELL != MODRELU:
+        q = tl.load(passed_ptr + state, mask=inside, other=0.0)
+    if CELL == MODRELU:
+        bias = tl.load(bias_ptr + units, mask=in_units, other=0.0)
+    for back in range(0, T):
+        t64 = tl.full((), 0, tl.int64) + (T - 1 - back)
+        dh = dh_rec + tl.load(go_ptr + t64 * BH + state, mask=inside, other=0.0)
+        held_h = tl.zeros_like(dh)
+        if HAS_MASK:
+            keep = inside & (tl.load(keep_ptr + t64 * B + rows64, mask=in_rows, other=0) != 0)[:, None]
+            held_h = tl.where(keep, 0.0, dh)
+            dh = tl.where(keep, dh, 0.0)
+        if CELL != MODRELU:
+            c_t = tl.load(coef_ptr + t64 * coef_stride_t + rows64 * coef_stride_b, mask=in_rows, other=0.0)[:, None]
+        if CELL == LSTM:
+            step_gate = t64 * B * G + gate
+            gi = tl.load(acts_ptr + step_gate, mask=inside, other=0.0)
+            gf = tl.load(acts_ptr + step_gate + H, mask=inside, other=0.0)
+            gg = tl.load(acts_ptr + step_gate + 2 * H, mask=inside, other=0.0)
+            go = tl.load(acts_ptr + step_gate + 3 * H, mask=inside, other=0.0)
+            held_c = tl.zeros_like(dc)
+            if HAS_MASK:
+                held_c = tl.where(keep, 0.0, dc)
+                dc = tl.where(keep, dc, 0.0)
+            tanh_c = _tanh(tl.load(c_ptr + (t64 + 1) * BH + state, mask=inside, other=0.0), FP32)
+            c_prev = tl.load(c_ptr + t64 * BH + state, mask=inside, other=0.0)
+            dc = dc + dh * (go * (1.0 - tanh_c * tanh_c))
+            dz_i, q_i = _adjoint(dc * (gg * (gi * (1.0 - gi))), q_i, keep, c_t, HAS_MASK)
+            dz_f, q_f = _adjoint(dc * (c_prev * (gf * (1.0 - gf))), q_f, keep, c_t, HAS_MASK)
+            dz_g, q_g = _adjoint(dc * (gi * (1.0 - gg * gg)), q_g, keep, c_t, HAS_MASK)
+            dz_o, q_o = _adjoint(dh * (tanh_c * (go * (1.0 - go))), q_o, keep, c_t, HAS_MASK)
+            dc = dc * gf + held_c
+            tl.store(dz_ptr + step_gate, dz_i, mask=inside)
+            tl.store(dz_ptr + step_gate + H, dz_f, mask=inside)
+            tl.store(dz_ptr + step_gate + 2 * H, dz_g, mask=inside)
+            tl.store(dz_ptr + step_gate + 3 * H, dz_o, mask=inside)
+            dh_rec = (held_h + _back_product(dz_i, w_ptr, 0, H, units, in_units, FP32)
+                      + _back_product(dz_f, w_ptr, 1, H, units, in_units, FP32)
+                      + _back_product(dz_g, w_ptr, 2, H, units, in_units, FP32)
+                      + _back_product(dz_o, w_ptr, 3, H, units, in_units, FP32))
+        else:
+            if CELL == MODRELU:
+                pre = tl.load(pre_ptr + t64 * BH + state, mask=inside, other=0.0)
+                dz = tl.where((tl.abs(pre) + bias[None, :] > 0) & (pre != 0), dh, 0.0)
+            else:
+                h = tl.load(h_ptr + (t64 + 1) * BH + state, mask=inside, other=0.0)
+                if CELL == TANH:
+                    dpre = dh * (1.0 - h * h)
+                else:
+                    dpre = tl.where(h > 0, dh, 0.0)
+                dz, q = _adjoint(dpre, q, keep, c_t, HAS_MASK)
+            dz = tl.where(inside, dz, 0.0)
+            tl.store(dz_ptr + t64 * BH + state, dz, mask=inside)
+            dh_rec = held_h + _back_product(dz, w_ptr, 0, H, units, in_units, FP32)
+    tl.store(dh_ptr + state, dh_rec, mask=inside)
+    if CELL == LSTM:
+        tl.store(dc_ptr + state, dc, mask=inside)
+        tl.store(passed_ptr + gate, q_i, mask=inside)
+        tl.store(passed_ptr + gate + H, q_f, mask=inside)
+        tl.store(passed_ptr + gate + 2 * H, q_g, mask=inside)
+        tl.store(passed_ptr + gate + 3 * H, q_o, mask=inside)
+    elif CELL != MODRELU:
+        tl.store(passed_ptr + state, q, mask=inside)
+
+
+def _grid(batch: int):
+    return (triton.cdiv(batch, ROWS),)
+
+
+def persistent_forward(cell, terms, weight, velocity, coefficient, strides, keep, h, c, acts, pre, bias,
+                       placeholder) -> None:
+    """Launch the forward over all steps (see ``persistent_forward_kernel``); absent arrays
+    are ``placeholder``."""
+    time, batch, _ = terms.shape
+    hidden = h.size(-1)
+    persistent_forward_kernel[_grid(batch)](
+        terms, weight, velocity, coefficient, *strides, keep, h, c, acts, pre, bias, time, batch, hidden,
+        CELL=CELLS[cell], HAS_MASK=keep is not placeholder, FP32=terms.dtype.itemsize == 4, BB=ROWS,
+        HP=padded(hidden))
+
+
+def persistent_backward(cell, grad_out, dh, dc, passed, dz, weight, coefficient, strides, keep, h, c, acts, pre,
+                        bias, placeholder) -> None:
+    """Launch the backward over all steps (see ``persistent_backward_kernel``)."""
+    time, batch, hidden = grad_out.shape
+    persistent_backward_kernel[_grid(batch)](
+        grad_out, dh, dc, passed, dz, weight, coefficient, *strides, keep, h, c, acts, pre, bias, time, batch,
+        hidden, CELL=CELLS[cell], HAS_MASK=keep is not placeholder, FP32=grad_out.dtype.itemsize == 4, BB=ROWS,
+        HP=padded(hidden))
