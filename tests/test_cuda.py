@@ -283,12 +283,19 @@ def test_triton_loop_over_captured_windows(case, dtype):
         torch.testing.assert_close(c, a, **TOL[dtype])
 
 
-@pytest.mark.parametrize("cls", [mrnn.NesterovLSTM, mrnn.MomentumOrthogonalRNN])
-def test_triton_loop_at_pixel_mnist_length(cls):
-    """784 steps (12 windows and a remainder) in float32 against the float64 reference."""
+@pytest.mark.parametrize("engine", ["windows", "persistent"])
+@pytest.mark.parametrize("cls", [mrnn.NesterovLSTM, mrnn.NesterovRNN, mrnn.MomentumOrthogonalRNN])
+def test_triton_loop_at_pixel_mnist_length(cls, engine):
+    """784 steps (12 windows and a remainder, or one persistent launch) in float32 against the
+    float64 reference; 20 sequences (two programs of the persistent kernels)."""
+    from momentumrnn import triton_loop
+
     torch.manual_seed(6)
     ref = cls(1, 32, dtype=torch.float64, impl="reference")
     fast = cls(1, 32, device="cuda", impl="triton-loop")
     fast.load_state_dict(ref.state_dict())
-    x = torch.rand(784, 4, 1, dtype=torch.float64, requires_grad=True)
-    check(fast, ref, plain, [x], torch.float32)
+    x = torch.rand(784, 20, 1, dtype=torch.float64, requires_grad=True)
+    with triton_loop.use_engine(engine):
+        check(fast, ref, plain, [x], torch.float32)
+        lengths = torch.tensor([784, 5, 300] + [700] * 17)
+        check(fast, ref, packed_call(lengths), [x], torch.float32)
