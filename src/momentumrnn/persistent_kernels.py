@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .step_kernels import CELLS, LSTM, MODRELU, TANH, _sigmoid, _tanh
+from .step_kernels import CELLS, LSTM, MODRELU, TANH, _rnn_activation, _sigmoid, _tanh
 
 __all__ = ["fits", "persistent_forward", "persistent_backward", "ROWS", "MAX_UNITS"]
 
@@ -36,6 +36,33 @@ def padded(hidden: int) -> int:
 def fits(cell: str, hidden: int) -> bool:
     """Whether the persistent kernels take this cell and hidden size."""
     return padded(hidden) <= MAX_UNITS[cell]
+
+
+@triton.jit
+def _block(B, H, BB: tl.constexpr, HP: tl.constexpr):
+    """The program's BB sequences and all units: (rows, units, row and unit masks, both,
+    offsets of (b, j) in a (B, H) array)."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    units = tl.arange(0, HP)
+    in_rows = rows < B
+    in_units = units < H
+    rows64 = rows.to(tl.int64)
+    return rows64, units, in_rows, in_units, in_rows[:, None] & in_units[None, :], rows64[:, None] * H + units[None, :]
+
+
+@triton.jit
+def _load_gates(ptr, at, H, inside):
+    """The four gate blocks at ``at`` (block 0) of a (..., 4H) array."""
+    return (tl.load(ptr + at, mask=inside, other=0.0), tl.load(ptr + at + H, mask=inside, other=0.0),
+            tl.load(ptr + at + 2 * H, mask=inside, other=0.0), tl.load(ptr + at + 3 * H, mask=inside, other=0.0))
+
+
+@triton.jit
+def _store_gates(ptr, at, H, a, b, c, d, inside):
+    tl.store(ptr + at, a, mask=inside)
+    tl.store(ptr + at + H, b, mask=inside)
+    tl.store(ptr + at + 2 * H, c, mask=inside)
+    tl.store(ptr + at + 3 * H, d, mask=inside)
 
 
 @triton.jit
@@ -74,24 +101,15 @@ def persistent_forward_kernel(a_ptr, w_ptr, v_ptr, coef_ptr, coef_stride_t, coef
     """All T steps for the program's BB sequences: reads ``a`` (T, B, G), ``h[0]`` (``c[0]``),
     ``v`` (B, G); writes ``h[1..T]``, ``c[1..T]``, ``acts`` (T, B, 4H) or ``pre`` (T, B, H),
     and the final ``v`` in place."""
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    units = tl.arange(0, HP)
-    in_rows = rows < B
-    in_units = units < H
-    inside = in_rows[:, None] & in_units[None, :]
-    rows64 = rows.to(tl.int64)
+    rows64, units, in_rows, in_units, inside, state = _block(B, H, BB, HP)
     BH = B * H
-    state = rows64[:, None] * H + units[None, :]                 # (b, j) in a (B, H) array
     h = tl.load(h_ptr + state, mask=inside, other=0.0)
     keep = inside
     if CELL == LSTM:
         G = 4 * H
         gate = rows64[:, None] * G + units[None, :]               # (b, j) of gate block 0 in a (B, G) array
         c = tl.load(c_ptr + state, mask=inside, other=0.0)
-        v_i = tl.load(v_ptr + gate, mask=inside, other=0.0)
-        v_f = tl.load(v_ptr + gate + H, mask=inside, other=0.0)
-        v_g = tl.load(v_ptr + gate + 2 * H, mask=inside, other=0.0)
-        v_o = tl.load(v_ptr + gate + 3 * H, mask=inside, other=0.0)
+        v_i, v_f, v_g, v_o = _load_gates(v_ptr, gate, H, inside)
     elif CELL != MODRELU:
         v = tl.load(v_ptr + state, mask=inside, other=0.0)
     if CELL == MODRELU:
@@ -116,10 +134,7 @@ def persistent_forward_kernel(a_ptr, w_ptr, v_ptr, coef_ptr, coef_stride_t, coef
             gf = _sigmoid(p_f, FP32)
             gg = _tanh(p_g, FP32)
             go = _sigmoid(p_o, FP32)
-            tl.store(acts_ptr + step_gate, gi, mask=inside)
-            tl.store(acts_ptr + step_gate + H, gf, mask=inside)
-            tl.store(acts_ptr + step_gate + 2 * H, gg, mask=inside)
-            tl.store(acts_ptr + step_gate + 3 * H, go, mask=inside)
+            _store_gates(acts_ptr, step_gate, H, gi, gf, gg, go, inside)
             cell = gf * c + gi * gg
             if HAS_MASK:
                 cell = tl.where(keep, cell, c)
@@ -135,19 +150,13 @@ def persistent_forward_kernel(a_ptr, w_ptr, v_ptr, coef_ptr, coef_stride_t, coef
         else:
             pre, v = _extrapolate(_gate_product(h, w_ptr, 0, H, units, in_units, FP32), a_ptr, v, t64 * BH + state,
                                   inside, keep, c_t, HAS_MASK)
-            if CELL == TANH:
-                h_new = _tanh(pre, FP32)
-            else:
-                h_new = tl.maximum(pre, 0.0)
+            h_new = _rnn_activation(pre, CELL, FP32)
         if HAS_MASK:
             h_new = tl.where(keep, h_new, h)
         h = tl.where(inside, h_new, 0.0)                         # padded units and rows stay 0
         tl.store(h_ptr + (t64 + 1) * BH + state, h, mask=inside)
     if CELL == LSTM:
-        tl.store(v_ptr + gate, v_i, mask=inside)
-        tl.store(v_ptr + gate + H, v_f, mask=inside)
-        tl.store(v_ptr + gate + 2 * H, v_g, mask=inside)
-        tl.store(v_ptr + gate + 3 * H, v_o, mask=inside)
+        _store_gates(v_ptr, gate, H, v_i, v_f, v_g, v_o, inside)
     elif CELL != MODRELU:
         tl.store(v_ptr + state, v, mask=inside)
 
@@ -171,24 +180,15 @@ def persistent_backward_kernel(go_ptr, dh_ptr, dc_ptr, passed_ptr, dz_ptr, w_ptr
     """All T steps backwards: ``dh`` (B, H) holds the gradient reaching h_T on entry and that
     reaching h_0 on exit; ``dc``, ``passed`` likewise for c and v; ``go`` (T, B, H) the
     outputs' gradient; writes ``dz`` (T, B, G)."""
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    units = tl.arange(0, HP)
-    in_rows = rows < B
-    in_units = units < H
-    inside = in_rows[:, None] & in_units[None, :]
-    rows64 = rows.to(tl.int64)
+    rows64, units, in_rows, in_units, inside, state = _block(B, H, BB, HP)
     BH = B * H
-    state = rows64[:, None] * H + units[None, :]
     dh_rec = tl.load(dh_ptr + state, mask=inside, other=0.0)
     keep = inside
     if CELL == LSTM:
         G = 4 * H
         gate = rows64[:, None] * G + units[None, :]
         dc = tl.load(dc_ptr + state, mask=inside, other=0.0)
-        q_i = tl.load(passed_ptr + gate, mask=inside, other=0.0)
-        q_f = tl.load(passed_ptr + gate + H, mask=inside, other=0.0)
-        q_g = tl.load(passed_ptr + gate + 2 * H, mask=inside, other=0.0)
-        q_o = tl.load(passed_ptr + gate + 3 * H, mask=inside, other=0.0)
+        q_i, q_f, q_g, q_o = _load_gates(passed_ptr, gate, H, inside)
     elif CELL != MODRELU:
         q = tl.load(passed_ptr + state, mask=inside, other=0.0)
     if CELL == MODRELU:
@@ -205,10 +205,7 @@ def persistent_backward_kernel(go_ptr, dh_ptr, dc_ptr, passed_ptr, dz_ptr, w_ptr
             c_t = tl.load(coef_ptr + t64 * coef_stride_t + rows64 * coef_stride_b, mask=in_rows, other=0.0)[:, None]
         if CELL == LSTM:
             step_gate = t64 * B * G + gate
-            gi = tl.load(acts_ptr + step_gate, mask=inside, other=0.0)
-            gf = tl.load(acts_ptr + step_gate + H, mask=inside, other=0.0)
-            gg = tl.load(acts_ptr + step_gate + 2 * H, mask=inside, other=0.0)
-            go = tl.load(acts_ptr + step_gate + 3 * H, mask=inside, other=0.0)
+            gi, gf, gg, go = _load_gates(acts_ptr, step_gate, H, inside)
             held_c = tl.zeros_like(dc)
             if HAS_MASK:
                 held_c = tl.where(keep, 0.0, dc)
@@ -221,10 +218,7 @@ def persistent_backward_kernel(go_ptr, dh_ptr, dc_ptr, passed_ptr, dz_ptr, w_ptr
             dz_g, q_g = _adjoint(dc * (gi * (1.0 - gg * gg)), q_g, keep, c_t, HAS_MASK)
             dz_o, q_o = _adjoint(dh * (tanh_c * (go * (1.0 - go))), q_o, keep, c_t, HAS_MASK)
             dc = dc * gf + held_c
-            tl.store(dz_ptr + step_gate, dz_i, mask=inside)
-            tl.store(dz_ptr + step_gate + H, dz_f, mask=inside)
-            tl.store(dz_ptr + step_gate + 2 * H, dz_g, mask=inside)
-            tl.store(dz_ptr + step_gate + 3 * H, dz_o, mask=inside)
+            _store_gates(dz_ptr, step_gate, H, dz_i, dz_f, dz_g, dz_o, inside)
             dh_rec = (held_h + _back_product(dz_i, w_ptr, 0, H, units, in_units, FP32)
                       + _back_product(dz_f, w_ptr, 1, H, units, in_units, FP32)
                       + _back_product(dz_g, w_ptr, 2, H, units, in_units, FP32)
@@ -246,10 +240,7 @@ def persistent_backward_kernel(go_ptr, dh_ptr, dc_ptr, passed_ptr, dz_ptr, w_ptr
     tl.store(dh_ptr + state, dh_rec, mask=inside)
     if CELL == LSTM:
         tl.store(dc_ptr + state, dc, mask=inside)
-        tl.store(passed_ptr + gate, q_i, mask=inside)
-        tl.store(passed_ptr + gate + H, q_f, mask=inside)
-        tl.store(passed_ptr + gate + 2 * H, q_g, mask=inside)
-        tl.store(passed_ptr + gate + 3 * H, q_o, mask=inside)
+        _store_gates(passed_ptr, gate, H, q_i, q_f, q_g, q_o, inside)
     elif CELL != MODRELU:
         tl.store(passed_ptr + state, q, mask=inside)
 

@@ -62,6 +62,14 @@ def _tanh(x, FP32: tl.constexpr):
 
 
 @triton.jit
+def _rnn_activation(pre, CELL: tl.constexpr, FP32: tl.constexpr):
+    """``tanh(pre)`` (TANH) or ``relu(pre)`` (RELU)."""
+    if CELL == TANH:
+        return _tanh(pre, FP32)
+    return tl.maximum(pre, 0.0)
+
+
+@triton.jit
 def _nesterov(z_ptr, a_ptr, v_ptr, at, keep, c, HAS_MASK: tl.constexpr, inside):
     """``v_t = z + a_t`` (held where not ``keep``), stored in place of ``v_{t-1}``;
     returns ``pre_t = v_t + c (v_t - v_{t-1})``."""
@@ -74,8 +82,9 @@ def _nesterov(z_ptr, a_ptr, v_ptr, at, keep, c, HAS_MASK: tl.constexpr, inside):
 
 
 @triton.jit(do_not_specialize=["i"])
-def forward_kernel(z_ptr, a_ptr, v_ptr, coef_ptr, coef_stride_t, coef_stride_b, keep_ptr, h_ptr, c_ptr, acts_ptr, pre_ptr, bias_ptr,
-                   i, B, H, CELL: tl.constexpr, HAS_MASK: tl.constexpr, FP32: tl.constexpr, BLOCK: tl.constexpr):
+def forward_kernel(z_ptr, a_ptr, v_ptr, coef_ptr, coef_stride_t, coef_stride_b, keep_ptr, h_ptr, c_ptr, acts_ptr,
+                   pre_ptr, bias_ptr, i, B, H, CELL: tl.constexpr, HAS_MASK: tl.constexpr, FP32: tl.constexpr,
+                   BLOCK: tl.constexpr):
     """Step ``i`` of the window: reads ``h[i]`` (and ``c[i]``), writes ``h[i + 1]`` (``c[i + 1]``,
     the LSTM's gate activations ``acts[i]``, modReLU's ``pre[i]``); Nesterov's ``v`` in place."""
     units = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -119,11 +128,7 @@ def forward_kernel(z_ptr, a_ptr, v_ptr, coef_ptr, coef_stride_t, coef_stride_b, 
         h = tl.where(pre > 0, magnitude, tl.where(pre < 0, -magnitude, 0.0))
     else:
         c = tl.load(coef_ptr + i64 * coef_stride_t + b * coef_stride_b)
-        pre = _nesterov(z_ptr, a_ptr + i64 * BH, v_ptr, units, keep, c, HAS_MASK, inside)
-        if CELL == TANH:
-            h = _tanh(pre, FP32)
-        else:
-            h = tl.maximum(pre, 0.0)
+        h = _rnn_activation(_nesterov(z_ptr, a_ptr + i64 * BH, v_ptr, units, keep, c, HAS_MASK, inside), CELL, FP32)
     if HAS_MASK:
         h = tl.where(keep, h, h_prev)
     tl.store(h_ptr + (i64 + 1) * BH + units, h, mask=inside)
@@ -144,9 +149,9 @@ def _nesterov_adjoint(dpre, passed_ptr, at, keep, c, HAS_MASK: tl.constexpr, ins
 
 
 @triton.jit(do_not_specialize=["i"])
-def backward_kernel(dh_ptr, base_ptr, go_ptr, dc_ptr, passed_ptr, dz_ptr, coef_ptr, coef_stride_t, coef_stride_b, keep_ptr, h_ptr,
-                    c_ptr, acts_ptr, pre_ptr, bias_ptr, i, B, H, CELL: tl.constexpr, HAS_MASK: tl.constexpr,
-                    FP32: tl.constexpr, BLOCK: tl.constexpr):
+def backward_kernel(dh_ptr, base_ptr, go_ptr, dc_ptr, passed_ptr, dz_ptr, coef_ptr, coef_stride_t, coef_stride_b,
+                    keep_ptr, h_ptr, c_ptr, acts_ptr, pre_ptr, bias_ptr, i, B, H, CELL: tl.constexpr,
+                    HAS_MASK: tl.constexpr, FP32: tl.constexpr, BLOCK: tl.constexpr):
     """Step ``i`` of the window, backwards: ``dh`` reaches ``h[i + 1]``; writes ``dz[i]``,
     ``base = go[i] + (dh where held)`` for the GEMM of ``dh`` of the step before, and
     ``dc``, ``passed`` in place."""
