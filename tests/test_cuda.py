@@ -299,3 +299,21 @@ def test_triton_loop_at_pixel_mnist_length(cls, engine):
         check(fast, ref, plain, [x], torch.float32)
         lengths = torch.tensor([784, 5, 300] + [700] * 17)
         check(fast, ref, packed_call(lengths), [x], torch.float32)
+
+
+def test_triton_kernels_on_a_device_that_is_not_the_current_one():
+    """Triton launches on the current device: the paths make the tensors' device current."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    from conftest import ACTIVE
+
+    for cls, impl, hp in ((mrnn.NesterovLSTM, "triton-loop", ACTIVE["nesterov"]),
+                          (mrnn.AdamLSTM, "fused-drive", ACTIVE["adam"]),
+                          (mrnn.MomentumOrthogonalRNN, "triton-loop", {})):
+        ref = cls(3, 5, dtype=torch.float64, impl="reference", **hp)
+        fast = cls(3, 5, dtype=torch.float64, device="cuda:1", impl=impl, **hp)
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(70, 2, 3, dtype=torch.float64, requires_grad=True)
+        with torch.cuda.device(0):
+            check(fast, ref, lambda m, leaves, device, dtype: m(leaves[0].to("cuda:1") if device == "cuda"
+                                                                else leaves[0]), [x], torch.float64)

@@ -115,9 +115,10 @@ def _launch_scan(a: Tensor, x: Tensor, initial: Tensor | None, reverse: bool, ou
     time, batch, features = x.shape
     y = torch.empty_like(x) if out is None else out
     stride_t, stride_b = _coefficient_strides(a)
-    _scan_kernel[_grid(batch * features)](
-        x, y, a, stride_t, stride_b, x if initial is None else initial, time, batch * features, features,
-        REVERSE=reverse, HAS_INIT=initial is not None, BT=TILE_STEPS, BC=TILE_CHANNELS)
+    with torch.cuda.device_of(x):            # Triton launches on the current device
+        _scan_kernel[_grid(batch * features)](
+            x, y, a, stride_t, stride_b, x if initial is None else initial, time, batch * features, features,
+            REVERSE=reverse, HAS_INIT=initial is not None, BT=TILE_STEPS, BC=TILE_CHANNELS)
     return y
 
 
@@ -302,10 +303,11 @@ def _adam_forward(u, v0, m0, params, lengths):
     d = torch.empty_like(u)
     v_out, m_out = torch.empty_like(v0), torch.empty_like(m0)
     saved = u.new_empty(triton.cdiv(time, TILE_STEPS), 2, batch, gates)
-    _adam_forward_kernel[_grid(batch * gates)](
-        u, d, params, v0, m0, v_out, m_out, saved, u if lengths is None else lengths,
-        time, batch * gates, gates, HAS_LENGTHS=lengths is not None, FP32=u.dtype == torch.float32,
-        BT=TILE_STEPS, BC=TILE_CHANNELS)
+    with torch.cuda.device_of(u):
+        _adam_forward_kernel[_grid(batch * gates)](
+            u, d, params, v0, m0, v_out, m_out, saved, u if lengths is None else lengths,
+            time, batch * gates, gates, HAS_LENGTHS=lengths is not None, FP32=u.dtype == torch.float32,
+            BT=TILE_STEPS, BC=TILE_CHANNELS)
     return d, v_out, m_out, saved
 
 
@@ -318,10 +320,11 @@ def _adam_backward(u, grads, params, saved, lengths, need_mu, need_s, out):
     grad_m = torch.zeros_like(u[0]) if grad_m is None else grad_m.contiguous()
     d_v0, d_m0 = torch.empty_like(grad_v), torch.empty_like(grad_m)
     partial = u.new_empty(2, batch * gates) if (need_mu or need_s) else u
-    _adam_backward_kernel[_grid(batch * gates)](
-        u, grad_d, out, params, saved, grad_v, grad_m, d_v0, d_m0, partial,
-        u if lengths is None else lengths, time, batch * gates, gates, HAS_LENGTHS=lengths is not None,
-        NEED_MU=need_mu, NEED_S=need_s, FP32=u.dtype == torch.float32, BT=TILE_STEPS, BC=TILE_CHANNELS)
+    with torch.cuda.device_of(u):
+        _adam_backward_kernel[_grid(batch * gates)](
+            u, grad_d, out, params, saved, grad_v, grad_m, d_v0, d_m0, partial,
+            u if lengths is None else lengths, time, batch * gates, gates, HAS_LENGTHS=lengths is not None,
+            NEED_MU=need_mu, NEED_S=need_s, FP32=u.dtype == torch.float32, BT=TILE_STEPS, BC=TILE_CHANNELS)
     return d_v0, d_m0, partial[0].sum() if need_mu else None, partial[1].sum() if need_s else None
 
 

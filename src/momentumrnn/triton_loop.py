@@ -212,7 +212,8 @@ class _TritonLoop(torch.autograd.Function):
         saved = (h_all, cells, acts, pre, weight_hh, bias, coefficient, keep)
         ctx.cell, ctx.engine = cell, chosen_engine(cell, hidden)
         run = _forward_persistent if ctx.engine == "persistent" else _forward_windows
-        v_n = run(cell, terms, v0, *saved)
+        with torch.cuda.device_of(terms):      # Triton launches and CUDA graphs use the current device
+            v_n = run(cell, terms, v0, *saved)
         ctx.save_for_backward(*saved)
         c_n = cells[time].clone() if lstm else None
         return h_all[1:], h_all[time].clone(), c_n, v_n
@@ -226,7 +227,8 @@ class _TritonLoop(torch.autograd.Function):
         gates = (4 if cell == "lstm" else 1) * hidden
         dz = h_all.new_empty(time, batch, gates)
         run = _backward_persistent if ctx.engine == "persistent" else _backward_windows
-        d_h0, d_c0, d_v0 = run(cell, grad_out, grad_h, grad_c, grad_v, dz, *saved)
+        with torch.cuda.device_of(dz):
+            d_h0, d_c0, d_v0 = run(cell, grad_out, grad_h, grad_c, grad_v, dz, *saved)
         needs = ctx.needs_input_grad
         flat = dz.view(time * batch, gates)
         d_weight = flat.t().mm(h_all[:time].reshape(time * batch, hidden)) if needs[3] else None
