@@ -196,10 +196,10 @@ def test_the_engine_is_chosen_per_call(engine):
 
     assert engine.chosen_engine("lstm", 5) == "windows"
     with engine.use_engine("persistent"):
-        assert engine.chosen_engine("lstm", 64) == "persistent"
-        assert engine.chosen_engine("lstm", 65) == "windows"           # padded to 128 > 64
-        assert engine.chosen_engine("modrelu", 128) == "persistent"
-        assert not persistent_kernels.fits("tanh", 200)
+        assert engine.chosen_engine("lstm", 128) == "persistent"
+        assert engine.chosen_engine("lstm", 129) == "windows"          # padded to 256 > 128
+        assert engine.chosen_engine("modrelu", 170) == "persistent"    # padded to 256
+        assert not persistent_kernels.fits("tanh", 300)
         out, *_ = engine.nesterov_rnn(torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True),
                                       torch.zeros(2, 3, dtype=torch.float64),
                                       torch.eye(3, dtype=torch.float64), torch.rand(6, 1, dtype=torch.float64),
@@ -364,7 +364,7 @@ for kernel in kernels:
                 signature = {n: "constexpr" if n in constants else ("*u8" if n == "keep_ptr" else f"*{dtype}")
                              if n.endswith("_ptr") else "i32" for n in names}
                 values = {"CELL": cell, "HAS_MASK": has_mask, "FP32": dtype == "fp32", "BLOCK": 128, "BB": 16,
-                          "HP": 64}
+                          "HP": 32}
                 values = {k: v for k, v in values.items() if k in names}
                 source = ASTSource(fn=kernel, signature=signature,
                                    constexprs={(names.index(k),): v for k, v in values.items()})

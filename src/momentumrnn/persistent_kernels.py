@@ -26,11 +26,17 @@ __all__ = ["fits", "persistent_forward", "persistent_backward", "ROWS", "MAX_UNI
 #: Sequences per program.
 ROWS = 16
 #: The largest padded hidden size per gate block (LSTM: four blocks) that the engine takes.
-MAX_UNITS = {"lstm": 64, "tanh": 128, "relu": 128, "modrelu": 128}
+MAX_UNITS = {"lstm": 128, "tanh": 256, "relu": 256, "modrelu": 256}
 
 
 def padded(hidden: int) -> int:
     return max(16, triton.next_power_of_2(hidden))
+
+
+def _warps(cell: str, hidden: int) -> int:
+    """Warps per program: 8 once a program holds 256 or more numbers per sequence and
+    state (four gate blocks for the LSTM), so that each thread holds fewer registers."""
+    return 8 if padded(hidden) * (4 if cell == "lstm" else 1) >= 256 else 4
 
 
 def fits(cell: str, hidden: int) -> bool:
@@ -258,7 +264,7 @@ def persistent_forward(cell, terms, weight, velocity, coefficient, strides, keep
     persistent_forward_kernel[_grid(batch)](
         terms, weight, velocity, coefficient, *strides, keep, h, c, acts, pre, bias, time, batch, hidden,
         CELL=CELLS[cell], HAS_MASK=keep is not placeholder, FP32=terms.dtype.itemsize == 4, BB=ROWS,
-        HP=padded(hidden))
+        HP=padded(hidden), num_warps=_warps(cell, hidden))
 
 
 def persistent_backward(cell, grad_out, dh, dc, passed, dz, weight, coefficient, strides, keep, h, c, acts, pre,
@@ -268,4 +274,4 @@ def persistent_backward(cell, grad_out, dh, dc, passed, dz, weight, coefficient,
     persistent_backward_kernel[_grid(batch)](
         grad_out, dh, dc, passed, dz, weight, coefficient, *strides, keep, h, c, acts, pre, bias, time, batch,
         hidden, CELL=CELLS[cell], HAS_MASK=keep is not placeholder, FP32=grad_out.dtype.itemsize == 4, BB=ROWS,
-        HP=padded(hidden))
+        HP=padded(hidden), num_warps=_warps(cell, hidden))
