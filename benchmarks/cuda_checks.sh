@@ -64,8 +64,8 @@ $python benchmarks/layers.py --device cuda --no-reference --name triton-loop-no-
   >> "$out/triton-loop.log" 2>&1
 echo "exit $?"
 $python benchmarks/layers.py --device cuda --no-reference --name triton-loop-persistent --out "$out" \
-  --impl triton-loop --engine persistent --layers $coupled --shape 784,128,1,128 --shape 784,128,1,170 \
-  --shape 200,32,129,158 --shape 35,20,200,200 >> "$out/triton-loop.log" 2>&1
+  --impl triton-loop --engine persistent --layers $coupled --shape 784,128,1,64 --shape 784,128,1,128 \
+  --shape 35,20,200,64 >> "$out/triton-loop.log" 2>&1
 echo "exit $?"
 $python benchmarks/layers.py --device cuda --no-reference --name triton-loop-before --out "$out" \
   --layers NesterovLSTM,NesterovRNN,MomentumOrthogonalRNN --shape 784,128,1,128 --shape 35,20,200,200 \

@@ -202,7 +202,8 @@ def path_name(layer, hidden):
         return layer.path
     name = layer.recurrence.name
     cell = layer.nonlinearity if name == "rnn" else name
-    return f"triton-loop ({triton_loop.chosen_engine(cell, hidden)})"
+    weight = layer.weight_ih_l0
+    return f"triton-loop ({triton_loop.chosen_engine(cell, hidden, weight.dtype, weight.device)})"
 
 
 def benchmark_shape(name, shape, device, repeats, quick, layers, log, impl="auto", reference=True):

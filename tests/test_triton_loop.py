@@ -196,10 +196,11 @@ def test_the_engine_is_chosen_per_call(engine):
 
     assert engine.chosen_engine("lstm", 5) == "windows"
     with engine.use_engine("persistent"):
-        assert engine.chosen_engine("lstm", 128) == "persistent"
-        assert engine.chosen_engine("lstm", 129) == "windows"          # padded to 256 > 128
-        assert engine.chosen_engine("modrelu", 170) == "persistent"    # padded to 256
-        assert not persistent_kernels.fits("tanh", 300)
+        assert engine.chosen_engine("lstm", 64) == "persistent"
+        assert engine.chosen_engine("lstm", 65) == "windows"           # padded to 128 > 64
+        assert engine.chosen_engine("lstm", 64, torch.float64) == "windows"
+        assert engine.chosen_engine("modrelu", 128) == "persistent"
+        assert not persistent_kernels.fits("tanh", 200, 4)
         out, *_ = engine.nesterov_rnn(torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True),
                                       torch.zeros(2, 3, dtype=torch.float64),
                                       torch.eye(3, dtype=torch.float64), torch.rand(6, 1, dtype=torch.float64),
@@ -210,6 +211,32 @@ def test_the_engine_is_chosen_per_call(engine):
     with pytest.raises(ValueError, match="engine must be one of"):
         with engine.use_engine("cudnn"):
             pass
+
+
+def test_a_persistent_kernel_the_gpu_refuses_falls_back_to_the_windows(engine, monkeypatch):
+    """Too little shared memory (``OutOfResources`` at launch): this call and later ones of
+    the same size take the windows engine, with the same numbers."""
+    from triton.runtime.errors import OutOfResources
+
+    calls = []
+
+    def refuse(*args):
+        calls.append(args[0])
+        raise OutOfResources(300000, 232448, "shared memory")
+    monkeypatch.setattr(engine, "_forward_persistent", refuse)
+    monkeypatch.setattr(engine, "_refused", set())
+    args = [torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True), torch.zeros(2, 3, dtype=torch.float64),
+            torch.eye(3, dtype=torch.float64), torch.rand(6, 1, dtype=torch.float64),
+            torch.zeros(2, 3, dtype=torch.float64), "tanh"]
+    want = engine.nesterov_rnn(*args)[0]
+    with engine.use_engine("persistent"):
+        got = engine.nesterov_rnn(*args)[0]
+        assert got.grad_fn.engine == "windows" and len(calls) == 1
+        assert engine.chosen_engine("tanh", 3, torch.float64, torch.device("cpu")) == "windows"
+        engine.nesterov_rnn(*args)
+        assert len(calls) == 1
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    torch.autograd.grad(got.sum(), args[0])
 
 
 def test_double_backward_is_refused(engine):
@@ -369,6 +396,20 @@ for kernel in kernels:
                 source = ASTSource(fn=kernel, signature=signature,
                                    constexprs={(names.index(k),): v for k, v in values.items()})
                 assert "cubin" in triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
+# the largest persistent kernels taken fit in an H100/H200's shared memory
+for kernel in kernels[2:]:
+    names = list(kernel.arg_names)
+    for name, cell in step_kernels.CELLS.items():
+        for dtype, size in (("fp32", 4), ("fp64", 8)):
+            signature = {n: "constexpr" if n in constants else ("*u8" if n == "keep_ptr" else f"*{dtype}")
+                         if n.endswith("_ptr") else "i32" for n in names}
+            units = persistent_kernels.MAX_UNITS[name][size]
+            values = {"CELL": cell, "HAS_MASK": True, "FP32": size == 4, "BB": 16, "HP": units}
+            source = ASTSource(fn=kernel, signature=signature,
+                               constexprs={(names.index(k),): v for k, v in values.items()})
+            options = {"num_warps": persistent_kernels._warps(name, units)}
+            shared = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
+            assert shared <= persistent_kernels.SHARED_MEMORY, (kernel, name, dtype, shared)
 print("compiled")
 """
 

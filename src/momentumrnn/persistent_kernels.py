@@ -9,7 +9,8 @@ in registers and walks time: per step ``z = h U_k^T`` for each gate block ``k`` 
 ``step_kernels`` (whose helpers it uses). The backward walks time in reverse with the
 same adjoint and ``dh_{t-1} = held + sum_k dz_k U_k``. Units are padded to ``HP``, a power
 of two (the padded units stay 0), and ``tl.dot`` needs at least 16 rows and columns, so
-this engine serves small hidden sizes only (``fits``).
+this engine serves small hidden sizes only (``fits``): the products stage ``U`` in shared
+memory.
 
 float32 products use ``input_precision="ieee"`` (no TF32), as torch's float32 GEMMs by default.
 """
@@ -21,12 +22,18 @@ import triton.language as tl
 
 from .step_kernels import CELLS, LSTM, MODRELU, TANH, _rnn_activation, _sigmoid, _tanh
 
-__all__ = ["fits", "persistent_forward", "persistent_backward", "ROWS", "MAX_UNITS"]
+__all__ = ["fits", "persistent_forward", "persistent_backward", "ROWS", "MAX_UNITS", "SHARED_MEMORY"]
 
 #: Sequences per program.
 ROWS = 16
-#: The largest padded hidden size per gate block (LSTM: four blocks) that the engine takes.
-MAX_UNITS = {"lstm": 128, "tanh": 256, "relu": 256, "modrelu": 256}
+#: The largest padded hidden size per gate block (LSTM: four blocks) that the engine takes,
+#: by cell and bytes per number: the products stage ``U`` in shared memory, and these are
+#: the largest sizes whose kernels need at most ``SHARED_MEMORY`` bytes of it (compiled for
+#: sm_90: e.g. 193 KB for the LSTM's backward at 64 float32 units, 172 KB for modReLU's at 128).
+MAX_UNITS = {"lstm": {4: 64, 8: 32}, "tanh": {4: 128, 8: 64}, "relu": {4: 128, 8: 64}, "modrelu": {4: 128, 8: 64}}
+#: Shared memory per block on an H100/H200 (227 KB); a GPU with less refuses the larger
+#: kernels at launch, and the path then takes the windows engine (``triton_loop``).
+SHARED_MEMORY = 232448
 
 
 def padded(hidden: int) -> int:
@@ -39,9 +46,9 @@ def _warps(cell: str, hidden: int) -> int:
     return 8 if padded(hidden) * (4 if cell == "lstm" else 1) >= 256 else 4
 
 
-def fits(cell: str, hidden: int) -> bool:
-    """Whether the persistent kernels take this cell and hidden size."""
-    return padded(hidden) <= MAX_UNITS[cell]
+def fits(cell: str, hidden: int, itemsize: int) -> bool:
+    """Whether the persistent kernels take this cell, hidden size and bytes per number."""
+    return padded(hidden) <= MAX_UNITS[cell].get(itemsize, 0)
 
 
 @triton.jit

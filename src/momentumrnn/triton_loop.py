@@ -169,13 +169,31 @@ def use_engine(engine: str):
         _engines.pop()
 
 
-def chosen_engine(cell: str, hidden: int) -> str:
+#: (cell, hidden, dtype, device) whose persistent kernels a GPU refused (too little shared
+#: memory): they take the windows engine from then on.
+_refused: set = set()
+
+
+def chosen_engine(cell: str, hidden: int, dtype: torch.dtype = torch.float32, device=None) -> str:
     """The engine a call of ``cell`` with ``hidden`` units takes (``use_engine``)."""
-    if _engines[-1] == "persistent":
+    if _engines[-1] == "persistent" and (cell, hidden, dtype, device) not in _refused:
         from .persistent_kernels import fits
-        if fits(cell, hidden):
+        if fits(cell, hidden, dtype.itemsize):
             return "persistent"
     return "windows"
+
+
+def _run(ctx, key, persistent, windows, *args):
+    """``persistent(*args)`` for the persistent engine, else (or where the GPU refuses its
+    kernel for want of shared memory, which is remembered) ``windows(*args)``."""
+    if ctx.engine == "persistent":
+        from triton.runtime.errors import OutOfResources
+        try:
+            return persistent(*args)
+        except OutOfResources:
+            _refused.add(key)
+            ctx.engine = "windows"
+    return windows(*args)
 
 
 def cached_bytes() -> int:
@@ -210,10 +228,10 @@ class _TritonLoop(torch.autograd.Function):
             pre = terms.new_empty(time, batch, hidden)
         keep = None if mask is None else mask.to(torch.uint8).contiguous()
         saved = (h_all, cells, acts, pre, weight_hh, bias, coefficient, keep)
-        ctx.cell, ctx.engine = cell, chosen_engine(cell, hidden)
-        run = _forward_persistent if ctx.engine == "persistent" else _forward_windows
+        ctx.key = (cell, hidden, terms.dtype, terms.device)
+        ctx.cell, ctx.engine = cell, chosen_engine(*ctx.key)
         with torch.cuda.device_of(terms):      # Triton launches and CUDA graphs use the current device
-            v_n = run(cell, terms, v0, *saved)
+            v_n = _run(ctx, ctx.key, _forward_persistent, _forward_windows, cell, terms, v0, *saved)
         ctx.save_for_backward(*saved)
         c_n = cells[time].clone() if lstm else None
         return h_all[1:], h_all[time].clone(), c_n, v_n
@@ -226,9 +244,9 @@ class _TritonLoop(torch.autograd.Function):
         time, batch, hidden = grad_out.shape
         gates = (4 if cell == "lstm" else 1) * hidden
         dz = h_all.new_empty(time, batch, gates)
-        run = _backward_persistent if ctx.engine == "persistent" else _backward_windows
         with torch.cuda.device_of(dz):
-            d_h0, d_c0, d_v0 = run(cell, grad_out, grad_h, grad_c, grad_v, dz, *saved)
+            d_h0, d_c0, d_v0 = _run(ctx, ctx.key, _backward_persistent, _backward_windows, cell, grad_out, grad_h,
+                                    grad_c, grad_v, dz, *saved)
         needs = ctx.needs_input_grad
         flat = dz.view(time * batch, gates)
         d_weight = flat.t().mm(h_all[:time].reshape(time * batch, hidden)) if needs[3] else None
