@@ -571,7 +571,7 @@ def test_bad_init_and_hyperparameters():
         mrnn.MomentumOrthogonalRNN(2, 4, init="paper")
     with pytest.raises(TypeError, match=r"PlainRule takes hyperparameters \[\]; got unexpected \['momentum'\]"):
         mrnn.OrthogonalRNN(2, 4, momentum=0.5)
-    with pytest.raises(ValueError, match="hidden_size must be > 0, got 0"):
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero, got 0"):
         mrnn.OrthogonalRNN(2, 0)
 
 
@@ -580,7 +580,7 @@ def test_hidden_size_mismatches():
     x = torch.randn(5, 2, 3)
     with pytest.raises(ValueError, match=r"hx must have shape \(2, 2, 4\), got \(2, 2, 5\)"):
         layer(x, torch.zeros(2, 2, 5))
-    with pytest.raises(ValueError, match=r"input.size\(-1\) must equal input_size: expected 3, got 4"):
+    with pytest.raises(ValueError, match=r"input.size\(-1\) must be equal to input_size. Expected 3, got 4"):
         layer(torch.randn(5, 2, 4))
     _, h, rs = layer(x, return_rule_state=True)
     bad = mrnn.RuleState(torch.zeros(2, 2, 5), None, rs.steps)

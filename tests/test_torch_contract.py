@@ -44,13 +44,43 @@ class Outputs(torch.nn.Module):
 
 
 # ----------------------------------------------------------------- error types
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_messages_in_torch_words(name):
+    """Where torch's own tests match an error message (a wrong input size; hidden_size=0 for
+    the layers, which the cells take), the layers and cells raise the same kind with torch's words."""
+    import re
+
+    theirs, ours = getattr(torch.nn, name), getattr(mrnn, "Momentum" + name)
+    cell = name.endswith("Cell")
+    errors = []
+    calls = [lambda cls: cls(10, 20)(torch.randn(*((3,) if cell else (5, 3)), 11))]
+    if cell:                        # the hidden state's batch and size, before the input's dtype
+        c = (lambda h: (h, torch.zeros(3, 20))) if name == "LSTMCell" else (lambda h: h)
+        calls += [lambda cls: cls(10, 20)(torch.randn(3, 10), c(torch.zeros(4, 20))),
+                  lambda cls: cls(10, 20)(torch.randn(3, 10), c(torch.zeros(3, 21))),
+                  lambda cls: cls(10, 20)(torch.randn(3, 10, dtype=torch.float64),
+                                          c(torch.zeros(3, 21, dtype=torch.float64)))]
+        if name == "LSTMCell":
+            calls += [lambda cls: cls(10, 20)(torch.randn(3, 10), (torch.zeros(3, 20), torch.zeros(3, 22)))]
+    else:
+        calls += [lambda cls: cls(10, 0), lambda cls: cls(10.0, 20),
+                  lambda cls: cls(10, 20)(torch.randn(5, 3, 10, dtype=torch.float64))]
+    for call in calls:
+        with pytest.raises(Exception) as torch_error:
+            call(theirs)
+        errors.append(torch_error)
+        with pytest.raises(torch_error.type, match=re.escape(str(torch_error.value))):
+            call(ours)
+    assert "input" in str(errors[0].value)
+
+
 def test_call_errors_are_both_value_and_runtime_errors():
     lstm = mrnn.MomentumLSTM(3, 4)
     x = torch.randn(5, 2, 3)
     bad_calls = {
         "h_0 must have shape": lambda: lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4))),
         "at least one time step": lambda: lstm(torch.randn(0, 2, 3)),
-        "must equal input_size": lambda: lstm(torch.randn(5, 2, 5)),
+        "must be equal to input_size": lambda: lstm(torch.randn(5, 2, 5)),
         "2-D .* or 3-D": lambda: lstm(torch.randn(5, 2, 2, 3)),
         "rule_state.velocity must have shape": lambda: lstm(
             x, rule_state=mrnn.RuleState(torch.zeros(1, 3, 16), None, torch.zeros(2, dtype=torch.long))),
@@ -64,12 +94,12 @@ def test_call_errors_are_both_value_and_runtime_errors():
 def test_dtype_errors_are_type_value_and_runtime_errors():
     lstm = mrnn.AdamLSTM(3, 4)
     for kind in (TypeError, ValueError, RuntimeError, mrnn.InputDtypeError):
-        with pytest.raises(kind, match="input must have dtype torch.float32"):
+        with pytest.raises(kind, match=r"RNN input dtype \(torch.float64\) does not match weight dtype"):
             lstm(torch.randn(5, 2, 3, dtype=torch.float64))
     cell = mrnn.AdamLSTMCell(3, 4)
-    with pytest.raises(RuntimeError, match=r"h_0 must have shape \(2, 4\), got \(3, 4\)"):
+    with pytest.raises(RuntimeError, match=r"Input batch size 2 doesn't match hidden0 batch size 3"):
         cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(3, 4)))
-    with pytest.raises(RuntimeError, match="expected 3, got 5"):
+    with pytest.raises(RuntimeError, match="input has inconsistent input_size: got 5 expected 3"):
         cell(torch.randn(2, 5))
 
 

@@ -33,7 +33,7 @@ def test_momentum_hyperparameters(kwargs, error, match):
     (mrnn.MomentumLSTM, {"init": "xavier"}, ValueError, "init must be one of \\('torch', 'paper'\\), got 'xavier'"),
     (mrnn.MomentumLSTM, {"impl": "cuda"}, ValueError, "impl must be one of"),
     (mrnn.MomentumLSTM, {"dropout": 1.5}, ValueError, r"dropout must be a number in \[0, 1\], got 1.5"),
-    (mrnn.MomentumLSTM, {"num_layers": 0}, ValueError, "num_layers must be > 0, got 0"),
+    (mrnn.MomentumLSTM, {"num_layers": 0}, ValueError, "num_layers must be greater than zero, got 0"),
     (mrnn.MomentumRNN, {"nonlinearity": "sigmoid"}, ValueError, "nonlinearity must be 'tanh' or 'relu'"),
     (mrnn.MomentumLSTM, {"momentum": 0.0, "learnable": True}, ValueError, r"learnable momentum must start in \(0, 1\)"),
 ])
@@ -43,9 +43,9 @@ def test_constructor_arguments(cls, kwargs, error, match):
 
 
 def test_sizes_must_be_positive_ints():
-    with pytest.raises(ValueError, match="hidden_size must be > 0, got 0"):
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero, got 0"):
         mrnn.MomentumGRU(2, 0)
-    with pytest.raises(TypeError, match="input_size must be an int, got float 2.0"):
+    with pytest.raises(TypeError, match=r"input_size should be of type int, got: float \(2.0\)"):
         mrnn.MomentumGRUCell(2.0, 3)
 
 
@@ -62,14 +62,15 @@ def test_input_rank(lstm):
 
 
 def test_input_features(lstm):
-    with pytest.raises(ValueError, match=r"input.size\(-1\) must equal input_size: expected 3, got 5"):
+    with pytest.raises(ValueError, match=r"input.size\(-1\) must be equal to input_size. Expected 3, got 5"):
         lstm(torch.randn(7, 2, 5))
 
 
 def test_input_type_dtype_and_length(lstm):
     with pytest.raises(TypeError, match="input must be a torch.Tensor, got list"):
         lstm([[1.0, 2.0, 3.0]])
-    with pytest.raises(TypeError, match="input must have dtype torch.float32 .* got torch.float64"):
+    with pytest.raises(TypeError, match=r"RNN input dtype \(torch.float64\) does not match weight dtype "
+                                        r"\(torch.float32\). Convert input: input.to\(torch.float32\)"):
         lstm(torch.randn(7, 2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="at least one time step"):
         lstm(torch.randn(0, 2, 3))
@@ -123,9 +124,11 @@ def test_rule_state_checks(lstm):
 
 def test_cell_checks():
     cell = mrnn.MomentumLSTMCell(3, 4)
-    with pytest.raises(ValueError, match=r"input must be 1-D \(unbatched\) or 2-D"):
+    with pytest.raises(ValueError, match=r"MomentumLSTMCell: Expected input to be 1D or 2D, got 3D instead"):
         cell(torch.randn(2, 2, 3))
-    with pytest.raises(ValueError, match="expected 3, got 2"):
+    with pytest.raises(ValueError, match=r"MomentumLSTMCell: Expected hx\[1\] to be 1D or 2D, got 3D instead"):
+        cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 1, 4)))
+    with pytest.raises(ValueError, match="input has inconsistent input_size: got 2 expected 3"):
         cell(torch.randn(2, 2))
     with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 4\), got \(4,\)"):
         cell(torch.randn(2, 3), (torch.zeros(4), torch.zeros(4)))

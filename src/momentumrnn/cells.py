@@ -20,8 +20,8 @@ from torch import Tensor
 
 from .autocast import autocast_boundary
 from .base import RuleModule
-from .checks import (InputError, check_hidden, check_rule_state, expect_input, expect_positive_int, expect_size,
-                     expect_tensor, zero_rule_state)
+from .checks import (InputError, check_cell_hidden, check_rule_state, expect_input, expect_like, expect_positive_int,
+                     expect_size, expect_tensor, zero_rule_state)
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
@@ -72,21 +72,24 @@ class RecurrentCell(RuleModule):
         """One step: ``hx`` as torch's cell returns it (``h`` or ``(h, c)``), and with
         ``return_rule_state=True`` also the rule state after the step, ``(hx, rule_state)``."""
         expect_tensor("input", input)
-        if input.dim() not in (1, 2):
-            raise InputError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), got {input.dim()}-D "
-                             f"of shape {tuple(input.shape)}")
-        expect_input(input, self.input_size, self.weight_ih)
+        if input.dim() not in (1, 2):            # torch's words, and the shape
+            raise InputError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead "
+                             f"(1-D: unbatched, 2-D: (batch, input_size); shape {tuple(input.shape)})")
+        # torch's order: the input's size, the hidden state's batch and size, then dtypes and devices
+        expect_input(input, self.input_size, None, cell=True)
         unbatched = input.dim() == 1
+        state = None
+        if hx is not None:
+            state = check_cell_hidden(hx, self.recurrence.state_tensors, None if unbatched else input.size(0),
+                                      self.hidden_size, self.weight_ih, type(self).__name__)
+        expect_like("input", input, self.weight_ih)
         if unbatched:
             input = input.unsqueeze(0)
+            state = None if state is None else tuple(s.unsqueeze(0) for s in state)
         batch = input.size(0)
         gates = self.recurrence.gates * self.hidden_size
-        if hx is None:
+        if state is None:
             state = tuple(input.new_zeros(batch, self.hidden_size) for _ in range(self.recurrence.state_tensors))
-        else:
-            shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
-            state = check_hidden(hx, self.recurrence.state_tensors, shape, self.weight_ih)
-            state = tuple(s.unsqueeze(0) for s in state) if unbatched else state
         if rule_state is None:
             rules, steps = zero_rule_state(self.rule_type.state_fields, (batch, gates), (batch,), input)
         else:

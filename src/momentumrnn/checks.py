@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["InputError", "InputDtypeError", "expect_tensor", "expect_shape", "expect_like", "expect_positive_int",
-           "expect_size", "expect_input", "zero_rule_state", "check_hidden", "check_rule_state"]
+           "expect_size", "expect_input", "zero_rule_state", "check_hidden", "check_cell_hidden",
+           "check_rule_state"]
 
 
 class InputError(ValueError, RuntimeError):
@@ -44,11 +45,18 @@ def expect_like(name: str, tensor: Tensor, reference: Tensor) -> None:
         raise InputError(f"{name} must be on device {reference.device} (the module's parameters), got {tensor.device}")
 
 
-def expect_input(x: Tensor, input_size: int, weight: Tensor) -> None:
-    """A layer's or cell's input: ``input_size`` features, the weights' dtype and device."""
+def expect_input(x: Tensor, input_size: int, weight: Tensor | None, cell: bool = False) -> None:
+    """A layer's or ``cell``'s input: ``input_size`` features (in torch's words for each), and
+    unless ``weight`` is None the weights' dtype and device."""
     if x.size(-1) != input_size:
-        raise InputError(f"input.size(-1) must equal input_size: expected {input_size}, got {x.size(-1)}")
-    expect_like("input", x, weight)
+        if cell:
+            raise InputError(f"input has inconsistent input_size: got {x.size(-1)} expected {input_size}")
+        raise InputError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {x.size(-1)}")
+    if weight is not None and not cell and x.dtype != weight.dtype:          # torch's layers' words
+        raise InputDtypeError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). Convert "
+                              f"input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
+    if weight is not None:
+        expect_like("input", x, weight)
 
 
 def expect_positive_int(name: str, value) -> int:
@@ -58,9 +66,9 @@ def expect_positive_int(name: str, value) -> int:
 def expect_size(name: str, value, minimum: int = 0) -> int:
     """An int (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__} ({value!r})")   # torch's words
     if value < minimum:
-        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        bound = "greater than zero" if minimum == 1 else f">= {minimum}"      # torch's words for > 0
         raise ValueError(f"{name} must be {bound}, got {value}")
     return int(value)
 
@@ -86,6 +94,36 @@ def check_hidden(hx, state_tensors: int, shape: tuple[int, ...], like: Tensor,
     for name, tensor, expected in zip(names, hx, (shape, cell_shape or shape)):
         expect_tensor(name, tensor)
         expect_shape(name, tensor, expected)
+        expect_like(name, tensor, like)
+    return tuple(hx)
+
+
+def check_cell_hidden(hx, state_tensors: int, batch: int | None, hidden_size: int, like: Tensor,
+                      cell_name: str) -> tuple[Tensor, ...]:
+    """Validate a cell's ``hx`` (``h``, or ``(h, c)`` for the LSTM cell) for ``batch``
+    sequences (None: unbatched) of ``hidden_size``: its rank, batch size and hidden size in
+    the words of torch's cells, then dtype and device."""
+    if state_tensors == 2:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM cell, got {type(hx).__name__}")
+        names = ("h_0", "c_0")
+    else:
+        hx = (hx,)
+        names = ("hx",)
+    shape = (hidden_size,) if batch is None else (batch, hidden_size)
+    for index, (name, tensor) in enumerate(zip(names, hx)):
+        expect_tensor(name, tensor)
+        if tensor.dim() not in (1, 2):
+            which = f"hx[{index}]" if state_tensors == 2 else "hidden"
+            raise InputError(f"{cell_name}: Expected {which} to be 1D or 2D, got {tensor.dim()}D instead")
+        if tensor.dim() != len(shape):
+            expect_shape(name, tensor, shape)
+        if batch is not None and tensor.size(0) != batch:
+            raise InputError(f"Input batch size {batch} doesn't match hidden{index} batch size {tensor.size(0)}")
+        if tensor.size(-1) != hidden_size:
+            raise InputError(f"hidden{index} has inconsistent hidden_size: got {tensor.size(-1)}, "
+                             f"expected {hidden_size}")
+    for name, tensor in zip(names, hx):
         expect_like(name, tensor, like)
     return tuple(hx)
 
