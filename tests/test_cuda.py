@@ -3,12 +3,13 @@
 Skipped without ``--device cuda``. float64: to 1e-9 (the paths sum the same terms in
 another order); float32 with TF32 off in cuDNN and cuBLAS: against the float64 reference,
 ``||got - want|| / ||want|| <= 1e-4`` for every output and gradient (1e-3 for the
-gradients of learnable hyperparameters, single sums with cancellation). Covered: all 14 layers
-on every path their rule allows (auto, fused, fused-drive, loop, triton-loop) and the 5
-orthogonal layers (reference and triton-loop), with two layers, both directions, an initial state, packed input, a carried rule
-state with step counters that differ, learnable momentum and step size, and no bias; the
-Triton kernels at pixel-MNIST length; the triton-loop path over windows replayed as CUDA
-graphs; and the torch scans (no Triton) on CUDA.
+gradients of learnable hyperparameters, single sums with cancellation). Covered: all 14
+layers on every path their rule allows (auto, fused, fused-drive, loop, triton-loop) and
+the 5 orthogonal layers (reference and triton-loop), with two layers, both directions, an
+initial state, packed input, a carried rule state with step counters that differ,
+learnable momentum and step size, and no bias; the Triton kernels at pixel-MNIST length;
+the triton-loop path over windows replayed as CUDA graphs, and its persistent engine; and
+the torch scans (no Triton) on CUDA.
 """
 
 import pytest

@@ -13,8 +13,9 @@ Paths (``impl``), all equal to the per-step reference to rounding, values and gr
   (``momentumrnn.loops``); the CPU's fast path of the Nesterov rule, which is coupled to h.
 * ``"triton-loop"`` (the Nesterov RNN and LSTM, and the orthogonal layers' modReLU
   recurrence; CUDA): one GEMM and one Triton kernel a step, forward and backward, the steps
-  replayed as CUDA graphs (``momentumrnn.triton_loop``). Chosen explicitly: ``"auto"`` does
-  not take it until it has been measured against the other paths on a GPU.
+  replayed as CUDA graphs, or for small hidden sizes one persistent kernel per call
+  (``momentumrnn.triton_loop``, its engines). Chosen explicitly: ``"auto"`` does not take it
+  until it has been measured against the other paths on a GPU.
 
 Under a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...), ``torch.jit.trace``
 (and the ONNX exporter built on it) and ``torch.export``, every ``impl`` takes the
@@ -41,8 +42,8 @@ import functools
 
 import torch
 
-__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "choose_path", "check_impl", "plain_ops_required", "scan_backend",
-           "scan_backend_override"]
+__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "choose_path",
+           "check_impl", "plain_ops_required", "scan_backend", "scan_backend_override"]
 
 #: Every value of a layer's ``impl``.
 IMPLS = ("auto", "fused", "fused-drive", "loop", "triton-loop", "reference")

@@ -1,4 +1,4 @@
-"""The ``"triton-loop"`` path: recurrences coupled to h on the GPU, two launches a step.
+"""The ``"triton-loop"`` path: the recurrences coupled to h on the GPU, with no Python per step.
 
 For the recurrences torch's fused kernels do not have: the Nesterov-coupled LSTM and RNN
 (``v_t = U h_{t-1} + b_hh - s u_t``, ``pre_t = v_t + c_t (v_t - v_{t-1})``, then the cell)

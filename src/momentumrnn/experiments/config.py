@@ -200,7 +200,8 @@ def check_config(config: dict) -> None:
         from ..paths import check_impl
         layer_type = ORTHOGONAL_LAYERS[rule] if recurrence == "orthogonal" else LAYERS[recurrence, rule]
         try:
-            check_impl(config.get("impl", "auto"), rule_type, layer_type.__name__, recurrence=layer_type.recurrence_type.name)
+            check_impl(config.get("impl", "auto"), rule_type, layer_type.__name__,
+                       recurrence=layer_type.recurrence_type.name)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         try:

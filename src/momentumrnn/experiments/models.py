@@ -18,8 +18,8 @@ from .. import LAYERS, ORTHOGONAL_LAYERS
 from ..initialization import initialize
 from ..recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 
-__all__ = ["MODELS", "ORTHOGONAL_OPTIONS", "LAYER_OPTIONS", "SequenceModel", "build_model", "model_spec", "model_options",
-           "rule_hyperparameters", "count_parameters"]
+__all__ = ["MODELS", "ORTHOGONAL_OPTIONS", "LAYER_OPTIONS", "SequenceModel", "build_model", "model_spec",
+           "model_options", "rule_hyperparameters", "count_parameters"]
 
 #: Model name -> (recurrence, rule); rule None means torch's plain layer.
 MODELS: dict[str, tuple[str, str | None]] = {
