@@ -313,27 +313,29 @@ def _run_lstm(engine, time, batch=2, hidden=3):
     return [out, h_n, c_n, v_n, *grads]
 
 
-def test_graphs_are_captured_once_per_window_and_replayed(engine, recorder):
+def test_graphs_are_captured_once_per_step_count_and_replayed(engine, recorder):
     """11 steps in windows of 4: the first full window runs eagerly and is captured, the second
-    replays, the remainder of 3 steps runs eagerly; the same in the backward. Results equal
-    the run without graphs."""
+    replays, the remainder of 3 steps runs eagerly and is captured; the same in the backward.
+    A second call replays only. Results equal the run without graphs."""
     with cuda_graphs.use_cuda_graphs(False):
         want = _run_lstm(engine, 11)
     assert (recorder.captures, recorder.replays) == (0, 0)
     got = _run_lstm(engine, 11)
-    assert (recorder.captures, recorder.replays) == (2, 2)             # forward and backward
+    assert (recorder.captures, recorder.replays) == (4, 2)             # (4 and 3 steps) x (forward, backward)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=0, rtol=0)
-    got = _run_lstm(engine, 11)                                       # captured already: replays only
-    assert (recorder.captures, recorder.replays) == (2, 6)
+    got = _run_lstm(engine, 11)
+    assert (recorder.captures, recorder.replays) == (4, 8)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=0, rtol=0)
+    _run_lstm(engine, 3)                                              # a step count seen before: replays
+    assert (recorder.captures, recorder.replays) == (4, 10)
 
 
-def test_a_new_shape_captures_anew_and_the_cache_is_bounded(engine, recorder, monkeypatch):
+def test_a_new_shape_captures_anew_and_the_caches_are_bounded(engine, recorder, monkeypatch):
     _run_lstm(engine, 8, batch=2)
     assert recorder.captures == 2
-    _run_lstm(engine, 12, batch=2)                                    # same window: no new capture
+    _run_lstm(engine, 12, batch=2)                                    # same window and step count
     assert recorder.captures == 2
     _run_lstm(engine, 8, batch=3)                                     # another batch size: new window
     assert recorder.captures == 4
@@ -341,11 +343,11 @@ def test_a_new_shape_captures_anew_and_the_cache_is_bounded(engine, recorder, mo
     monkeypatch.setattr(engine, "MAX_WINDOWS", 2)
     _run_lstm(engine, 4, batch=4)
     assert len(engine._windows) == 2 and all(key[1] != 2 for key in engine._windows)  # least recent dropped
-
-
-def test_short_sequences_are_not_captured(engine, recorder):
-    _run_lstm(engine, 3)
-    assert (recorder.captures, recorder.replays) == (0, 0)
+    monkeypatch.setattr(cuda_graphs, "MAX_GRAPHS", 3)
+    for time in (1, 2, 3):
+        _run_lstm(engine, time, batch=4)
+    window = next(w for key, w in engine._windows.items() if key[1] == 4)
+    assert list(window.programs.graphs) == [("backward", 2), ("forward", 3), ("backward", 3)]
 
 
 def test_a_failed_capture_falls_back_with_one_warning(engine, monkeypatch):

@@ -12,9 +12,10 @@ and the orthogonal layers' modReLU recurrence (``h_t = modReLU(U h_{t-1} + d_t)`
 
 Time runs in windows of ``WINDOW_STEPS`` steps over fixed buffers (``Window``, cached by
 shape, dtype and device, at most ``MAX_WINDOWS``): each window's inputs are copied in, its
-steps run, its results are copied out. Because the buffers never move, the steps of a full
-window are captured once as a CUDA graph and replayed (``momentumrnn.cuda_graphs``), so no
-Python runs per step on the GPU and no graph depends on the sequence length.
+steps run, its results are copied out. Because the buffers never move, the steps of a window
+are captured once as a CUDA graph per step count (full windows, and the last window's
+remainder) and replayed (``momentumrnn.cuda_graphs``), so no Python runs per step on the GPU
+and the graphs depend on the sequence length only through the remainder.
 
 That is the ``"windows"`` engine. The other, ``"persistent"`` (``use_engine``;
 ``momentumrnn.persistent_kernels``), walks all steps in one launch per call and direction,
@@ -112,7 +113,7 @@ class Window:
         self.grad_before = new(steps, batch, hidden)
         # per-step views, made once: the programs index them at every step
         self.h_rows, self.dz_rows, self.weight_t = self.h.unbind(0), self.dz.unbind(0), self.weight.t()
-        self.programs = Programs(device, steps)
+        self.programs = Programs(device)
 
     def forward_program(self, steps: int) -> None:
         from .step_kernels import forward_step
