@@ -80,17 +80,20 @@ def zero_rule_state(fields: tuple[str, ...], shape: tuple[int, ...], steps_shape
     return state, torch.zeros(steps_shape, dtype=torch.long, device=like.device)
 
 
+def _state_tensors(hx, state_tensors: int) -> tuple[tuple[str, ...], tuple]:
+    """``hx`` as a tuple with its names: ``(h,)`` or, for an LSTM, the pair ``(h, c)``."""
+    if state_tensors == 2:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM, got {type(hx).__name__}")
+        return ("h_0", "c_0"), tuple(hx)
+    return ("hx",), (hx,)
+
+
 def check_hidden(hx, state_tensors: int, shape: tuple[int, ...], like: Tensor,
                  cell_shape: tuple[int, ...] | None = None) -> tuple[Tensor, ...]:
     """Validate ``hx``: a tensor ``h`` (RNN, GRU) or a tuple ``(h, c)`` (LSTM) of ``shape``
     (``c`` of ``cell_shape`` where given: LSTM projections make ``h`` narrower)."""
-    if state_tensors == 2:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM, got {type(hx).__name__}")
-        names = ("h_0", "c_0")
-    else:
-        hx = (hx,)
-        names = ("hx",)
+    names, hx = _state_tensors(hx, state_tensors)
     for name, tensor, expected in zip(names, hx, (shape, cell_shape or shape)):
         expect_tensor(name, tensor)
         expect_shape(name, tensor, expected)
@@ -103,13 +106,7 @@ def check_cell_hidden(hx, state_tensors: int, batch: int | None, hidden_size: in
     """Validate a cell's ``hx`` (``h``, or ``(h, c)`` for the LSTM cell) for ``batch``
     sequences (None: unbatched) of ``hidden_size``: its rank, batch size and hidden size in
     the words of torch's cells, then dtype and device."""
-    if state_tensors == 2:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"hx must be a tuple (h_0, c_0) for an LSTM cell, got {type(hx).__name__}")
-        names = ("h_0", "c_0")
-    else:
-        hx = (hx,)
-        names = ("hx",)
+    names, hx = _state_tensors(hx, state_tensors)
     shape = (hidden_size,) if batch is None else (batch, hidden_size)
     for index, (name, tensor) in enumerate(zip(names, hx)):
         expect_tensor(name, tensor)
