@@ -7,10 +7,20 @@ import torch
 import momentumrnn as mrnn
 from conftest import ACTIVE, CELL_KEYS, LAYER_KEYS, layer_id
 
-PATHS = ["auto", "fused", "fused-drive", "loop", "reference"]
+PATHS = ["auto", "fused", "fused-drive", "loop", "triton-loop", "reference"]
+
+
+def _needs_interpreter(impl):
+    """The triton-loop path runs CPU tensors only under Triton's interpreter (conftest sets it)."""
+    from momentumrnn.paths import triton_available
+    from momentumrnn.triton_loop import _interpreting
+
+    if impl == "triton-loop" and not (triton_available() and _interpreting()):
+        pytest.skip("triton-loop runs CPU tensors under Triton's interpreter only")
 
 
 def _layer(key, impl):
+    _needs_interpreter(impl)
     try:
         return mrnn.LAYERS[key](3, 4, num_layers=2, bidirectional=True, impl=impl, **ACTIVE[key[1]])
     except ValueError:
@@ -50,9 +60,12 @@ def test_layers_under_autocast_after_a_linear(key, impl):
     _check(layer, x, hx, lstm)
 
 
+@pytest.mark.parametrize("impl", ["auto", "triton-loop"])
 @pytest.mark.parametrize("cls", [mrnn.MomentumOrthogonalRNN, mrnn.AdamOrthogonalRNN])
-def test_orthogonal_layers_under_autocast(cls):
-    _check(cls(3, 4, num_layers=2), torch.randn(6, 2, 3).bfloat16(), torch.randn(2, 2, 4).bfloat16(), False)
+def test_orthogonal_layers_under_autocast(cls, impl):
+    _needs_interpreter(impl)
+    _check(cls(3, 4, num_layers=2, impl=impl), torch.randn(6, 2, 3).bfloat16(), torch.randn(2, 2, 4).bfloat16(),
+           False)
 
 
 def test_a_model_trains_a_step_under_autocast():
