@@ -115,6 +115,21 @@ def test_refuses_to_overwrite_or_to_resume_nothing(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_the_path_reaches_the_run_and_triton_loop_needs_cuda(tmp_path, capsys, monkeypatch):
+    """``--impl`` is recorded and used; ``triton-loop`` on a CPU run is refused at the door
+    (exit 2, one line), unless Triton's interpreter runs it (as in these tests)."""
+    from momentumrnn import triton_loop
+
+    run = tmp_path / "run"
+    assert cli("train", *TINY_ADDING, "--model", "nesterov-lstm", "--impl", "reference", "--out", run,
+               "--max-steps", 2) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["impl"] == "reference"
+    monkeypatch.setattr(triton_loop, "_interpreting", lambda: False)
+    assert cli("train", *TINY_ADDING, "--model", "momentum-dtriv", "--impl", "triton-loop", "--device", "cpu",
+               "--out", tmp_path / "refused", "--max-steps", 2) == 2
+    assert "--impl triton-loop runs on CUDA, but the run's device is cpu" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_different_configuration(tmp_path, capsys):
     run = tmp_path / "run"
     cli("train", *TINY_ADDING, "--model", "momentum-lstm", "--out", run, "--max-steps", 2)

@@ -342,7 +342,7 @@ class OrthogonalRNN(RecurrentLayer):
         """The drives as on the reference path, then ``h_t = modReLU(d_t + U h_{t-1}; b)`` in one
         GEMM and one Triton kernel a step, forward and backward (``momentumrnn.triton_loop``)."""
         weight_ih, weight_hh, _, bias, _ = weights
-        check_device(x, parametrize.type_before_parametrizations(self).__name__)
+        check_device(x, parametrize.type_before_parametrizations(self).__name__, cpu_impl="reference")
         drives, rules = self.rule.drives(F.linear(x, weight_ih), rules, hp, steps, mask)
         output, h_n = modrelu_rnn(drives, state[0], weight_hh, bias, mask)
         return output, (h_n,), rules

@@ -61,16 +61,16 @@ def _interpreting() -> bool:
     return bool(runtime is not None and runtime.interpret)
 
 
-def check_device(x: Tensor, layer_name: str) -> None:
+def check_device(x: Tensor, layer_name: str, cpu_impl: str = "loop") -> None:
     """Refuse what the path cannot run: a non-CUDA tensor (unless Triton interprets), no
-    Triton, a dtype other than float32/float64."""
+    Triton, a dtype other than float32/float64. ``cpu_impl``: the layer's fast path on the CPU."""
     from .paths import triton_available
     if not triton_available():
         raise InputError(f"{layer_name}: impl='triton-loop' needs Triton (pip install triton); "
-                         f"impl='loop' or 'reference' run without it")
+                         f"impl='auto' or 'reference' run without it")
     if x.device.type != "cuda" and not _interpreting():
         raise InputError(f"{layer_name}: impl='triton-loop' runs on CUDA tensors, got a {x.device.type} tensor; "
-                         f"on the CPU use impl='loop' (or 'auto')")
+                         f"on the CPU use impl={cpu_impl!r} (or 'auto')")
     if x.dtype not in _DTYPES:
         raise InputError(f"{layer_name}: impl='triton-loop' computes in float32 or float64, got {x.dtype}; "
                          f"use impl='reference' for other dtypes")

@@ -333,6 +333,15 @@ def _agree(ranks: Ranks, stop: str | None) -> str | None:
     return next((reason for reason, count in zip(reasons, wanted) if count), None)
 
 
+def _check_path_device(config: dict, device: torch.device) -> None:
+    """``--impl triton-loop`` needs a CUDA device (Triton's interpreter aside, which the tests use)."""
+    if config.get("impl") == "triton-loop" and device.type != "cuda":
+        from ..triton_loop import _interpreting
+        if not _interpreting():
+            raise ConfigError(f"--impl triton-loop runs on CUDA, but the run's device is {device}; "
+                              f"leave --impl out (auto) or use --device cuda")
+
+
 # ----------------------------------------------------------------------------- training
 def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, command: list | None = None) -> dict:
     """Train ``config`` into ``run_dir`` (or continue it with ``resume``); return the summary.
@@ -340,6 +349,7 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
     ranks = from_environment(config["device"])
     try:
         device = ranks.device if ranks.world > 1 else resolve_device(config["device"])
+        _check_path_device(config, device)
         if config["batch_size"] % ranks.world:
             raise ConfigError(f"batch_size {config['batch_size']} must be a multiple of the {ranks.world} ranks "
                               f"(each takes an equal part of every batch)")
