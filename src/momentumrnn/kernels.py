@@ -98,7 +98,8 @@ def _grid(channels: int):
     return (triton.cdiv(channels, TILE_CHANNELS),)
 
 
-def _coefficient_strides(a: Tensor) -> tuple[int, int]:
+def coefficient_strides(a: Tensor) -> tuple[int, int]:
+    """Strides (time, sequence) of a 0-d or (T, Bc) coefficient, Bc in {1, B}: 0 where it is shared."""
     if a.dim() == 0:
         return 0, 0
     return a.stride(0), (0 if a.size(1) == 1 else a.stride(1))
@@ -114,7 +115,7 @@ def scan_(a: Tensor, y: Tensor, reverse: bool = False) -> Tensor:
 def _launch_scan(a: Tensor, x: Tensor, initial: Tensor | None, reverse: bool, out: Tensor | None = None) -> Tensor:
     time, batch, features = x.shape
     y = torch.empty_like(x) if out is None else out
-    stride_t, stride_b = _coefficient_strides(a)
+    stride_t, stride_b = coefficient_strides(a)
     with torch.cuda.device_of(x):            # Triton launches on the current device
         _scan_kernel[_grid(batch * features)](
             x, y, a, stride_t, stride_b, x if initial is None else initial, time, batch * features, features,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .kernels import coefficient_strides
 from .step_kernels import CELLS, LSTM, MODRELU, TANH, _rnn_activation, _sigmoid, _tanh
 
 __all__ = ["fits", "persistent_forward", "persistent_backward", "ROWS", "MAX_UNITS", "SHARED_MEMORY"]
@@ -262,23 +263,34 @@ def _grid(batch: int):
     return (triton.cdiv(batch, ROWS),)
 
 
-def persistent_forward(cell, terms, weight, velocity, coefficient, strides, keep, h, c, acts, pre, bias,
-                       placeholder) -> None:
+def _or(placeholder, tensor):
+    return placeholder if tensor is None else tensor
+
+
+def persistent_forward(cell, terms, weight, velocity, coefficient, keep, h, c, acts, pre, bias) -> None:
     """Launch the forward over all steps (see ``persistent_forward_kernel``); absent arrays
-    are ``placeholder``."""
+    (None) are passed as a one-element placeholder."""
     time, batch, _ = terms.shape
     hidden = h.size(-1)
+    empty = terms.new_zeros(1)
     persistent_forward_kernel[_grid(batch)](
-        terms, weight, velocity, coefficient, *strides, keep, h, c, acts, pre, bias, time, batch, hidden,
-        CELL=CELLS[cell], HAS_MASK=keep is not placeholder, FP32=terms.dtype.itemsize == 4, BB=ROWS,
-        HP=padded(hidden), num_warps=_warps(cell, hidden))
+        terms, weight, _or(empty, velocity), _or(empty, coefficient), *_strides(coefficient), _or(empty, keep), h,
+        _or(empty, c), _or(empty, acts), _or(empty, pre), _or(empty, bias), time, batch, hidden, CELL=CELLS[cell],
+        HAS_MASK=keep is not None, FP32=terms.dtype.itemsize == 4, BB=ROWS, HP=padded(hidden),
+        num_warps=_warps(cell, hidden))
 
 
-def persistent_backward(cell, grad_out, dh, dc, passed, dz, weight, coefficient, strides, keep, h, c, acts, pre,
-                        bias, placeholder) -> None:
-    """Launch the backward over all steps (see ``persistent_backward_kernel``)."""
+def persistent_backward(cell, grad_out, dh, dc, passed, dz, weight, coefficient, keep, h, c, acts, pre,
+                        bias) -> None:
+    """Launch the backward over all steps (see ``persistent_backward_kernel``); as ``persistent_forward``."""
     time, batch, hidden = grad_out.shape
+    empty = grad_out.new_zeros(1)
     persistent_backward_kernel[_grid(batch)](
-        grad_out, dh, dc, passed, dz, weight, coefficient, *strides, keep, h, c, acts, pre, bias, time, batch,
-        hidden, CELL=CELLS[cell], HAS_MASK=keep is not placeholder, FP32=grad_out.dtype.itemsize == 4, BB=ROWS,
+        grad_out, dh, _or(empty, dc), _or(empty, passed), dz, weight, _or(empty, coefficient), *_strides(coefficient),
+        _or(empty, keep), h, _or(empty, c), _or(empty, acts), _or(empty, pre), _or(empty, bias), time, batch,
+        hidden, CELL=CELLS[cell], HAS_MASK=keep is not None, FP32=grad_out.dtype.itemsize == 4, BB=ROWS,
         HP=padded(hidden), num_warps=_warps(cell, hidden))
+
+
+def _strides(coefficient):
+    return (0, 0) if coefficient is None else coefficient_strides(coefficient)

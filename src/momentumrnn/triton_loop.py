@@ -90,6 +90,7 @@ class Window:
 
     def __init__(self, cell: str, batch: int, hidden: int, coefficient_width: int, has_mask: bool,
                  dtype: torch.dtype, device: torch.device, steps: int):
+        from .kernels import coefficient_strides
         self.cell, self.batch, self.hidden, self.steps = cell, batch, hidden, steps
         self.has_mask, self.fp32 = has_mask, dtype == torch.float32
         lstm, nesterov = cell == "lstm", cell != "modrelu"
@@ -106,7 +107,7 @@ class Window:
         self.velocity = new(batch, gates) if nesterov else placeholder
         self.passed = new(batch, gates) if nesterov else placeholder
         self.coefficient = new(steps, coefficient_width) if nesterov else placeholder
-        self.coefficient_strides = (coefficient_width, 0 if coefficient_width == 1 else 1)
+        self.coefficient_strides = coefficient_strides(self.coefficient) if nesterov else (0, 0)
         self.keep = torch.zeros(steps, batch, dtype=torch.uint8, device=device) if has_mask else placeholder
         self.dh, self.base, self.dz = new(batch, hidden), new(batch, hidden), new(steps, batch, gates)
         self.dc = new(batch, hidden) if lstm else placeholder
@@ -114,6 +115,19 @@ class Window:
         # per-step views, made once: the programs index them at every step
         self.h_rows, self.dz_rows, self.weight_t = self.h.unbind(0), self.dz.unbind(0), self.weight.t()
         self.programs = Programs(device)
+
+    def take_weights(self, weight_hh: Tensor, bias: Tensor | None) -> None:
+        """This call's ``U`` (and modReLU's ``b``)."""
+        self.weight.copy_(weight_hh)
+        if self.cell == "modrelu":
+            self.bias.copy_(bias)
+
+    def take_steps(self, coefficient: Tensor | None, keep: Tensor | None, start: int, stop: int) -> None:
+        """The extrapolation coefficients (Nesterov) and the mask of steps ``start..stop-1``."""
+        if self.cell != "modrelu":
+            self.coefficient[:stop - start].copy_(coefficient[start:stop])
+        if keep is not None:
+            self.keep[:stop - start].copy_(keep[start:stop])
 
     def forward_program(self, steps: int) -> None:
         from .step_kernels import forward_step
@@ -132,7 +146,11 @@ _windows: collections.OrderedDict = collections.OrderedDict()
 _windows_lock = threading.Lock()
 
 
-def _window(cell, batch, hidden, coefficient_width, has_mask, dtype, device) -> Window:
+def _window(cell: str, h_all: Tensor, coefficient: Tensor | None, keep: Tensor | None) -> Window:
+    """The cached window for ``cell`` with the shape, dtype and device of ``h_all`` (T + 1, B, H)."""
+    batch, hidden = h_all.shape[1:]
+    coefficient_width = 0 if coefficient is None else coefficient.size(1)
+    has_mask, dtype, device = keep is not None, h_all.dtype, h_all.device
     key = (cell, batch, hidden, coefficient_width, has_mask, dtype, device, WINDOW_STEPS)
     with _windows_lock:
         window = _windows.pop(key, None)
@@ -230,7 +248,7 @@ class _TritonLoop(torch.autograd.Function):
         keep = None if mask is None else mask.to(torch.uint8).contiguous()
         saved = (h_all, cells, acts, pre, weight_hh, bias, coefficient, keep)
         ctx.key = (cell, hidden, terms.dtype, terms.device)
-        ctx.cell, ctx.engine = cell, chosen_engine(*ctx.key)
+        ctx.engine = chosen_engine(*ctx.key)
         with torch.cuda.device_of(terms):      # Triton launches and CUDA graphs use the current device
             v_n = _run(ctx, ctx.key, _forward_persistent, _forward_windows, cell, terms, v0, *saved)
         ctx.save_for_backward(*saved)
@@ -241,7 +259,7 @@ class _TritonLoop(torch.autograd.Function):
     @first_order
     def backward(ctx, grad_out, grad_h, grad_c, grad_v):
         h_all, cells, acts, pre, weight_hh, bias, coefficient, keep = saved = ctx.saved_tensors
-        cell = ctx.cell
+        cell = ctx.key[0]
         time, batch, hidden = grad_out.shape
         gates = (4 if cell == "lstm" else 1) * hidden
         dz = h_all.new_empty(time, batch, gates)
@@ -260,23 +278,17 @@ class _TritonLoop(torch.autograd.Function):
 def _forward_windows(cell, terms, v0, h_all, cells, acts, pre, weight_hh, bias, coefficient, keep):
     """The forward window by window (replayed as CUDA graphs where ``cuda_graphs`` applies);
     fills ``h_all``, ``cells``, ``acts``, ``pre``; returns v_T (Nesterov, else None)."""
-    time, batch, _ = terms.shape
+    time = terms.size(0)
     lstm, nesterov = cell == "lstm", cell != "modrelu"
-    window = _window(cell, batch, h_all.size(-1), coefficient.size(1) if nesterov else 0, keep is not None,
-                     terms.dtype, terms.device)
+    window = _window(cell, h_all, coefficient, keep)
     with window.lock:
-        window.weight.copy_(weight_hh)
-        if cell == "modrelu":
-            window.bias.copy_(bias)
+        window.take_weights(weight_hh, bias)
         if nesterov:
             window.velocity.copy_(v0)
         for start, stop in _chunks(time, window.steps):
             n = stop - start
             window.terms[:n].copy_(terms[start:stop])
-            if nesterov:
-                window.coefficient[:n].copy_(coefficient[start:stop])
-            if keep is not None:
-                window.keep[:n].copy_(keep[start:stop])
+            window.take_steps(coefficient, keep, start, stop)
             window.h[0].copy_(h_all[start])
             if lstm:
                 window.c[0].copy_(cells[start])
@@ -294,14 +306,11 @@ def _backward_windows(cell, grad_out, grad_h, grad_c, grad_v, dz, h_all, cells, 
                       coefficient, keep):
     """The backward window by window, last window first; fills ``dz``; returns the
     gradients reaching h_0, c_0 (LSTM) and v_0 (Nesterov)."""
-    time, batch, hidden = grad_out.shape
+    time = grad_out.size(0)
     lstm, nesterov = cell == "lstm", cell != "modrelu"
-    window = _window(cell, batch, hidden, coefficient.size(1) if nesterov else 0, keep is not None,
-                     h_all.dtype, h_all.device)
+    window = _window(cell, h_all, coefficient, keep)
     with window.lock:
-        window.weight.copy_(weight_hh)
-        if cell == "modrelu":
-            window.bias.copy_(bias)
+        window.take_weights(weight_hh, bias)
         torch.add(grad_out[time - 1], grad_h, out=window.dh)
         if lstm:
             _copy_or_zero(window.dc, grad_c)
@@ -309,10 +318,7 @@ def _backward_windows(cell, grad_out, grad_h, grad_c, grad_v, dz, h_all, cells, 
             _copy_or_zero(window.passed, grad_v)
         for start, stop in reversed(_chunks(time, window.steps)):
             n = stop - start
-            if nesterov:
-                window.coefficient[:n].copy_(coefficient[start:stop])
-            if keep is not None:
-                window.keep[:n].copy_(keep[start:stop])
+            window.take_steps(coefficient, keep, start, stop)
             if start > 0:
                 window.grad_before[:n].copy_(grad_out[start - 1:stop - 1])
             else:
@@ -337,21 +343,12 @@ def _copy_or_zero(buffer: Tensor, value: Tensor | None) -> None:
         buffer.copy_(value)
 
 
-def _strides(coefficient: Tensor | None) -> tuple[int, int]:
-    if coefficient is None:
-        return 0, 0
-    return coefficient.size(1), 0 if coefficient.size(1) == 1 else 1
-
-
 def _forward_persistent(cell, terms, v0, h_all, cells, acts, pre, weight_hh, bias, coefficient, keep):
     """The forward in one launch (``persistent_kernels``); as ``_forward_windows``."""
     from .persistent_kernels import persistent_forward
-    placeholder = terms.new_zeros(1)
     velocity = None if cell == "modrelu" else v0.clone()
-    or_placeholder = lambda t: placeholder if t is None else t  # noqa: E731
-    persistent_forward(cell, terms, weight_hh.contiguous(), or_placeholder(velocity), or_placeholder(coefficient),
-                       _strides(coefficient), or_placeholder(keep), h_all, or_placeholder(cells),
-                       or_placeholder(acts), or_placeholder(pre), or_placeholder(bias), placeholder)
+    persistent_forward(cell, terms, weight_hh.contiguous(), velocity, coefficient, keep, h_all, cells, acts, pre,
+                       bias)
     return velocity
 
 
@@ -359,18 +356,14 @@ def _backward_persistent(cell, grad_out, grad_h, grad_c, grad_v, dz, h_all, cell
                          coefficient, keep):
     """The backward in one launch (``persistent_kernels``); as ``_backward_windows``."""
     from .persistent_kernels import persistent_backward
-    placeholder = grad_out.new_zeros(1)
-    or_placeholder = lambda t: placeholder if t is None else t  # noqa: E731
     batch, hidden = grad_out.shape[1:]
     d_h = grad_h.clone()
     d_c = None if cell != "lstm" else (grad_c.clone() if grad_c is not None else grad_out.new_zeros(batch, hidden))
     d_v = None
     if cell != "modrelu":
         d_v = grad_v.clone() if grad_v is not None else grad_out.new_zeros(dz.shape[1:])
-    persistent_backward(cell, grad_out.contiguous(), d_h, or_placeholder(d_c), or_placeholder(d_v), dz,
-                        weight_hh.contiguous(), or_placeholder(coefficient), _strides(coefficient),
-                        or_placeholder(keep), h_all, or_placeholder(cells), or_placeholder(acts), or_placeholder(pre),
-                        or_placeholder(bias), placeholder)
+    persistent_backward(cell, grad_out.contiguous(), d_h, d_c, d_v, dz, weight_hh.contiguous(), coefficient, keep,
+                        h_all, cells, acts, pre, bias)
     return d_h, d_c, d_v
 
 
