@@ -47,16 +47,18 @@ def expect_like(name: str, tensor: Tensor, reference: Tensor) -> None:
 
 def expect_input(x: Tensor, input_size: int, weight: Tensor | None, cell: bool = False) -> None:
     """A layer's or ``cell``'s input: ``input_size`` features (in torch's words for each), and
-    unless ``weight`` is None the weights' dtype and device."""
+    unless ``weight`` is None (the cells check it after the hidden state, as torch) the
+    weights' dtype and device."""
     if x.size(-1) != input_size:
         if cell:
             raise InputError(f"input has inconsistent input_size: got {x.size(-1)} expected {input_size}")
         raise InputError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {x.size(-1)}")
-    if weight is not None and not cell and x.dtype != weight.dtype:          # torch's layers' words
+    if weight is None:
+        return
+    if x.dtype != weight.dtype:                                             # torch's layers' words
         raise InputDtypeError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). Convert "
                               f"input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
-    if weight is not None:
-        expect_like("input", x, weight)
+    expect_like("input", x, weight)
 
 
 def expect_positive_int(name: str, value) -> int:
