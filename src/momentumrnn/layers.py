@@ -174,12 +174,12 @@ class RecurrentLayer(RuleModule):
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
         """``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``), and the final ``RuleState``
-        with ``return_rule_state=True``. Under ``torch.compile`` dynamo runs the layer eagerly
-        (``torch.compiler.disable``, as it treats torch's own RNN modules): no graph of the
-        per-step work, no recompilation per sequence length."""
+        with ``return_rule_state=True``. Under ``torch.compile`` the call is one opaque op
+        (``momentumrnn.compiled``) that runs this forward eagerly: no graph break, no graph of
+        the per-step work, no recompilation per sequence length once it is dynamic."""
         if torch.compiler.is_compiling() and not is_exporting():
-            return torch.compiler.disable(type(self)._forward)(self, input, hx, rule_state=rule_state,
-                                                                return_rule_state=return_rule_state)
+            from .compiled import compiled_call
+            return compiled_call(self, input, hx, rule_state, return_rule_state)
         return self._forward(input, hx, rule_state=rule_state, return_rule_state=return_rule_state)
 
     @autocast_boundary
@@ -252,6 +252,38 @@ class RecurrentLayer(RuleModule):
         result = (output, hidden_out if self.recurrence.state_tensors == 2 else hidden_out[0])
         if return_rule_state:
             result += (RuleState(rules_out.get("velocity"), rules_out.get("second_moment"), steps_out),)
+        return result
+
+    def _output_shapes(self, input: Tensor, return_rule_state: bool) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Shapes and dtypes of what ``forward`` returns for a tensor ``input``, flat: output,
+        hidden state(s), and with ``return_rule_state`` the rule state's tensors and counter."""
+        unbatched = input.dim() == 2
+        time, batch = (input.size(0), 1) if unbatched else \
+            (input.size(1), input.size(0)) if self.batch_first else (input.size(0), input.size(1))
+        stacks, dtype = self.num_layers * self.num_directions, self.weight_ih_l0.dtype
+        per_sequence = (lambda *shape: shape) if not unbatched else (lambda stack, _, *rest: (stack, *rest))
+        if unbatched:
+            output = (time, self.num_directions * self.output_size)
+        elif self.batch_first:
+            output = (batch, time, self.num_directions * self.output_size)
+        else:
+            output = (time, batch, self.num_directions * self.output_size)
+        widths = (self.output_size, self.hidden_size)[:self.recurrence.state_tensors]
+        shapes = [(output, dtype)] + [(per_sequence(stacks, batch, width), dtype) for width in widths]
+        if return_rule_state:
+            gates = self.recurrence.gates * self.hidden_size
+            shapes += [(per_sequence(stacks, batch, gates), dtype) for _ in self.rule_type.state_fields]
+            shapes += [(() if unbatched else (batch,), torch.long)]
+        return shapes
+
+    def _pack_outputs(self, flat: list[Tensor], return_rule_state: bool):
+        """``forward``'s result from the flat list ``_output_shapes`` describes."""
+        count = self.recurrence.state_tensors
+        output, hidden = flat[0], tuple(flat[1:1 + count])
+        result = (output, hidden if count == 2 else hidden[0])
+        if return_rule_state:
+            fields = dict(zip(self.rule_type.state_fields, flat[1 + count:-1]))
+            result += (RuleState(fields.get("velocity"), fields.get("second_moment"), flat[-1]),)
         return result
 
     def _time_major(self, input):
