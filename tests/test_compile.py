@@ -109,6 +109,22 @@ def test_arguments_and_layouts(which):
             (torch.randn(7, 3, 5), *leaves(hx), *leaves(state)))
 
 
+@pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam")], ids=name)
+def test_the_compiled_graph_may_reuse_the_outputs_memory(which):
+    """Inductor may write its own results into the memory of an op's output (here the square
+    of the output, under ``mode="reduce-overhead"``); the kept graph saved the output for its
+    backward, so the op must return copies."""
+    torch._dynamo.reset()
+    layer = make(which, 3, 8, dtype=torch.float64)
+    linear = torch.nn.Linear(3, 3, dtype=torch.float64)
+
+    def model(x):
+        return layer(linear(x))[0].pow(2).sum()
+
+    compare(torch.compile(model, fullgraph=True, mode="reduce-overhead"), model, layer,
+            (torch.randn(30, 4, 3, dtype=torch.float64),), rtol=1e-12, atol=1e-12)
+
+
 def test_packed_input_runs_eagerly_inside_a_compiled_model():
     torch._dynamo.reset()
     layer = mrnn.AdamLSTM(4, 6)

@@ -7,8 +7,9 @@ of the per-step work, and one graph for every sequence length once the length is
 At run time the op runs the layer's eager forward on its fast path (with the parameters it
 was given) and keeps that forward's autograd graph, under a key that the op returns as a
 small CPU tensor; ``momentumrnn::layer_backward`` runs the kept graph backward. The compiled
-model therefore computes exactly what eager computes, at eager's speed for the layer and
-with eager's memory: the layer's saved tensors are those of its own backward.
+model therefore computes exactly what eager computes, at eager's speed for the layer, and
+keeps the tensors that the layer's own backward saves, plus a copy of its outputs (returned
+in place of the kept ones, whose memory the compiled graph could otherwise reuse).
 
 The kept graph is released when the key tensor is: after the backward (or when the
 compiled graph that would run it is dropped). A call without gradients keeps nothing.
@@ -121,6 +122,11 @@ def layer_call(key: int, input: Tensor, tensors: list[Tensor], hx_count: int, ru
                               [t for t in outputs if t.is_floating_point()])
         key_tensor = torch.tensor(graph_key)
         weakref.finalize(key_tensor, _GRAPHS.pop, graph_key, None)
+    # The kept graph may have saved an output for its backward, and the compiled graph may
+    # reuse an output's memory for its own results (its buffers bypass version counters):
+    # with a kept graph the op returns copies.
+    if keep:
+        return [t.detach().clone(memory_format=torch.contiguous_format) for t in outputs] + [key_tensor]
     return [t.detach().contiguous() for t in outputs] + [key_tensor]
 
 
