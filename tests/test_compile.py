@@ -109,20 +109,27 @@ def test_arguments_and_layouts(which):
             (torch.randn(7, 3, 5), *leaves(hx), *leaves(state)))
 
 
-@pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam")], ids=name)
-def test_the_compiled_graph_may_reuse_the_outputs_memory(which):
-    """Inductor may write its own results into the memory of an op's output (here the square
-    of the output, under ``mode="reduce-overhead"``); the kept graph saved the output for its
-    backward, so the op must return copies."""
+@pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam"), ("lstm", "nesterov"), ("gru", "adam"),
+                                   ("rnn", "nesterov")], ids=name)
+def test_the_compiled_graph_keeps_what_the_kept_graph_saved(which):
+    """Inductor writes its own results into the memory of buffers it no longer needs: here
+    into the layer's input (a frozen Linear's output, dead after the op in the forward graph)
+    and into the layer's output (in the backward graph). The kept graph saved both for its
+    backward, so the compiled graph must keep them until the op's backward has run."""
     torch._dynamo.reset()
-    layer = make(which, 3, 8, dtype=torch.float64)
-    linear = torch.nn.Linear(3, 3, dtype=torch.float64)
+    layer = make(which, 8, 8, dtype=torch.float64)
+    linear = torch.nn.Linear(8, 8, dtype=torch.float64).requires_grad_(False)
 
     def model(x):
-        return layer(linear(x))[0].pow(2).sum()
+        return torch.cos(layer(torch.sin(linear(x)))[0]) * 2 + 1
 
-    compare(torch.compile(model, fullgraph=True, mode="reduce-overhead"), model, layer,
-            (torch.randn(30, 4, 3, dtype=torch.float64),), rtol=1e-12, atol=1e-12)
+    def square(x):
+        return model(x).pow(2).sum()
+
+    x = torch.randn(30, 4, 8, dtype=torch.float64)
+    compare(torch.compile(model, fullgraph=True), model, layer, (x,), rtol=1e-12, atol=1e-12)
+    compare(torch.compile(square, fullgraph=True, mode="reduce-overhead"), square, layer, (x,),
+            rtol=1e-12, atol=1e-12)
 
 
 def test_packed_input_runs_eagerly_inside_a_compiled_model():

@@ -8,8 +8,10 @@ At run time the op runs the layer's eager forward on its fast path (with the par
 was given) and keeps that forward's autograd graph, under a key that the op returns as a
 small CPU tensor; ``momentumrnn::layer_backward`` runs the kept graph backward. The compiled
 model therefore computes exactly what eager computes, at eager's speed for the layer, and
-keeps the tensors that the layer's own backward saves, plus a copy of its outputs (returned
-in place of the kept ones, whose memory the compiled graph could otherwise reuse).
+keeps the tensors that the layer's own backward saves. The op's backward takes the forward
+op's inputs and outputs, so that the compiled graph keeps them, unchanged, until it has run:
+the kept graph may have saved them, and the compiled graph would otherwise reuse their
+memory for its own results.
 
 The kept graph is released when the key tensor is: after the backward (or when the
 compiled graph that would run it is dropped). A call without gradients keeps nothing.
@@ -122,11 +124,6 @@ def layer_call(key: int, input: Tensor, tensors: list[Tensor], hx_count: int, ru
                               [t for t in outputs if t.is_floating_point()])
         key_tensor = torch.tensor(graph_key)
         weakref.finalize(key_tensor, _GRAPHS.pop, graph_key, None)
-    # The kept graph may have saved an output for its backward, and the compiled graph may
-    # reuse an output's memory for its own results (its buffers bypass version counters):
-    # with a kept graph the op returns copies.
-    if keep:
-        return [t.detach().clone(memory_format=torch.contiguous_format) for t in outputs] + [key_tensor]
     return [t.detach().contiguous() for t in outputs] + [key_tensor]
 
 
@@ -147,9 +144,11 @@ def _(key, input, tensors, hx_count, rule_count, return_rule_state, grad_of):
 
 
 @torch.library.custom_op("momentumrnn::layer_backward", mutates_args=(), tags=_TAGS)
-def layer_backward(key: Tensor, grads: list[Tensor], like: list[Tensor]) -> list[Tensor]:
+def layer_backward(key: Tensor, grads: list[Tensor], like: list[Tensor], alive: list[Tensor]) -> list[Tensor]:
     """The gradients for the tensors ``like`` (those ``grad_of`` asked for) from the graph
-    kept under ``key``, given the gradients of the layer's floating outputs."""
+    kept under ``key``, given the gradients of the layer's floating outputs. ``alive``: the
+    forward op's tensors, which the kept graph may hold; taking them here keeps the compiled
+    graph from reusing their memory for its own results before this op has run."""
     leaves, outputs = _GRAPHS[int(key)]
     pairs = [(output, grad) for output, grad in zip(outputs, grads) if output.requires_grad]
     found = [None] * len(leaves)
@@ -161,7 +160,7 @@ def layer_backward(key: Tensor, grads: list[Tensor], like: list[Tensor]) -> list
 
 
 @layer_backward.register_fake
-def _(key, grads, like):
+def _(key, grads, like, alive):
     return [torch.empty_like(t) for t in like]
 
 
@@ -169,13 +168,16 @@ def _setup_context(ctx, inputs, output):
     key, input, tensors, hx_count, rule_count, return_rule_state, grad_of = inputs
     ctx.grad_of = grad_of
     ctx.floating = [t.is_floating_point() for t in output[:-1]]
-    ctx.save_for_backward(output[-1], *[t for t, wanted in zip([input, *tensors], grad_of) if wanted])
+    ctx.wanted = sum(grad_of)
+    ctx.save_for_backward(output[-1], *[t for t, wanted in zip([input, *tensors], grad_of) if wanted],
+                          input, *tensors, *output[:-1])
 
 
 def _backward(ctx, grads):
-    key, *wanted = ctx.saved_tensors
+    key, *saved = ctx.saved_tensors
+    wanted, alive = saved[:ctx.wanted], saved[ctx.wanted:]
     floating = [grad for grad, is_floating in zip(grads[:-1], ctx.floating) if is_floating]
-    found = iter(layer_backward(key, floating, wanted) if wanted else ())
+    found = iter(layer_backward(key, floating, wanted, alive) if wanted else ())
     flat = [next(found) if wanted else None for wanted in ctx.grad_of]
     return None, flat[0], flat[1:], None, None, None, None
 
