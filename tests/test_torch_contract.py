@@ -46,8 +46,9 @@ class Outputs(torch.nn.Module):
 # ----------------------------------------------------------------- error types
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_messages_in_torch_words(name):
-    """Where torch's own tests match an error message (a wrong input size; hidden_size=0 for
-    the layers, which the cells take), the layers and cells raise the same kind with torch's words."""
+    """Where torch's own tests match an error message (a wrong input size; hidden_size=0, an
+    empty sequence and an unknown nonlinearity for the layers), the layers and cells raise the
+    same kind with torch's words."""
     import re
 
     theirs, ours = getattr(torch.nn, name), getattr(mrnn, "Momentum" + name)
@@ -64,7 +65,10 @@ def test_messages_in_torch_words(name):
             calls += [lambda cls: cls(10, 20)(torch.randn(3, 10), (torch.zeros(3, 20), torch.zeros(3, 22)))]
     else:
         calls += [lambda cls: cls(10, 0), lambda cls: cls(10.0, 20),
-                  lambda cls: cls(10, 20)(torch.randn(5, 3, 10, dtype=torch.float64))]
+                  lambda cls: cls(10, 20)(torch.randn(5, 3, 10, dtype=torch.float64)),
+                  lambda cls: cls(10, 20, bidirectional=True)(torch.randn(0, 3, 10))]
+        if name == "RNN":
+            calls += [lambda cls: cls(10, 20, nonlinearity="garbage")]
     for call in calls:
         with pytest.raises(Exception) as torch_error:
             call(theirs)
@@ -79,7 +83,7 @@ def test_call_errors_are_both_value_and_runtime_errors():
     x = torch.randn(5, 2, 3)
     bad_calls = {
         "h_0 must have shape": lambda: lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4))),
-        "at least one time step": lambda: lstm(torch.randn(0, 2, 3)),
+        "sequence length to be larger than 0": lambda: lstm(torch.randn(0, 2, 3)),
         "must be equal to input_size": lambda: lstm(torch.randn(5, 2, 5)),
         "2-D .* or 3-D": lambda: lstm(torch.randn(5, 2, 2, 3)),
         "rule_state.velocity must have shape": lambda: lstm(

@@ -34,7 +34,7 @@ def test_momentum_hyperparameters(kwargs, error, match):
     (mrnn.MomentumLSTM, {"impl": "cuda"}, ValueError, "impl must be one of"),
     (mrnn.MomentumLSTM, {"dropout": 1.5}, ValueError, r"dropout must be a number in \[0, 1\], got 1.5"),
     (mrnn.MomentumLSTM, {"num_layers": 0}, ValueError, "num_layers must be greater than zero, got 0"),
-    (mrnn.MomentumRNN, {"nonlinearity": "sigmoid"}, ValueError, "nonlinearity must be 'tanh' or 'relu'"),
+    (mrnn.MomentumRNN, {"nonlinearity": "sigmoid"}, ValueError, "Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'"),
     (mrnn.MomentumLSTM, {"momentum": 0.0, "learnable": True}, ValueError, r"learnable momentum must start in \(0, 1\)"),
 ])
 def test_constructor_arguments(cls, kwargs, error, match):
@@ -72,7 +72,7 @@ def test_input_type_dtype_and_length(lstm):
     with pytest.raises(TypeError, match=r"RNN input dtype \(torch.float64\) does not match weight dtype "
                                         r"\(torch.float32\). Convert input: input.to\(torch.float32\)"):
         lstm(torch.randn(7, 2, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="at least one time step"):
+    with pytest.raises(ValueError, match="sequence length to be larger than 0"):
         lstm(torch.randn(0, 2, 3))
 
 

@@ -303,7 +303,8 @@ class RecurrentLayer(RuleModule):
         else:
             x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
-            raise InputError(f"input must have at least one time step, got shape {tuple(input.shape)}")
+            raise InputError(f"Expected sequence length to be larger than 0 in RNN, got input of shape "   # torch's words
+                             f"{tuple(input.shape)}")
         return x, None, None, unbatched
 
     # Each path: ``x`` (T, B, I) of one layer and direction in processing order (reversed

@@ -48,7 +48,7 @@ class RNNRecurrence(Recurrence):
 
     def __init__(self, nonlinearity: str = "tanh"):
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")     # torch's words
         self.nonlinearity = nonlinearity
         self._function = torch.tanh if nonlinearity == "tanh" else torch.relu
 
