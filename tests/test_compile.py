@@ -216,8 +216,15 @@ def test_errors_are_the_layers_own():
         compiled(torch.randn(5, 2, 3))
     with pytest.raises(TypeError, match="hx must be a tuple"):
         compiled(torch.randn(5, 2, 4), torch.zeros(1, 2, 6))
-    with pytest.raises(mrnn.InputError, match="h_0 must have shape"):
+    with pytest.raises(mrnn.InputError, match=r"Expected hidden\[0\] size"):
         compiled(torch.randn(5, 2, 4), (torch.zeros(1, 3, 6), torch.zeros(1, 3, 6)))
+    momentum = mrnn.MomentumLSTM(4, 6)
+    compiled = torch.compile(lambda x, state: momentum(x, rule_state=state), backend="aot_eager")
+    velocity, steps = torch.zeros(1, 2, 24), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(mrnn.InputError, match="rule_state.second_moment must be None"):
+        compiled(torch.randn(5, 2, 4), mrnn.RuleState(velocity, velocity, steps))
+    with pytest.raises(TypeError, match="rule_state.velocity must be a torch.Tensor"):
+        compiled(torch.randn(5, 2, 4), mrnn.RuleState(None, None, steps))
 
 
 def test_the_op_passes_torchs_op_checks():

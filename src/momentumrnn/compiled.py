@@ -189,18 +189,24 @@ def compiled_call(module, input, hx, rule_state, return_rule_state):
     """A layer's call while dynamo traces it: one ``momentumrnn::layer`` node for tensor
     input and state; packed input, and arguments of other types (which the layer's own
     checks refuse, with their messages), run eagerly behind ``torch.compiler.disable``."""
-    if not _plain(input, hx, rule_state):
+    if not _plain(module, input, hx, rule_state):
         return torch.compiler.disable(type(module)._forward)(module, input, hx, rule_state=rule_state,
                                                             return_rule_state=return_rule_state)
     return _call(module, input, hx, rule_state=rule_state, return_rule_state=return_rule_state)
 
 
-def _plain(input, hx, rule_state) -> bool:
-    """Whether the arguments are tensors where the op takes tensors."""
+def _plain(module, input, hx, rule_state) -> bool:
+    """Whether the arguments are tensors where the op takes tensors: the input, ``hx`` and
+    the rule state's tensors, exactly those of the layer's rule."""
     hidden = () if hx is None else hx if isinstance(hx, (tuple, list)) else (hx,)
-    rule = () if rule_state is None else tuple(rule_state) if isinstance(rule_state, RuleState) else (None,)
-    return (isinstance(input, Tensor) and all(isinstance(h, Tensor) for h in hidden)
-            and all(t is None or isinstance(t, Tensor) for t in rule) and (rule_state is None or rule[-1] is not None))
+    if rule_state is not None:
+        if not isinstance(rule_state, RuleState):
+            return False
+        fields = module.rule_type.state_fields
+        if any(isinstance(getattr(rule_state, field), Tensor) != (field in fields)
+               for field in ("velocity", "second_moment")) or not isinstance(rule_state.steps, Tensor):
+            return False
+    return isinstance(input, Tensor) and all(isinstance(h, Tensor) for h in hidden)
 
 
 @autocast_boundary
