@@ -578,7 +578,7 @@ def test_bad_init_and_hyperparameters():
 def test_hidden_size_mismatches():
     layer = mrnn.MomentumOrthogonalRNN(3, 4, 2)
     x = torch.randn(5, 2, 3)
-    with pytest.raises(ValueError, match=r"hx must have shape \(2, 2, 4\), got \(2, 2, 5\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(2, 2, 4\), got \[2, 2, 5\] \(hx\)"):
         layer(x, torch.zeros(2, 2, 5))
     with pytest.raises(ValueError, match=r"input.size\(-1\) must be equal to input_size. Expected 3, got 4"):
         layer(torch.randn(5, 2, 4))

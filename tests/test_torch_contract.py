@@ -46,14 +46,16 @@ class Outputs(torch.nn.Module):
 # ----------------------------------------------------------------- error types
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_messages_in_torch_words(name):
-    """Where torch's own tests match an error message (a wrong input size; hidden_size=0, an
-    empty sequence and an unknown nonlinearity for the layers), the layers and cells raise the
-    same kind with torch's words."""
+    """Where torch's own tests match an error message (a wrong input size; for the layers
+    hidden_size=0, an empty sequence, a hidden state of the wrong size, an unknown
+    nonlinearity, proj_size on an RNN or GRU), the layers and cells raise the same kind with
+    torch's words."""
     import re
 
     theirs, ours = getattr(torch.nn, name), getattr(mrnn, "Momentum" + name)
     cell = name.endswith("Cell")
     errors = []
+    hidden = (lambda h: (h, torch.zeros(1, 3, 20))) if name == "LSTM" else (lambda h: h)
     calls = [lambda cls: cls(10, 20)(torch.randn(*((3,) if cell else (5, 3)), 11))]
     if cell:                        # the hidden state's batch and size, before the input's dtype
         c = (lambda h: (h, torch.zeros(3, 20))) if name == "LSTMCell" else (lambda h: h)
@@ -66,9 +68,15 @@ def test_messages_in_torch_words(name):
     else:
         calls += [lambda cls: cls(10, 0), lambda cls: cls(10.0, 20),
                   lambda cls: cls(10, 20)(torch.randn(5, 3, 10, dtype=torch.float64)),
-                  lambda cls: cls(10, 20, bidirectional=True)(torch.randn(0, 3, 10))]
+                  lambda cls: cls(10, 20, bidirectional=True)(torch.randn(0, 3, 10)),
+                  lambda cls: cls(10, 20, batch_first=True)(torch.randn(3, 5, 10), hidden(torch.zeros(1, 3, 21))),
+                  lambda cls: cls(10, 20, batch_first=True)(torch.randn(3, 5, 10),
+                                                            (torch.zeros(1, 3, 20), torch.zeros(1, 3, 19))
+                                                            if name == "LSTM" else torch.zeros(2, 3, 20))]
         if name == "RNN":
             calls += [lambda cls: cls(10, 20, nonlinearity="garbage")]
+        if name != "LSTM":
+            calls += [lambda cls: cls(10, 20, proj_size=5)]
     for call in calls:
         with pytest.raises(Exception) as torch_error:
             call(theirs)
@@ -82,7 +90,7 @@ def test_call_errors_are_both_value_and_runtime_errors():
     lstm = mrnn.MomentumLSTM(3, 4)
     x = torch.randn(5, 2, 3)
     bad_calls = {
-        "h_0 must have shape": lambda: lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4))),
+        "Expected hidden.*size.*got": lambda: lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4))),
         "sequence length to be larger than 0": lambda: lstm(torch.randn(0, 2, 3)),
         "must be equal to input_size": lambda: lstm(torch.randn(5, 2, 5)),
         "2-D .* or 3-D": lambda: lstm(torch.randn(5, 2, 2, 3)),
@@ -395,13 +403,13 @@ def test_projections_on_every_path_equal_the_reference(key, impl):
 def test_projection_arguments_are_checked_as_torch():
     with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size, got 6 >= 6"):
         mrnn.MomentumLSTM(3, 6, proj_size=6)
-    with pytest.raises(ValueError, match="proj_size is only supported for LSTM layers, not MomentumGRU"):
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM, not RNN or GRU"):
         mrnn.MomentumGRU(3, 6, proj_size=2)
     with pytest.raises(ValueError, match="impl='loop' has no LSTM projections"):
         mrnn.NesterovLSTM(3, 6, proj_size=2, impl="loop")
     layer = mrnn.NesterovLSTM(3, 6, proj_size=2)
     assert layer.path == "reference" and "proj_size=2" in repr(layer)
-    with pytest.raises(RuntimeError, match=r"h_0 must have shape \(1, 5, 2\), got \(1, 5, 6\)"):
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 5, 2\), got \[1, 5, 6\]"):
         layer(torch.randn(4, 5, 3), (torch.zeros(1, 5, 6), torch.zeros(1, 5, 6)))
     out, (h, c) = layer(torch.randn(4, 3))                           # unbatched
     assert out.shape == (4, 2) and h.shape == (1, 2) and c.shape == (1, 6)

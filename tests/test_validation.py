@@ -91,18 +91,18 @@ def test_device_mismatch_is_named_for_hidden_state(lstm):
 def test_hidden_shapes(lstm):
     x = torch.randn(7, 2, 3)
     good = torch.zeros(2, 2, 4)
-    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 2, 4\), got \(1, 2, 4\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden\[0\] size \(2, 2, 4\), got \[1, 2, 4\] \(h_0\)"):
         lstm(x, (torch.zeros(1, 2, 4), good))
-    with pytest.raises(ValueError, match=r"c_0 must have shape \(2, 2, 4\), got \(2, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden\[1\] size \(2, 2, 4\), got \[2, 3, 4\] \(c_0\)"):
         lstm(x, (good, torch.zeros(2, 3, 4)))
     with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\) for an LSTM, got Tensor"):
         lstm(x, good)
     with pytest.raises(TypeError, match="h_0 must have dtype torch.float32"):
         lstm(x, (good.double(), good))
     gru = mrnn.MomentumGRU(3, 4)
-    with pytest.raises(ValueError, match=r"hx must have shape \(1, 2, 4\), got \(1, 2, 5\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(1, 2, 4\), got \[1, 2, 5\] \(hx\)"):
         gru(x, torch.zeros(1, 2, 5))
-    with pytest.raises(ValueError, match=r"hx must have shape \(1, 4\)"):
+    with pytest.raises(ValueError, match=r"Expected hidden size \(1, 4\)"):
         gru(torch.randn(7, 3), torch.zeros(1, 2, 4))
 
 

@@ -96,9 +96,11 @@ def check_hidden(hx, state_tensors: int, shape: tuple[int, ...], like: Tensor,
     """Validate ``hx``: a tensor ``h`` (RNN, GRU) or a tuple ``(h, c)`` (LSTM) of ``shape``
     (``c`` of ``cell_shape`` where given: LSTM projections make ``h`` narrower)."""
     names, hx = _state_tensors(hx, state_tensors)
-    for name, tensor, expected in zip(names, hx, (shape, cell_shape or shape)):
+    for index, (name, tensor, expected) in enumerate(zip(names, hx, (shape, cell_shape or shape))):
         expect_tensor(name, tensor)
-        expect_shape(name, tensor, expected)
+        if tuple(tensor.shape) != tuple(expected):                   # torch's words, then our name
+            which = f"hidden[{index}]" if state_tensors == 2 else "hidden"
+            raise InputError(f"Expected {which} size {tuple(expected)}, got {list(tensor.shape)} ({name})")
         expect_like(name, tensor, like)
     return tuple(hx)
 

@@ -75,7 +75,8 @@ class RecurrentLayer(RuleModule):
         self.input_size = expect_positive_int("input_size", input_size)
         self.hidden_size = expect_positive_int("hidden_size", hidden_size)
         if proj_size and self.recurrence_type is not LSTMRecurrence:           # torch's checks
-            raise ValueError(f"proj_size is only supported for LSTM layers, not {type(self).__name__}")
+            raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU (got "
+                             f"{type(self).__name__})")
         if proj_size >= self.hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got {proj_size} >= {self.hidden_size}")
         self.proj_size = int(proj_size)
