@@ -60,6 +60,13 @@ def test_loops_quick_mode_prints_a_table(capsys):
     assert lines[3].startswith("| tiny (20, 4, 8) |")
 
 
+def test_second_order_benchmark_writes_markdown_and_json(tmp_path):
+    load("second_order").main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "second-order.json").read_text())
+    assert [r["layer"] for r in report["rows"]] == ["NesterovLSTM"]
+    assert all(r["with_node_ms"] > 0 and r["penalty_reference_ms"] > 0 for r in report["rows"])
+
+
 def test_compile_benchmark_writes_markdown_and_json(tmp_path):
     load("compile").main(["--shape", "6,2,3,4", "--repeats", "1", "--backend", "eager",
                           "--layers", "torch.nn.LSTM,NesterovLSTM", "--out", str(tmp_path)])

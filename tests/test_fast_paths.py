@@ -277,18 +277,88 @@ def test_loop_backward_over_several_chunks(key):
     assert_same_values_and_gradients(fast, ref, call, [x], torch.float64)
 
 
-@pytest.mark.parametrize("cls", [mrnn.AdamLSTM, mrnn.NesterovRNN, mrnn.MomentumGRU])
-def test_double_backward_is_refused_clearly(cls):
-    """The hand-written backwards are first order: create_graph=True raises rather than
-    silently returning gradients without a graph (the reference path supports it)."""
-    layer = cls(3, 4, 2, learnable=True, impl="loop")
-    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
-    reference = cls(3, 4, impl="reference")
-    out, _ = reference(torch.randn(5, 2, 3))
-    grads = torch.autograd.grad(out.sum(), list(reference.parameters()), create_graph=True)
-    assert all(g.requires_grad for g in grads)
+def second_derivatives(layer, x, hx, call=None):
+    """Gradients of a function of the first gradients (a gradient penalty), with respect to
+    the parameters, the input and the initial state."""
+    sources = [x, *hx, *layer.parameters()]
+    out = (call or (lambda: layer(x, hx, return_rule_state=True)))()
+    loss = sum(t.pow(2).sum() for t in tensors(out))
+    first = torch.autograd.grad(loss, sources, create_graph=True)
+    penalty = sum(g.pow(2).sum() for g in first)
+    return torch.autograd.grad(penalty, sources, allow_unused=True)
+
+
+@pytest.mark.parametrize("item", PATHS, ids=path_id)
+def test_second_derivatives_on_every_path_equal_the_references(item):
+    """Double backward (create_graph=True) recomputes the call on the reference path
+    (``momentumrnn.second_order``): the second derivatives equal the reference layer's."""
+    key, impl = item
+    fast, ref = pair(key, impl, 3, 4, num_layers=2, bidirectional=True, learnable=True)
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    count = mrnn.LAYERS[key].recurrence_type.state_tensors
+    hx = tuple(torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(count))
+    hx_arg = hx if count == 2 else hx[0]
+    got = second_derivatives(fast, x, hx, lambda: fast(x, hx_arg, return_rule_state=True))
+    want = second_derivatives(ref, x, hx, lambda: ref(x, hx_arg, return_rule_state=True))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov"), ("gru", "momentum"), ("rnn", "restart")],
+                         ids=layer_id)
+def test_gradgradcheck_on_the_default_path(key):
+    layer = mrnn.LAYERS[key](2, 3, dtype=torch.float64, **ACTIVE[key[1]])
+    assert layer.path != "reference"
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: layer(x)[0], (x,))
+
+
+def test_second_derivatives_reuse_the_forwards_dropout_masks_and_autocast():
+    fast, ref = pair(("lstm", "adam"), "loop", 3, 4, num_layers=3, dropout=0.5)
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    hx = (torch.zeros(3, 2, 4, dtype=torch.float64, requires_grad=True),) * 2
+    results = []
+    for layer in (fast, ref):
+        torch.manual_seed(3)
+        results.append(second_derivatives(layer, x, hx, lambda: layer(x, hx)))
+        torch.rand(5)                                   # the recomputation restores the forward's state
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    fast, ref = pair(("lstm", "nesterov"), "loop", 3, 4, dtype=torch.float32)
+    x = torch.randn(6, 2, 3, requires_grad=True)
+    results = []
+    for layer in (fast, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(torch.nn.functional.linear(x, torch.eye(3)))[0]
+        first = torch.autograd.grad(out.float().pow(2).sum(), [x, *layer.parameters()], create_graph=True)
+        results.append(torch.autograd.grad(sum(g.pow(2).sum() for g in first), x))
+    # the output is rounded to bfloat16, where float32 rounding differences between the paths
+    # can flip one bfloat16 step (2^-7 relative)
+    torch.testing.assert_close(results[0], results[1], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("gru", "momentum"), ("rnn", "nesterov")], ids=layer_id)
+def test_batched_gradients_on_the_default_path(key):
+    """``autograd.grad(..., is_grads_batched=True)`` (a Jacobian one row batch at a time)
+    equals one backward per row."""
+    layer = mrnn.LAYERS[key](3, 4, dtype=torch.float64, **ACTIVE[key[1]])
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    out = layer(x)[0]
+    rows = torch.randn(3, *out.shape, dtype=torch.float64)
+    batched = torch.autograd.grad(out, x, rows, is_grads_batched=True, retain_graph=True)[0]
+    for row, got in zip(rows, batched):
+        torch.testing.assert_close(got, torch.autograd.grad(out, x, row, retain_graph=True)[0], **TOL[torch.float64])
+
+
+def test_first_derivatives_take_the_paths_own_backward(monkeypatch):
+    """Without create_graph the reference path is not recomputed."""
+    from momentumrnn import paths
+
+    layer = mrnn.AdamLSTM(3, 4, impl="loop")
+    out = layer(torch.randn(5, 2, 3))[0]
+    monkeypatch.setattr(paths, "plain_ops", None)              # a recomputation would call it
+    out.sum().backward()
+    assert layer.weight_hh_l0.grad is not None
 
 
 @pytest.mark.parametrize("key", FUSED_KEYS, ids=layer_id)

@@ -4,6 +4,7 @@ The reference below is written from the paper's equations without the library's 
 recurrences or step functions: one loop per time step, layer and direction.
 """
 
+import contextlib
 import math
 import warnings
 
@@ -610,15 +611,19 @@ def test_impl_is_checked_clearly():
 
 @pytest.mark.parametrize("rule", RULES)
 def test_double_backward(rule):
-    """The plain rule supports create_graph=True; the others' scans refuse it, without naming
-    an option the orthogonal layers do not take as the way out."""
-    layer = make(rule, 3, 4, learnable=rule != "none")
-    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
-    if rule == "none":
-        grads = torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
-        assert all(g.requires_grad for g in grads)
-        return
-    with pytest.raises(RuntimeError, match="double backward") as info:
-        torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
-    assert ("the orthogonal layers support it under torch.func transforms, or on the reference path with the "
-            "plain rule (OrthogonalRNN)") in str(info.value)
+    """Second derivatives with every rule (``momentumrnn.second_order`` recomputes the call in
+    plain ops where the rule's drive comes from a first-order scan), equal to those of the
+    call made in plain ops from the start."""
+    from momentumrnn.paths import plain_ops
+
+    layer = make(rule, 3, 4, learnable=rule != "none", dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for plain in (False, True):
+        with plain_ops() if plain else contextlib.nullcontext():
+            out, _ = layer(x)
+        sources = [x, *layer.parameters()]
+        first = torch.autograd.grad(out.pow(2).sum(), sources, create_graph=True)
+        results.append(torch.autograd.grad(sum(g.pow(2).sum() for g in first), sources, allow_unused=True))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)

@@ -239,11 +239,17 @@ def test_a_persistent_kernel_the_gpu_refuses_falls_back_to_the_windows(engine, m
     torch.autograd.grad(got.sum(), args[0])
 
 
-def test_double_backward_is_refused(engine):
+def test_double_backward_recomputes_on_the_reference_path(engine):
     layer = mrnn.NesterovLSTM(3, 4, dtype=torch.float64, impl="triton-loop")
-    out, _ = layer(torch.randn(5, 2, 3, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(out.sum(), list(layer.parameters()), create_graph=True)
+    reference = mrnn.NesterovLSTM(3, 4, dtype=torch.float64, impl="reference")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for module in (layer, reference):
+        out, _ = module(x)
+        first = torch.autograd.grad(out.pow(2).sum(), [x, *module.parameters()], create_graph=True)
+        results.append(torch.autograd.grad(sum(g.pow(2).sum() for g in first), x))
+    torch.testing.assert_close(results[0], results[1], atol=1e-10, rtol=1e-9)
 
 
 def test_the_path_is_refused_where_it_cannot_run(engine, monkeypatch):

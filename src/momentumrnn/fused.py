@@ -53,7 +53,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .recurrences import Recurrence
 from .paths import scan_backend
 from .rules import Rule
-from .scan import default_block, first_order, scan_
+from .scan import default_block, first_order, scan_, unmaterialized
 
 __all__ = ["fused_direction", "fused_kernel", "drive_kernel"]
 
@@ -176,6 +176,7 @@ class _Filter(torch.autograd.Function):
     temporaries: the one extra tensor of the fused path is its input."""
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, a, step_size, x, ones, triton):
         time, batch, features = x.shape
         out = x.new_empty(time, batch, features + int(ones))

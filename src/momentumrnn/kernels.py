@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .scan import first_order
+from .scan import first_order, unmaterialized
 
 __all__ = ["linear_scan", "scan_", "adam_drive", "adam_drive_of_inputs"]
 
@@ -125,6 +125,7 @@ def _launch_scan(a: Tensor, x: Tensor, initial: Tensor | None, reverse: bool, ou
 
 class _LinearScan(torch.autograd.Function):
     @staticmethod
+    @unmaterialized
     def forward(ctx, a, x, initial):
         y = _launch_scan(a, x, initial, reverse=False)
         ctx.save_for_backward(a, y if ctx.needs_input_grad[0] else None, initial)
@@ -333,6 +334,7 @@ class _AdamDrive(torch.autograd.Function):
     """Adam's drive of ``u``; keeps ``u`` for the backward."""
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, lengths):
         params = _parameters(momentum, step_size, beta, eps, u)
         d, v_out, m_out, saved = _adam_forward(u, v0, m0, params, lengths)
@@ -355,6 +357,7 @@ class _InputAdamDrive(torch.autograd.Function):
     (where torch's fused kernel already holds the drive and its gradient)."""
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, x, weight, bias, v0, m0, momentum, step_size, beta, eps, lengths):
         u = torch.nn.functional.linear(x, weight, bias)
         params = _parameters(momentum, step_size, beta, eps, u)

@@ -34,6 +34,7 @@ from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
 from .paths import check_impl, choose_path, is_exporting
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
+from .second_order import differentiable_twice
 from .state import RuleState
 from .step import cell_step, masked
 from .triton_loop import check_device, nesterov_lstm, nesterov_rnn
@@ -124,6 +125,9 @@ class RecurrentLayer(RuleModule):
         """``weight_hr`` of one layer and direction (LSTM projections), else None."""
         return getattr(self, "weight_hr" + suffix, None) if self.proj_size else None
 
+    #: Whether the reference path runs in plain torch ops (twice differentiable, batchable).
+    _reference_is_plain = True
+
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -181,7 +185,11 @@ class RecurrentLayer(RuleModule):
         if torch.compiler.is_compiling() and not is_exporting():
             from .compiled import compiled_call
             return compiled_call(self, input, hx, rule_state, return_rule_state)
-        return self._forward(input, hx, rule_state=rule_state, return_rule_state=return_rule_state)
+
+        def call(input, hx, rule_state):
+            return self._forward(input, hx, rule_state=rule_state, return_rule_state=return_rule_state)
+
+        return differentiable_twice(self, call, input, hx, rule_state)
 
     @autocast_boundary
     def _forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):

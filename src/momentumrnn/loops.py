@@ -37,7 +37,7 @@ import threading
 import torch
 from torch import Tensor
 
-from .scan import AdamChunks, _time_chunks, adam_arguments, first_order
+from .scan import AdamChunks, _time_chunks, adam_arguments, first_order, unmaterialized
 
 __all__ = ["lstm_loop", "rnn_loop", "gru_loop", "adam_loop"]
 
@@ -239,6 +239,7 @@ class _AdditiveLoop(torch.autograd.Function):
     """
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam):
         with _without_cyclic_gc():
             return _AdditiveLoop._forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind,
@@ -382,6 +383,7 @@ class _GRULoop(torch.autograd.Function):
     gradient exist for one chunk at a time (``dU``, ``db_hh`` summed per chunk)."""
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, drive, h0, weight_hh, bias_hh, mask, v0, m0, momentum, step_size, adam):
         time, batch, gates = drive.shape
         H = h0.size(-1)

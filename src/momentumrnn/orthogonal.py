@@ -191,9 +191,8 @@ class OrthogonalRNN(RecurrentLayer):
     ``b ~ U(-0.01, 0.01)``, as the authors); ``learnable`` and the rule's hyperparameters as
     the other layers; ``impl``: "auto" (the per-step reference, on every device),
     "reference", or "triton-loop" (CUDA: one GEMM and one Triton kernel a step, replayed as
-    CUDA graphs; ``momentumrnn.triton_loop``). Double backward (``create_graph=True``) works
-    on the reference path with the plain rule only: the other rules' drives come from the
-    first-order parallel scans (``momentumrnn.scan``).
+    CUDA graphs; ``momentumrnn.triton_loop``). Second derivatives and batched gradients work
+    with every rule on every path (``momentumrnn.second_order``).
 
     Input, output, ``hx``, ``PackedSequence``, unbatched input and the carried rule state
     (``rule_state=``, ``return_rule_state=True``) follow ``RecurrentLayer``; the hidden
@@ -210,6 +209,12 @@ class OrthogonalRNN(RecurrentLayer):
     @classmethod
     def hyperparameter_defaults(cls) -> dict:
         return {**cls.rule_type.defaults, **cls.orthogonal_defaults}
+
+    @property
+    def _reference_is_plain(self) -> bool:
+        """The reference path takes the rules' parallel scans for the drives (plain ops only
+        inside ``paths.plain_ops()``); the plain rule has none."""
+        return self.rule_type is PlainRule
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False,

@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import torch
 
 __all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "choose_path",
-           "check_impl", "plain_ops_required", "scan_backend", "scan_backend_override"]
+           "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override"]
 
 #: Every value of a layer's ``impl``.
 IMPLS = ("auto", "fused", "fused-drive", "loop", "triton-loop", "reference")
@@ -104,11 +105,26 @@ def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False,
 is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
+_plain = threading.local()
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Within the block (in this thread), every layer takes the reference path, as under the
+    tools below: the recomputation of a call for its second derivatives runs in one."""
+    depth = getattr(_plain, "depth", 0)
+    _plain.depth = depth + 1
+    try:
+        yield
+    finally:
+        _plain.depth = depth
+
+
 def plain_ops_required() -> bool:
-    """Whether the call runs under a tool that must see plain torch ops: a ``torch.func``
-    transform, ``torch.jit.trace`` (the ONNX exporter's ``dynamo=False`` mode) or
-    ``torch.export`` (the ONNX exporter's default mode)."""
-    return (torch.jit.is_tracing() or is_exporting()
+    """Whether the call must run in plain torch ops: inside ``plain_ops()``, or under a tool
+    that must see them: a ``torch.func`` transform, ``torch.jit.trace`` (the ONNX exporter's
+    ``dynamo=False`` mode) or ``torch.export`` (the ONNX exporter's default mode)."""
+    return (getattr(_plain, "depth", 0) > 0 or torch.jit.is_tracing() or is_exporting()
             or torch._C._functorch.peek_interpreter_stack() is not None)
 
 

@@ -38,7 +38,7 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS", "first_order"]
+__all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS", "first_order", "unmaterialized"]
 
 SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential", "triton")
 
@@ -48,14 +48,36 @@ MATMUL_BLOCK = 64
 LOOP_MIN_FEATURES = 32
 
 
+def unmaterialized(forward):
+    """Decorate the ``forward`` of a Function whose backward is ``first_order``: the backward
+    learns which outputs received no gradient (None instead of zeros), so that a backward
+    that reaches it with none at all, as second derivatives do through
+    ``momentumrnn.second_order``, returns at once. ``first_order`` gives the backward zeros
+    for the others, as autograd would."""
+    @functools.wraps(forward)
+    def recorded(ctx, *args):
+        ctx.set_materialize_grads(False)
+        outputs = forward(ctx, *args)
+        listed = outputs if isinstance(outputs, tuple) else (outputs,)
+        ctx.first_order = (len(args), [(o.shape, o.dtype, o.device) if isinstance(o, Tensor) else None for o in listed])
+        return outputs
+    return recorded
+
+
 def first_order(backward):
     """Decorate a hand-written ``backward``: refuse double backward (``create_graph=True``)
-    instead of returning gradients that silently carry no graph, and name the path that
-    supports batched gradients (``is_grads_batched=True``), which these in-place backward
-    passes cannot run. The backward runs with autocast off (see ``momentumrnn.autocast``).
-    The orthogonal layers' rules (momentum, Adam, RMSProp, restart) run through these scans too."""
+    instead of returning gradients that silently carry no graph, and batched gradients
+    (``is_grads_batched=True``), which these in-place backward passes cannot run, naming what
+    supports them. The layers never ask them for either: they recompute such calls in plain
+    ops (``momentumrnn.second_order``). The backward runs with autocast off (see
+    ``momentumrnn.autocast``)."""
     @functools.wraps(backward)
     def checked(ctx, *grads):
+        inputs, outputs = ctx.first_order
+        if all(g is None for g in grads):
+            return (None,) * inputs
+        grads = tuple(torch.zeros(o[0], dtype=o[1], device=o[2]) if g is None and o is not None else g
+                      for g, o in zip(grads, outputs))
         if torch.is_grad_enabled():
             raise RuntimeError("momentumrnn's fast paths and parallel scans compute first derivatives only: "
                                "double backward (create_graph=True) is not supported. " + _REFERENCE_HINT)
@@ -72,10 +94,9 @@ def first_order(backward):
     return checked
 
 
-_REFERENCE_HINT = ("The layers of momentumrnn.layers support it with impl='reference' (and every path does "
-                   "under torch.func transforms, which take the reference path); the orthogonal layers "
-                   "support it under torch.func transforms, or on the reference path with the plain rule "
-                   "(OrthogonalRNN)")
+_REFERENCE_HINT = ("The layers support it on every path (they recompute the call in plain torch ops for "
+                   "it); called directly, linear_scan supports it with method='sequential' or 'matmul', which "
+                   "run in plain torch ops")
 
 
 def step_indices(steps: Tensor, time: int, mask: Tensor | None = None) -> Tensor:
@@ -312,6 +333,7 @@ class _AdamScan(torch.autograd.Function):
     """Adam's drive of all steps (``AdamChunks`` over the whole sequence)."""
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, u, v0, m0, momentum, step_size, beta, eps, moving, keep):
         adam = AdamChunks(u, momentum, step_size, beta, eps, moving, keep)
         drive = torch.empty_like(u)
@@ -430,6 +452,7 @@ class _Scan(torch.autograd.Function):
     reversed) as backward; no autograd temporaries."""
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, a, x, initial, block):
         y = x.clone(memory_format=torch.contiguous_format)
         if initial is not None:

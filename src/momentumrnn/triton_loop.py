@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .checks import InputError
 from .cuda_graphs import Programs
-from .scan import first_order
+from .scan import first_order, unmaterialized
 
 __all__ = ["nesterov_lstm", "nesterov_rnn", "modrelu_rnn", "check_device", "clear_windows", "cached_bytes",
            "use_engine", "chosen_engine", "ENGINES", "WINDOW_STEPS", "MAX_WINDOWS"]
@@ -232,6 +232,7 @@ class _TritonLoop(torch.autograd.Function):
     chosen per call; the backward takes the forward's."""
 
     @staticmethod
+    @unmaterialized
     def forward(ctx, terms, h0, c0, weight_hh, bias, coefficient, v0, mask, cell):
         time, batch, _ = terms.shape
         hidden = h0.size(-1)
