@@ -14,7 +14,6 @@ over eager, measured side by side (median of ``--repeats``), with ``torch.nn.LST
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import momentumrnn as mrnn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layers import machine, side_by_side  # noqa: E402
+from timing import markdown_table, print_and_write  # noqa: E402
 
 #: torch.nn.LSTM is the control: dynamo leaves its whole frame to eager, so its ratio is 1 up to
 #: noise; the others' ratios are the cost of entering the compiled graphs and the op around
@@ -75,19 +75,14 @@ def main(argv=None):
     shape = tuple(int(v) for v in args.shape.split(","))
     device = torch.device(args.device)
     rows = [measure(name, shape, device, args.repeats, args.backend) for name in args.layers.split(",")]
-    lines = [f"torch.compile ({args.backend}) over eager, forward+backward, shape (T, B, I, H) = {shape}, "
-             f"{device.type}, torch {torch.__version__}", "",
-             "| layer | cold compile (3 lengths) | frames | compiled | eager | compiled / eager |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['cold_compile_s']:.1f} s | {r['frames']} | {r['compiled_ms']:.2f} ms | "
-              f"{r['eager_ms']:.2f} ms | {r['ratio']:.2f} |" for r in rows]
-    print("\n".join(lines))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.name}.json").write_text(json.dumps(
-            {"machine": machine([device.type], args.threads), "shape": shape, "rows": rows}, indent=2) + "\n")
-        (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    lines = markdown_table(
+        f"torch.compile ({args.backend}) over eager, forward+backward, shape (T, B, I, H) = {shape}, "
+        f"{device.type}, torch {torch.__version__}",
+        ["layer", "cold compile (3 lengths)", "frames", "compiled", "eager", "compiled / eager"],
+        [[r["layer"], f"{r['cold_compile_s']:.1f} s", str(r["frames"]), f"{r['compiled_ms']:.2f} ms",
+          f"{r['eager_ms']:.2f} ms", f"{r['ratio']:.2f}"] for r in rows])
+    print_and_write(lines, {"machine": machine([device.type], args.threads), "shape": shape, "rows": rows},
+                    args.out, args.name)
 
 
 if __name__ == "__main__":

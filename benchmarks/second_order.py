@@ -12,7 +12,6 @@ as before the node existed), side by side in one run, and the cost of a double b
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import momentumrnn.layers as layers_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layers import machine, side_by_side  # noqa: E402
+from timing import markdown_table, print_and_write  # noqa: E402
 
 CASES = [("MomentumLSTM", "10,4,8,16"), ("MomentumLSTM", "100,8,16,64"), ("AdamLSTM", "100,8,16,64"),
          ("NesterovLSTM", "100,8,16,64"), ("NesterovLSTM", "35,20,200,200")]
@@ -75,19 +75,13 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = [measure(name, tuple(int(v) for v in shape.split(",")), device, args.repeats) for name, shape in cases]
-    lines = [f"The second-order node: forward+backward with it and without it, and a gradient penalty "
-             f"(double backward) against impl='reference', {device.type}, torch {torch.__version__}", "",
-             "| layer | (T, B, I, H) | path | with node | without | with / without | penalty | penalty, reference |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['shape']} | {r['path']} | {r['with_node_ms']:.2f} ms | {r['without_node_ms']:.2f} ms "
-              f"| {r['ratio']:.2f} | {r['penalty_ms']:.1f} ms | {r['penalty_reference_ms']:.1f} ms |" for r in rows]
-    print("\n".join(lines))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.name}.json").write_text(json.dumps(
-            {"machine": machine([device.type], args.threads), "rows": rows}, indent=2) + "\n")
-        (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    lines = markdown_table(
+        f"The second-order node: forward+backward with it and without it, and a gradient penalty (double "
+        f"backward) against impl='reference', {device.type}, torch {torch.__version__}",
+        ["layer", "(T, B, I, H)", "path", "with node", "without", "with / without", "penalty", "penalty, reference"],
+        [[r["layer"], str(r["shape"]), r["path"], f"{r['with_node_ms']:.2f} ms", f"{r['without_node_ms']:.2f} ms",
+          f"{r['ratio']:.2f}", f"{r['penalty_ms']:.1f} ms", f"{r['penalty_reference_ms']:.1f} ms"] for r in rows])
+    print_and_write(lines, {"machine": machine([device.type], args.threads), "rows": rows}, args.out, args.name)
 
 
 if __name__ == "__main__":
