@@ -4,8 +4,8 @@
 ``RNN`` and their cells, the constructor arguments, forward inputs (packed sequences,
 unbatched input, initial states, projections, ...) and error inputs that torch's
 ``test/test_modules.py`` runs. Here the momentum classes at neutral settings
-(``momentum=0, step_size=1``) take them: outputs and gradients must equal torch's module
-with the same parameters, and each error input must raise the same kind of error with a
+(``momentum=0, step_size=1``) take them: outputs, gradients and second derivatives must
+equal torch's module with the same parameters, and each error input must raise the same kind of error with a
 message torch's pattern matches. The module is internal to torch (it needs ``expecttest``):
 without it these tests skip.
 """
@@ -62,6 +62,37 @@ def test_torch_inputs_give_torch_results(info, training):
                 continue
             torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
             assert g.is_contiguous()
+
+
+@pytest.mark.parametrize("info", INFOS, ids=lambda info: info.name)
+def test_torch_inputs_give_torch_second_derivatives(info):
+    """Every forward input of torch's tests, in float64: the gradients of a function of the
+    first gradients (taken with create_graph=True) equal torch's."""
+    theirs_type, ours_type = info.module_cls, OURS[info.module_cls]
+    inputs = info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True, training=True)
+    for module_input in inputs:
+        if module_input.forward_input is None:
+            continue
+        args, kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
+        ours = ours_type(*args, **kwargs, **NEUTRAL).double()
+        theirs = theirs_type(*args, **kwargs).double()
+        theirs.load_state_dict(ours.state_dict())
+        forward_args, forward_kwargs = module_input.forward_input.args, module_input.forward_input.kwargs
+        leaves = [t for t in _flat((forward_args, forward_kwargs)) if t.requires_grad]
+        results = []
+        for module in (ours, theirs):
+            outs = _flat(module(*forward_args, **forward_kwargs))
+            sources = leaves + list(module.parameters())
+            torch.manual_seed(0)
+            first = torch.autograd.grad(sum((torch.randn_like(o) * o).sum() for o in outs), sources,
+                                        create_graph=True, allow_unused=True)
+            penalty = sum(g.pow(2).sum() for g in first if g is not None)
+            results.append(torch.autograd.grad(penalty, sources, allow_unused=True))
+        for g, w in zip(*results, strict=True):
+            if w is None:
+                assert g is None or not g.any()
+                continue
+            torch.testing.assert_close(g, w, atol=1e-9, rtol=1e-9)
 
 
 def _bias_given_a_string(info, module_input) -> bool:
