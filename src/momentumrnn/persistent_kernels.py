@@ -72,6 +72,20 @@ def _load_gates(ptr, at, H, inside):
 
 
 @triton.jit
+def _step_mask_and_coefficient(t64, keep_ptr, coef_ptr, coef_stride_t, coef_stride_b, rows64, in_rows, inside, B,
+                               CELL: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Step t's mask (``inside`` without one) and Nesterov coefficient (BB, 1) (0 for modReLU,
+    which has none)."""
+    keep = inside
+    if HAS_MASK:
+        keep = inside & (tl.load(keep_ptr + t64 * B + rows64, mask=in_rows, other=0) != 0)[:, None]
+    c_t = 0.0
+    if CELL != MODRELU:
+        c_t = tl.load(coef_ptr + t64 * coef_stride_t + rows64 * coef_stride_b, mask=in_rows, other=0.0)[:, None]
+    return keep, c_t
+
+
+@triton.jit
 def _store_gates(ptr, at, H, a, b, c, d, inside):
     tl.store(ptr + at, a, mask=inside)
     tl.store(ptr + at + H, b, mask=inside)
@@ -118,7 +132,6 @@ def persistent_forward_kernel(a_ptr, w_ptr, v_ptr, coef_ptr, coef_stride_t, coef
     rows64, units, in_rows, in_units, inside, state = _block(B, H, BB, HP)
     BH = B * H
     h = tl.load(h_ptr + state, mask=inside, other=0.0)
-    keep = inside
     if CELL == LSTM:
         G = 4 * H
         gate = rows64[:, None] * G + units[None, :]               # (b, j) of gate block 0 in a (B, G) array
@@ -130,10 +143,8 @@ def persistent_forward_kernel(a_ptr, w_ptr, v_ptr, coef_ptr, coef_stride_t, coef
         bias = tl.load(bias_ptr + units, mask=in_units, other=0.0)
     for t in range(0, T):
         t64 = tl.full((), 0, tl.int64) + t
-        if HAS_MASK:
-            keep = inside & (tl.load(keep_ptr + t64 * B + rows64, mask=in_rows, other=0) != 0)[:, None]
-        if CELL != MODRELU:
-            c_t = tl.load(coef_ptr + t64 * coef_stride_t + rows64 * coef_stride_b, mask=in_rows, other=0.0)[:, None]
+        keep, c_t = _step_mask_and_coefficient(t64, keep_ptr, coef_ptr, coef_stride_t, coef_stride_b, rows64, in_rows,
+                                               inside, B, CELL, HAS_MASK)
         if CELL == LSTM:
             step_gate = t64 * B * G + gate
             p_i, v_i = _extrapolate(_gate_product(h, w_ptr, 0, H, units, in_units, FP32), a_ptr, v_i, step_gate,
@@ -197,7 +208,6 @@ def persistent_backward_kernel(go_ptr, dh_ptr, dc_ptr, passed_ptr, dz_ptr, w_ptr
     rows64, units, in_rows, in_units, inside, state = _block(B, H, BB, HP)
     BH = B * H
     dh_rec = tl.load(dh_ptr + state, mask=inside, other=0.0)
-    keep = inside
     if CELL == LSTM:
         G = 4 * H
         gate = rows64[:, None] * G + units[None, :]
@@ -210,13 +220,12 @@ def persistent_backward_kernel(go_ptr, dh_ptr, dc_ptr, passed_ptr, dz_ptr, w_ptr
     for back in range(0, T):
         t64 = tl.full((), 0, tl.int64) + (T - 1 - back)
         dh = dh_rec + tl.load(go_ptr + t64 * BH + state, mask=inside, other=0.0)
+        keep, c_t = _step_mask_and_coefficient(t64, keep_ptr, coef_ptr, coef_stride_t, coef_stride_b, rows64, in_rows,
+                                               inside, B, CELL, HAS_MASK)
         held_h = tl.zeros_like(dh)
         if HAS_MASK:
-            keep = inside & (tl.load(keep_ptr + t64 * B + rows64, mask=in_rows, other=0) != 0)[:, None]
             held_h = tl.where(keep, 0.0, dh)
             dh = tl.where(keep, dh, 0.0)
-        if CELL != MODRELU:
-            c_t = tl.load(coef_ptr + t64 * coef_stride_t + rows64 * coef_stride_b, mask=in_rows, other=0.0)[:, None]
         if CELL == LSTM:
             step_gate = t64 * B * G + gate
             gi, gf, gg, go = _load_gates(acts_ptr, step_gate, H, inside)
