@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.nn.utils.stateless import _reparametrize_module
 
 from .autocast import autocast_boundary
+from .second_order import flatten_tensors
 from .state import RuleState
 
 __all__ = ["compiled_call", "layer_call", "layer_backward", "kept_graphs"]
@@ -116,7 +117,7 @@ def layer_call(key: int, input: Tensor, tensors: list[Tensor], hx_count: int, ru
         if not own:                 # other parameters than the module's own (torch.func.functional_call)
             stack.enter_context(_reparametrize_module(module, {name: p for (name, _), p in zip(named, parameters)}))
         result = module._forward(x, hx, rule_state=rule_state, return_rule_state=return_rule_state)
-    outputs = _flat_outputs(result)
+    outputs, _ = flatten_tensors(result)                 # output, hidden state(s), rule state's tensors
     key_tensor = torch.tensor(0)
     if keep:
         graph_key = next(_keys)
@@ -125,15 +126,6 @@ def layer_call(key: int, input: Tensor, tensors: list[Tensor], hx_count: int, ru
         key_tensor = torch.tensor(graph_key)
         weakref.finalize(key_tensor, _GRAPHS.pop, graph_key, None)
     return [t.detach().contiguous() for t in outputs] + [key_tensor]
-
-
-def _flat_outputs(result) -> list[Tensor]:
-    """``forward``'s result as a flat list: output, hidden state(s), rule state's tensors."""
-    output, hidden, *rest = result
-    flat = [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
-    if rest:
-        flat += [t for t in rest[0] if t is not None]
-    return flat
 
 
 @layer_call.register_fake

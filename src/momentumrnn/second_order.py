@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .paths import plain_ops, plain_ops_required
 
-__all__ = ["differentiable_twice"]
+__all__ = ["differentiable_twice", "flatten_tensors"]
 
 
 def differentiable_twice(module, forward, *args):
@@ -33,12 +33,12 @@ def differentiable_twice(module, forward, *args):
     if (not torch.is_grad_enabled() or plain_ops_required()
             or (module.path == "reference" and module._reference_is_plain)):
         return forward(*args)
-    arguments, rebuild_arguments = _flatten(args)
+    arguments, rebuild_arguments = flatten_tensors(args)
     parameters = list(module.parameters())
     if not any(t.requires_grad for t in (*arguments, *parameters)):
         return forward(*args)
     call = _Call(module, forward, rebuild_arguments, len(arguments))           # before the forward draws
-    outputs, rebuild_result = _flatten(forward(*args))
+    outputs, rebuild_result = flatten_tensors(forward(*args))
     switched = call.switched = [i for i, t in enumerate(outputs) if t.requires_grad]
     through = _Switch.apply(call, len(switched), *(outputs[i] for i in switched), *arguments, *parameters)
     for i, tensor in zip(switched, through):
@@ -46,14 +46,14 @@ def differentiable_twice(module, forward, *args):
     return rebuild_result(outputs)
 
 
-def _flatten(value):
+def flatten_tensors(value):
     """The tensors in ``value`` (a tensor, None, or a tuple, NamedTuple, PackedSequence or list
     of these), in order, and a function that rebuilds ``value`` from replacements for them."""
     if isinstance(value, Tensor):
         return [value], lambda tensors: tensors[0]
     if not isinstance(value, (tuple, list)):
         return [], lambda tensors: value
-    parts = [_flatten(item) for item in value]
+    parts = [flatten_tensors(item) for item in value]
 
     def rebuild(tensors):
         items, start = [], 0
@@ -91,7 +91,7 @@ class _Call:
                 torch.set_rng_state(self.rng[0])
                 for device, state in zip(self.devices, self.rng[1]):
                     torch.cuda.set_rng_state(state, device)
-            outputs, _ = _flatten(self.forward(*self.rebuild_arguments(arguments)))
+            outputs, _ = flatten_tensors(self.forward(*self.rebuild_arguments(arguments)))
         return [outputs[i] for i in self.switched]
 
 
