@@ -12,6 +12,9 @@ one warm-up) of:
   compile cost is reported apart;
 * ``torchscript``: the whole loop under ``torch.jit.script`` (deprecated in torch 2.13),
   autograd through the scripted graph;
+* ``lstm_cell``: torch's own LSTM cell op (``torch.lstm_cell``, its step in C++) called
+  once a step, the drive entering as its input bias; autograd through it. Its forward alone
+  shows what one call of ATen ops a step costs without Python between them;
 * ``torch``: ``torch.nn.LSTM`` for scale (it also does the input GEMM, the others do not).
 
     PYTHONPATH=src python benchmarks/loops.py [--quick] [--threads N] [--methods a,b,...]
@@ -32,9 +35,10 @@ from momentumrnn.loops import lstm_loop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_time  # noqa: E402  (benchmarks/timing.py)
 
-SHAPES = [("TIMIT-like", (200, 32, 158)), ("PTB small", (35, 20, 200)), ("pixel MNIST", (784, 128, 128))]
+SHAPES = [("TIMIT-like", (200, 32, 158)), ("PTB small", (35, 20, 200)), ("pixel MNIST", (784, 128, 128)),
+          ("long sequence", (5000, 8, 64))]
 QUICK = [("tiny", (20, 4, 8))]
-METHODS = ("torch", "autograd", "function", "torchscript", "compile")
+METHODS = ("torch", "autograd", "function", "lstm_cell", "torchscript", "compile")
 
 
 def step(d, h, c, weight_t, bias):
@@ -61,6 +65,17 @@ def scripted_loop(d, h, c, weight, bias):
         i, f, g, o = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def cell_loop(d, h, c, weight, bias):
+    """``torch.lstm_cell`` a step: an input of width 0, so that its input term is the bias
+    ``d_t``, and ``U h_{t-1} + b`` as its hidden term."""
+    nothing, no_weight = d.new_empty(d.size(1), 0), d.new_empty(d.size(2), 0)
+    outs = []
+    for d_t in d.unbind(0):
+        h, c = torch.lstm_cell(nothing, (h, c), no_weight, weight, d_t, bias)
         outs.append(h)
     return torch.stack(outs)
 
@@ -97,6 +112,7 @@ def main(argv=None):
             "torch": lambda: lstm(x)[0],
             "autograd": lambda: autograd_loop(d, h0, h0, weight, bias),
             "function": lambda: lstm_loop(d, h0, h0, weight, bias)[0],
+            "lstm_cell": lambda: cell_loop(d, h0, h0, weight, bias),
         }
         if "torchscript" in methods:
             with warnings.catch_warnings():

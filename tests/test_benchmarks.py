@@ -67,6 +67,11 @@ def test_second_order_benchmark_writes_markdown_and_json(tmp_path):
     assert all(r["with_node_ms"] > 0 and r["penalty_reference_ms"] > 0 for r in report["rows"])
 
 
+def test_loops_quick_mode_times_torch_lstm_cell(capsys):
+    load("loops").main(["--quick", "--repeats", "1", "--methods", "torch,lstm_cell"])
+    assert capsys.readouterr().out.splitlines()[3].startswith("| tiny (20, 4, 8) |")
+
+
 def test_compile_benchmark_writes_markdown_and_json(tmp_path):
     load("compile").main(["--shape", "6,2,3,4", "--repeats", "1", "--backend", "eager",
                           "--layers", "torch.nn.LSTM,NesterovLSTM", "--out", str(tmp_path)])
