@@ -244,6 +244,66 @@ def test_torch_func_jacrev_equals_autograd(key):
     torch.testing.assert_close(jac, want, **TOL)
 
 
+FAST = [("lstm", "momentum"), ("lstm", "adam"), ("lstm", "nesterov"), ("gru", "rmsprop"), ("rnn", "nesterov"),
+        ("rnn", "restart")]
+
+
+@pytest.mark.parametrize("key", FAST, ids=layer_id)
+def test_torch_func_grad_runs_the_fast_path(key, monkeypatch):
+    """Under one ``torch.func.grad`` a layer runs its own path (here never the reference), and
+    the gradients equal ``backward()`` on that path; the kept graph is released after."""
+    from momentumrnn.compiled import kept_graphs
+
+    layer = make(key)
+    assert layer.path != "reference"
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(1, 2, 4, dtype=torch.float64)
+    hx = (h0, h0.flip(-1)) if key[0] == "lstm" else h0
+    want_params = dict(layer.named_parameters())
+
+    def loss(p, x, hx):
+        out, _, state = torch.func.functional_call(layer, p, (x, hx), {"return_rule_state": True})
+        return out.pow(2).sum() + sum(t.sum() for t in state[:2] if t is not None)
+
+    inputs = [x.clone().requires_grad_(), *(h.clone().requires_grad_() for h in (hx if key[0] == "lstm" else [hx]))]
+    hx_in = tuple(inputs[1:]) if key[0] == "lstm" else inputs[1]
+    want = torch.autograd.grad(loss(want_params, inputs[0], hx_in), [*want_params.values(), *inputs])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference path ran")
+
+    monkeypatch.setattr(type(layer), "_run_reference", refuse)
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    got = torch.func.grad(loss, argnums=(0, 1, 2))(params, x, hx)
+    got = [*got[0].values(), got[1], *(got[2] if key[0] == "lstm" else [got[2]])]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert kept_graphs() == 0
+
+
+def test_torch_func_transforms_that_stack_take_the_reference(monkeypatch):
+    """Per-sample gradients (``vmap`` of ``grad``) and forward mode see plain ops: the
+    reference path, equal to a loop of single gradients."""
+    layer = make(("lstm", "adam"))
+    xs = torch.randn(3, 5, 1, 3, dtype=torch.float64)
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+
+    def loss(p, x):
+        return torch.func.functional_call(layer, p, (x,))[0].pow(2).sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, xs)
+    for i in range(3):
+        single = torch.func.grad(loss)(params, xs[i])
+        for name in params:
+            torch.testing.assert_close(per_sample[name][i], single[name], **TOL)
+    tangent = torch.randn_like(xs[0])
+    _, jvp = torch.func.jvp(lambda x: layer(x)[0], (xs[0],), (tangent,))
+    _, vjp_of = torch.func.vjp(lambda x: layer(x)[0], xs[0])
+    jacobian = torch.autograd.functional.jacobian(lambda x: layer(x)[0], xs[0])
+    torch.testing.assert_close(jvp, torch.einsum("abcijk,ijk->abc", jacobian, tangent), **TOL)
+    torch.testing.assert_close(vjp_of(torch.ones_like(jvp))[0], jacobian.sum((0, 1, 2)), **TOL)
+
+
 # ------------------------------------------------------- tracing and exporting
 @pytest.mark.parametrize("which", every_layer())
 def test_torch_export_equals_eager(which):

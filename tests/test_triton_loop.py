@@ -269,8 +269,9 @@ def test_the_path_is_refused_where_it_cannot_run(engine, monkeypatch):
         mrnn.MomentumOrthogonalRNN(3, 4, impl="triton-loop")(torch.randn(5, 2, 3))
 
 
-def test_func_transforms_take_the_reference(engine):
-    """Under torch.func every impl takes the reference path (``paths.plain_ops_required``)."""
+def test_func_grad_equals_autograd(engine):
+    """Under one torch.func.grad the path runs below the transform (``momentumrnn.transforms``):
+    the gradients of ``backward()``."""
     layer = mrnn.NesterovRNN(3, 4, dtype=torch.float64, impl="triton-loop")
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     params = dict(layer.named_parameters())

@@ -202,12 +202,13 @@ def _plain(module, input, hx, rule_state) -> bool:
 
 
 @autocast_boundary
-def _call(module, input, hx=None, *, rule_state=None, return_rule_state=False):
+def _call(module, input, hx=None, *, rule_state=None, return_rule_state=False, op=layer_call):
+    """The layer's call as ``op`` (``layer_call`` or what takes its arguments) on flat tensors."""
     hidden = [] if hx is None else list(hx) if isinstance(hx, (tuple, list)) else [hx]
     rule = [] if rule_state is None else [getattr(rule_state, field) for field in module.rule_type.state_fields]
     rule += [] if rule_state is None else [rule_state.steps]
     tensors = [*hidden, *rule, *(p for _, p in module.named_parameters())]
     grading = torch.is_grad_enabled()
     grad_of = [grading and t.requires_grad for t in [input, *tensors]]
-    flat = layer_call(_register(module), input, tensors, len(hidden), len(rule), return_rule_state, grad_of)
+    flat = op(_register(module), input, tensors, len(hidden), len(rule), return_rule_state, grad_of)
     return module._pack_outputs(flat[:-1], return_rule_state)

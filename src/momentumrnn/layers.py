@@ -185,6 +185,10 @@ class RecurrentLayer(RuleModule):
         if torch.compiler.is_compiling() and not is_exporting():
             from .compiled import compiled_call
             return compiled_call(self, input, hx, rule_state, return_rule_state)
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            from .transforms import runs_below, transformed_call
+            if runs_below(self, input, hx, rule_state):
+                return transformed_call(self, input, hx, rule_state, return_rule_state)
 
         def call(input, hx, rule_state):
             return self._forward(input, hx, rule_state=rule_state, return_rule_state=return_rule_state)

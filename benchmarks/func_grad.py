@@ -1,0 +1,81 @@
+"""What ``torch.func.grad`` costs over ``backward()`` (``momentumrnn.transforms``).
+
+Under one ``torch.func.grad`` a layer runs its own path through one more autograd node.
+This times, side by side in one run, the gradients of ``sum(output^2)`` with respect to the
+parameters by ``torch.func.grad`` and by ``backward()`` on the layer's default path, by
+``torch.func.grad`` on ``impl="reference"`` (the plain ops that the other transforms see),
+and by ``torch.func.grad`` on torch's layer of the same recurrence and size::
+
+    PYTHONPATH=src python benchmarks/func_grad.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, grad
+
+import momentumrnn as mrnn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layers import TORCH, machine, side_by_side  # noqa: E402
+from timing import markdown_table, print_and_write  # noqa: E402
+
+CASES = [("MomentumLSTM", "35,20,200,200"), ("AdamLSTM", "35,20,200,200"), ("NesterovLSTM", "35,20,200,200"),
+         ("AdamGRU", "35,20,200,200"), ("AdamLSTM", "196,32,1,64"), ("NesterovLSTM", "196,32,1,64")]
+
+
+def measure(name, shape, device, repeats):
+    time_steps, batch, features, hidden = shape
+    layer = getattr(mrnn, name)(features, hidden, device=device)
+    reference = getattr(mrnn, name)(features, hidden, device=device, impl="reference")
+    reference.load_state_dict(layer.state_dict())
+    theirs = TORCH[layer.recurrence.name](features, hidden, device=device)
+    x = torch.randn(time_steps, batch, features, device=device)
+
+    def transformed(module):
+        params = {name: p.detach() for name, p in module.named_parameters()}
+        loss = grad(lambda p: functional_call(module, p, (x,))[0].pow(2).sum())
+        return lambda: loss(params)
+
+    def backward():
+        layer.zero_grad(set_to_none=True)
+        layer(x)[0].pow(2).sum().backward()
+
+    func_s, backward_s, reference_s, torch_s = side_by_side(
+        [transformed(layer), backward, transformed(reference), transformed(theirs)], repeats, device)
+    return {"layer": name, "shape": shape, "path": layer.path, "func_grad_ms": func_s * 1e3,
+            "backward_ms": backward_s * 1e3, "ratio": func_s / backward_s,
+            "reference_func_grad_ms": reference_s * 1e3, "torch_func_grad_ms": torch_s * 1e3}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="write NAME.json and NAME.md here (e.g. benchmarks/results)")
+    parser.add_argument("--name", default="func-grad")
+    parser.add_argument("--quick", action="store_true", help="one tiny case (a smoke run)")
+    args = parser.parse_args(argv)
+    cases = [("NesterovLSTM", "6,2,3,4")] if args.quick else CASES
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = [measure(name, tuple(int(v) for v in shape.split(",")), device, args.repeats) for name, shape in cases]
+    lines = markdown_table(
+        f"Parameter gradients by torch.func.grad against backward() on the default path, and by torch.func.grad "
+        f"on impl='reference' and on torch's layer, {device.type}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), median of {args.repeats}",
+        ["layer", "(T, B, I, H)", "path", "func.grad", "backward()", "func.grad / backward()",
+         "func.grad, reference", "func.grad, torch's layer"],
+        [[r["layer"], str(r["shape"]), r["path"], f"{r['func_grad_ms']:.2f} ms", f"{r['backward_ms']:.2f} ms",
+          f"{r['ratio']:.2f}", f"{r['reference_func_grad_ms']:.2f} ms", f"{r['torch_func_grad_ms']:.2f} ms"]
+         for r in rows])
+    print_and_write(lines, {"machine": machine([device.type], args.threads), "rows": rows}, args.out, args.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""How a layer meets ``torch.func``'s gradient transforms: on its fast path.
+
+Under one ``torch.func.grad`` (or ``grad_and_value``, ``vjp``, ``jacrev``), a layer call is
+one ``torch.autograd.Function`` written the way ``torch.func`` requires (``setup_context``).
+Its forward runs at the level below the transform, where the layer is plain eager code: it
+runs the layer op of ``momentumrnn.compiled`` (the layer's forward on its fast path, with the
+parameters it was given, its autograd graph kept), and its backward runs the kept graph
+backward. The gradients are those of ``loss.backward()`` on the same path. A backward that
+comes batched (``jacrev``, ``vmap`` of a ``vjp``) runs the kept graph once per batch entry.
+
+Where the call needs more than first derivatives of one ``grad`` (a ``vmap`` or ``jvp``
+around or inside it, a second ``grad``: per-sample gradients, Hessians, forward mode), it
+takes the reference path instead, in plain torch ops that every transform sees through
+(``paths.plain_ops_required``). So does packed input, which the op does not take.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .compiled import _call, _plain, layer_backward, layer_call
+
+__all__ = ["under_one_grad", "runs_below", "transformed_call"]
+
+
+def under_one_grad() -> bool:
+    """Whether the only ``torch.func`` transform in force is one reverse-mode gradient."""
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    interpreters = retrieve_all_functorch_interpreters()
+    return len(interpreters) == 1 and interpreters[0].key() == torch._C._functorch.TransformType.Grad
+
+
+def runs_below(module, input, hx, rule_state) -> bool:
+    """Whether this call runs below the transform, on the layer's path: under one gradient
+    transform, with tensor input and state (packed input takes the reference path)."""
+    return under_one_grad() and _plain(module, input, hx, rule_state)
+
+
+def transformed_call(module, input, hx, rule_state, return_rule_state):
+    """A layer's call under one ``torch.func.grad``: ``_Transformed`` around the layer op."""
+    return _call(module, input, hx, rule_state=rule_state, return_rule_state=return_rule_state, op=_apply)
+
+
+def _apply(key, input, tensors, hx_count, rule_count, return_rule_state, grad_of):
+    return _Transformed.apply(key, hx_count, rule_count, return_rule_state, tuple(grad_of), input, *tensors)
+
+
+class _Transformed(torch.autograd.Function):
+    """The layer op under a gradient transform. Forward (at the level below): the op, which
+    keeps the forward's graph under a key. Backward: that graph, run backward."""
+
+    @staticmethod
+    def forward(key, hx_count, rule_count, return_rule_state, grad_of, input, *tensors):
+        return tuple(layer_call(key, input, list(tensors), hx_count, rule_count, return_rule_state, list(grad_of)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_of, arguments = inputs[4], inputs[5:]
+        ctx.grad_of = grad_of
+        ctx.floating = [t.is_floating_point() for t in output[:-1]]
+        ctx.mark_non_differentiable(*(t for t in output if not t.is_floating_point()))
+        ctx.wanted = sum(grad_of)
+        ctx.save_for_backward(output[-1], *[t for t, wanted in zip(arguments, grad_of) if wanted],
+                              *arguments, *output[:-1])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        key, *saved = ctx.saved_tensors
+        wanted, alive = saved[:ctx.wanted], saved[ctx.wanted:]
+        floating = [grad for grad, is_floating in zip(grads[:-1], ctx.floating) if is_floating]
+        found = iter(_KeptBackward.apply(len(floating), len(wanted), key, *floating, *wanted, *alive)
+                     if wanted else ())
+        flat = [next(found) if wanted else None for wanted in ctx.grad_of]
+        return (None, None, None, None, None, *flat)
+
+
+class _KeptBackward(torch.autograd.Function):
+    """``layer_backward`` at the level below the transform (a Function's backward runs at the
+    transform's own level). Batched gradients (under ``vmap``) run it once per batch entry."""
+
+    @staticmethod
+    def forward(grad_count, like_count, key, *tensors):
+        grads, like, alive = tensors[:grad_count], tensors[grad_count:grad_count + like_count], \
+            tensors[grad_count + like_count:]
+        return tuple(layer_backward(key, list(grads), list(like), list(alive)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("momentumrnn: second derivatives of a layer call under torch.func.grad are taken on "
+                           "the reference path; this backward should not run")
+
+    @staticmethod
+    def vmap(info, in_dims, grad_count, like_count, key, *tensors):
+        dims = in_dims[3:]
+        entries = []
+        for index in range(info.batch_size):
+            sliced = [t if dim is None else t.select(dim, index) for t, dim in zip(tensors, dims)]
+            entries.append(_KeptBackward.apply(grad_count, like_count, key, *sliced))
+        return tuple(torch.stack(found) for found in zip(*entries)), (0,) * like_count
