@@ -79,6 +79,13 @@ def test_loops_quick_mode_times_torch_lstm_cell(capsys):
     assert capsys.readouterr().out.splitlines()[3].startswith("| tiny (20, 4, 8) |")
 
 
+def test_input_drive_benchmark_prints_a_table(capsys):
+    load("input_drive").main(["--quick", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| shape | (T, B, I, G) | F.linear | input_drive | ratio |"
+    assert lines[4].startswith("| tiny | (20, 4, 3, 16) |")
+
+
 def test_compile_benchmark_writes_markdown_and_json(tmp_path):
     load("compile").main(["--shape", "6,2,3,4", "--repeats", "1", "--backend", "eager",
                           "--layers", "torch.nn.LSTM,NesterovLSTM", "--out", str(tmp_path)])

@@ -431,3 +431,23 @@ def test_an_inf_input_within_its_sequence(key):
         assert torch.isnan(out[2:, 0]).any()
     else:
         assert torch.isnan(out[2:, 0]).all()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_input_drive_equals_linear(bias):
+    """The loops' input drive: ``F.linear`` with the weight gradient in another order;
+    float64 gradcheck, and float32 values and contiguous gradients as ``F.linear``'s."""
+    from momentumrnn.projection import input_drive
+
+    x = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True) if bias else None
+    torch.autograd.gradcheck(input_drive, (x, weight, b))
+    inputs = [t.detach().float().requires_grad_() for t in (x, weight, *([b] if bias else []))]
+    ours = input_drive(*inputs, *([] if bias else [None]))
+    theirs = torch.nn.functional.linear(*inputs)
+    torch.testing.assert_close(ours, theirs, **TOL[torch.float32])
+    seed = torch.randn_like(ours)
+    for a, b_ in zip(torch.autograd.grad(ours, inputs, seed), torch.autograd.grad(theirs, inputs, seed), strict=True):
+        torch.testing.assert_close(a, b_, **TOL[torch.float32])
+        assert a.is_contiguous()

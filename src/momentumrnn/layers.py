@@ -33,6 +33,7 @@ from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
 from .paths import check_impl, choose_path, is_exporting
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
+from .projection import input_drive
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .second_order import differentiable_twice
 from .state import RuleState
@@ -384,7 +385,7 @@ class RecurrentLayer(RuleModule):
         the recurrence in a tight loop with a hand-written backward (``momentumrnn.loops``; no
         LSTM projections: ``paths.check_impl`` and ``choose_path`` keep them off this path)."""
         weight_ih, weight_hh, bias_ih, bias_hh, _ = weights
-        u = F.linear(x, weight_ih, bias_ih)
+        u = input_drive(x, weight_ih, bias_ih)
         recurrence = self.recurrence
         if self.rule.couples_to_hidden:          # Nesterov: v_t = (U h_{t-1} + b_hh) - s u_t, ...
             scale = hp["step_size"]
