@@ -316,6 +316,69 @@ def test_torch_export_equals_eager(which):
         program.module()(torch.randn(9, 2, 3, dtype=torch.float64))
 
 
+TIME = torch.export.Dim("T", min=1, max=100_000)
+
+
+@pytest.mark.parametrize("which", every_layer())
+def test_torch_export_with_a_dynamic_length_equals_eager(which):
+    """Exported with a dynamic time dimension, the program holds one loop over time (a scan)
+    and equals eager at every length."""
+    layer = make(which)
+    program = torch.export.export(Outputs(layer), (torch.randn(6, 2, 3, dtype=torch.float64),),
+                                  dynamic_shapes={"x": {0: TIME}})
+    assert any("scan" in str(node.target) for node in program.graph.nodes)
+    for length in (1, 5, 23):
+        x = torch.randn(length, 2, 3, dtype=torch.float64)
+        torch.testing.assert_close(program.module()(x), layer(x)[0], **TOL)
+
+
+def test_torch_export_of_a_dynamic_length_after_a_fixed_one():
+    """Exporting the same model first at a fixed length, then with a dynamic one (torch's scan
+    caches its compiled loop between the two)."""
+    layer = make(("gru", "adam"))
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    torch.export.export(Outputs(layer), (x,))
+    program = torch.export.export(Outputs(layer), (x,), dynamic_shapes={"x": {0: TIME}})
+    longer = torch.randn(9, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(program.module()(longer), layer(longer)[0], **TOL)
+
+
+class Everything(torch.nn.Module):
+    """The whole result of a call with ``hx`` and ``return_rule_state``, flat."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, hx):
+        return tuple(torch.utils._pytree.tree_leaves(self.layer(x, hx, return_rule_state=True)))
+
+
+@pytest.mark.parametrize("which, kwargs", [
+    (("lstm", "nesterov"), {"num_layers": 2, "bidirectional": True}),
+    (("lstm", "adam"), {"proj_size": 2, "batch_first": True}),
+    (("gru", "restart"), {"num_layers": 2}),
+    (mrnn.MomentumOrthogonalRNN, {"bidirectional": True})], ids=["stacked-bidirectional", "projections", "gru",
+                                                                  "orthogonal"])
+def test_torch_export_with_a_dynamic_length_keeps_state_and_layout(which, kwargs):
+    layer = make(which, **kwargs)
+    lstm, batch_first = isinstance(which, tuple) and which[0] == "lstm", kwargs.get("batch_first", False)
+    stacks = layer.num_layers * (2 if layer.bidirectional else 1)
+    h0 = torch.randn(stacks, 2, kwargs.get("proj_size") or 4, dtype=torch.float64)
+    hx = (h0, torch.randn(stacks, 2, 4, dtype=torch.float64)) if lstm else h0
+
+    def sequence(length):
+        return torch.randn(*((2, length) if batch_first else (length, 2)), 3, dtype=torch.float64)
+
+    program = torch.export.export(Everything(layer), (sequence(6), hx),
+                                  dynamic_shapes={"x": {1 if batch_first else 0: TIME},
+                                                  "hx": (None, None) if lstm else None})
+    for length in (3, 19):
+        x = sequence(length)
+        for got, want in zip(program.module()(x, hx), Everything(layer)(x, hx), strict=True):
+            torch.testing.assert_close(got, want, **TOL)
+
+
 @pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam"), ("rnn", "nesterov"),
                                    ("gru", "restart"), mrnn.MomentumOrthogonalRNN],
                          ids=lambda w: layer_id(w) if isinstance(w, tuple) else w.__name__)
@@ -335,7 +398,7 @@ def test_jit_trace_saves_and_equals_eager_at_the_traced_length(which):
         loaded(torch.randn(9, 2, 3, dtype=torch.float64))
 
 
-def _onnx_session(model, x, dynamo):
+def _onnx_session(model, x, dynamo, dynamic_shapes=None):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     pytest.importorskip("onnx", reason="onnx is not installed")
     if dynamo:
@@ -343,7 +406,8 @@ def _onnx_session(model, x, dynamo):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            data = torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto.SerializeToString()
+            data = torch.onnx.export(model, (x,), dynamo=True, verbose=False,
+                                     dynamic_shapes=dynamic_shapes).model_proto.SerializeToString()
         else:
             buffer = io.BytesIO()
             torch.onnx.export(model, (x,), buffer, dynamo=False)
@@ -371,6 +435,20 @@ def test_onnx_round_trip_in_onnxruntime(which, dynamo):
     x2 = torch.randn(6, 2, 3)
     got = session.run(None, {session.get_inputs()[0].name: x2.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), layer(x2)[0].detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", every_layer())
+def test_onnx_with_a_dynamic_length_in_onnxruntime(which):
+    """The ONNX exporter's default mode with a dynamic time dimension: one Scan node, and ONNX
+    Runtime equals eager at other lengths (the orthogonal layers with ``U`` frozen)."""
+    layer = make(which, dtype=torch.float32).eval()
+    if not isinstance(which, tuple):
+        _freeze_orthogonal(layer)
+    session = _onnx_session(Outputs(layer), torch.randn(6, 2, 3), True, {"x": {0: TIME}})
+    for length in (2, 25):
+        x = torch.randn(length, 2, 3)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), layer(x)[0].detach(), atol=2e-5, rtol=1e-4)
 
 
 def test_onnx_export_of_a_parametrized_orthogonal_layer_fails_loudly():

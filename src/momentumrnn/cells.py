@@ -98,7 +98,7 @@ class RecurrentCell(RuleModule):
             if unbatched:
                 rules, steps = {k: v.unsqueeze(0) for k, v in rules.items()}, steps.unsqueeze(0)
         u = F.linear(input, self.weight_ih, self.bias_ih)
-        state, rules = cell_step(self.recurrence, self.rule, self.hyperparameters(), u, state, rules, steps,
+        state, rules = cell_step(self.recurrence, self.rule, self.hyperparameters(), u, state, rules, steps + 1,
                                  self.weight_hh, self.bias_hh)
         steps = steps + 1
         if unbatched:

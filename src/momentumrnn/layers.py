@@ -32,12 +32,13 @@ from .checks import (InputError, check_hidden, check_rule_state, expect_input, e
 from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
 from .paths import check_impl, choose_path, is_exporting
-from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .projection import input_drive
+from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
+from .scan import step_indices
 from .second_order import differentiable_twice
 from .state import RuleState
-from .step import cell_step, masked
+from .step import cell_step, masked, over_time
 from .triton_loop import check_device, nesterov_lstm, nesterov_rnn
 
 __all__ = [
@@ -329,33 +330,26 @@ class RecurrentLayer(RuleModule):
     # one is wanted; returns the output (T, B, H), the final state (a tuple) and the final
     # rule state (a dict; its values may be None where it is not wanted).
     def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
-        """The per-step path. The input drive of all steps in one GEMM; input-only rules make
-        all drives (``Rule.drives_stepwise``), then the recurrence loops; the coupled rule
-        runs ``cell_step`` at every step; with LSTM projections ``h_t = W_hr (o * tanh(c_t))``.
-        Padded steps of packed sequences change no state."""
+        """The per-step path. The input drive of all steps in one GEMM, then at every step
+        ``cell_step`` (the rule and the cell); with LSTM projections ``h_t = W_hr (o * tanh(c_t))``.
+        Padded steps of packed sequences change no state. The steps run in ``over_time``."""
         weight_ih, weight_hh, bias_ih, bias_hh, projection = weights
         u = F.linear(x, weight_ih, bias_ih)
-        outputs = []
-        # unbind, not u[t]: indexing in a loop makes backward add a full-size zero gradient
-        # per step (quadratic in sequence length); unbind's backward is one stack.
-        inputs = u.unbind(0)
-        if not self.rule.couples_to_hidden:
-            drives, rules = self.rule.drives_stepwise(u, rules, hp, steps, mask)
-            inputs = drives.unbind(0)
-        for t, u_t in enumerate(inputs):
-            keep = None if mask is None else mask[t]
-            if self.rule.couples_to_hidden:
-                new_state, new_rules = cell_step(self.recurrence, self.rule, hp, u_t, state, rules, steps,
-                                                 weight_hh, bias_hh)
-                rules = masked(keep, new_rules, rules)
-                steps = steps + (1 if keep is None else keep.long())
-            else:
-                new_state = self.recurrence.step(u_t, F.linear(state[0], weight_hh, bias_hh), state)
+        fields, count = self.rule_type.state_fields, len(state)
+
+        def step(carry, inputs):
+            u_t, k_t, keep = inputs if mask is not None else (*inputs, None)
+            state, rules = carry[:count], dict(zip(fields, carry[count:]))
+            new_state, new_rules = cell_step(self.recurrence, self.rule, hp, u_t, state, rules, k_t,
+                                             weight_hh, bias_hh)
             if projection is not None:
                 new_state = (F.linear(new_state[0], projection), *new_state[1:])
-            state = masked(keep, new_state, state)
-            outputs.append(state[0])
-        return torch.stack(outputs), state, rules
+            state, rules = masked(keep, new_state, state), masked(keep, new_rules, rules)
+            return (*state, *(rules[f] for f in fields)), state[0]
+
+        inputs = (u, step_indices(steps, x.size(0), mask, per_sequence=True), *(() if mask is None else (mask,)))
+        carry, outputs = over_time(step, (*state, *(rules[f] for f in fields)), inputs)
+        return outputs, carry[:count], dict(zip(fields, carry[count:]))
 
     def _run_fused(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``).

@@ -44,7 +44,8 @@ from .paths import plain_ops_required
 from .triton_loop import check_device, modrelu_rnn
 from .recurrences import Recurrence
 from .rules import AdamRule, MomentumRule, PlainRule, RestartRule, RMSPropRule
-from .step import masked
+from .scan import step_indices
+from .step import masked, over_time
 
 __all__ = [
     "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN",
@@ -325,23 +326,32 @@ class OrthogonalRNN(RecurrentLayer):
 
     # ------------------------------------------------------------- forward
     def _run_reference(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
-        """The input-side rule over all time steps at once (``Rule.drives``), then the
-        recurrence loops: ``h_t = modReLU(d_t + U h_{t-1}; b)``. ``weights`` are
-        ``(W, U, None, b)``: the orthogonal ``U`` and the modReLU bias ``b`` (``_weights``)."""
+        """The input-side rule, then the recurrence ``h_t = modReLU(d_t + U h_{t-1}; b)`` step by
+        step (``over_time``). The rule runs over all time steps at once (``Rule.drives``), or,
+        where only plain torch ops may run (paths.py), step by step inside the loop. ``weights``
+        are ``(W, U, None, b)``: the orthogonal ``U`` and the modReLU bias ``b`` (``_weights``)."""
         weight_ih, weight_hh, _, bias, _ = weights
         u = F.linear(x, weight_ih)
-        # the rule's parallel scans, or step by step where only plain torch ops may run (paths.py)
-        drives_of = self.rule.drives_stepwise if plain_ops_required() else self.rule.drives
-        drives, rules = drives_of(u, rules, hp, steps, mask)
         recurrent_t = weight_hh.t()
-        outputs = []
-        # unbind, not drives[t]: the backward of T selects would zero-fill T full-size tensors
-        for t, drive in enumerate(drives.unbind(0)):
-            pre = torch.addmm(drive, state[0], recurrent_t)
-            new_state = self.recurrence.activate(pre, state, bias)
-            state = masked(None if mask is None else mask[t], new_state, state)
-            outputs.append(state[0])
-        return torch.stack(outputs), state, rules
+        stepwise = plain_ops_required()
+        fields = self.rule_type.state_fields if stepwise else ()
+        if stepwise:
+            inputs = (u, step_indices(steps, x.size(0), mask, per_sequence=True))
+        else:
+            drives, rules = self.rule.drives(u, rules, hp, steps, mask)
+            inputs = (drives,)
+        inputs += () if mask is None else (mask,)
+
+        def step(carry, inputs):
+            keep = inputs[-1] if mask is not None else None
+            h, step_rules = carry[0], dict(zip(fields, carry[1:]))
+            drive, new_rules = self.rule.drive(inputs[0], step_rules, hp, inputs[1]) if stepwise else (inputs[0], {})
+            (new_h,) = self.recurrence.activate(torch.addmm(drive, h, recurrent_t), (h,), bias)
+            h, step_rules = masked(keep, new_h, h), masked(keep, new_rules, step_rules)
+            return (h, *(step_rules[f] for f in fields)), h
+
+        carry, outputs = over_time(step, (state[0], *(rules[f] for f in fields)), inputs)
+        return outputs, (carry[0],), dict(zip(fields, carry[1:])) if stepwise else rules
 
     def _run_triton_loop(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
         """The drives as on the reference path, then ``h_t = modReLU(d_t + U h_{t-1}; b)`` in one

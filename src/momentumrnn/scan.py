@@ -99,17 +99,20 @@ _REFERENCE_HINT = ("The layers support it on every path (they recompute the call
                    "run in plain torch ops")
 
 
-def step_indices(steps: Tensor, time: int, mask: Tensor | None = None) -> Tensor:
+def step_indices(steps: Tensor, time: int, mask: Tensor | None = None, per_sequence: bool = False) -> Tensor:
     """The 1-based index ``k`` of every step, shaped (T, B) or (T, 1).
 
     ``steps`` (B,) counts the steps each sequence took before this call. Where ``mask``
     (T, B) is False a step is skipped and the count does not advance. Without a mask and
-    with all sequences at the same count the result is (T, 1), shared by the batch.
+    with all sequences at the same count the result is (T, 1), shared by the batch, unless
+    ``per_sequence`` (always (T, B), without looking at the counts' values).
     """
     if mask is not None:
         taken = mask.long()
         return steps[None, :] + torch.cumsum(taken, 0) - taken + 1
     t = torch.arange(1, time + 1, device=steps.device)[:, None]
+    if per_sequence:
+        return t + steps[None, :]
     if steps.numel() == 0 or bool((steps == steps[:1]).all()):
         return t + steps[:1][None, :] if steps.numel() else t
     return t + steps[None, :]
