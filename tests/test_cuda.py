@@ -8,8 +8,9 @@ layers on every path their rule allows (auto, fused, fused-drive, loop, triton-l
 the 5 orthogonal layers (reference and triton-loop), with two layers, both directions, an
 initial state, packed input, a carried rule state with step counters that differ,
 learnable momentum and step size, and no bias; the Triton kernels at pixel-MNIST length;
-the triton-loop path over windows replayed as CUDA graphs, and its persistent engine; and
-the torch scans (no Triton) on CUDA.
+the triton-loop path over windows replayed as CUDA graphs, and its persistent engine; the
+torch scans (no Triton) on CUDA; ``torch.compile``, ``torch.func.grad`` and ``torch.export``
+with a dynamic length on CUDA.
 """
 
 import pytest
@@ -348,3 +349,39 @@ def test_compiled_fullgraph_on_cuda(cls, mode):
             grads.append([loss.detach().clone()] + [p.grad.clone() for p in (*layer.parameters(), *linear.parameters())])
         for got, want in zip(*grads):
             torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("cls, impl", [(mrnn.AdamLSTM, "auto"), (mrnn.NesterovLSTM, "auto"),
+                                       (mrnn.NesterovLSTM, "triton-loop"), (mrnn.MomentumOrthogonalRNN, "triton-loop")],
+                         ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_torch_func_grad_on_cuda(cls, impl):
+    """One ``torch.func.grad`` runs the layer's CUDA path below the transform and equals
+    ``backward()`` on that path, float64."""
+    layer = cls(3, 8, dtype=torch.float64, device="cuda", impl=impl)
+    x = torch.randn(40, 4, 3, dtype=torch.float64, device="cuda")
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    got = torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,))[0].pow(2).sum())(params)
+    want = torch.autograd.grad(layer(x)[0].pow(2).sum(), list(layer.parameters()))
+    for a, b in zip(got.values(), want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("cls", [mrnn.AdamLSTM, mrnn.NesterovRNN, mrnn.MomentumOrthogonalRNN],
+                         ids=lambda c: c.__name__)
+def test_torch_export_with_a_dynamic_length_on_cuda(cls):
+    """``torch.export`` of a CUDA layer with a dynamic time dimension equals eager at other lengths."""
+    layer = cls(3, 8, dtype=torch.float64, device="cuda").eval()
+
+    class Outputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x)[0]
+
+    program = torch.export.export(Outputs(), (torch.randn(6, 2, 3, dtype=torch.float64, device="cuda"),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("T", min=1)}})
+    for time in (1, 17):
+        x = torch.randn(time, 2, 3, dtype=torch.float64, device="cuda")
+        torch.testing.assert_close(program.module()(x), layer(x)[0], **TOL[torch.float64])
