@@ -67,11 +67,11 @@ def test_second_order_benchmark_writes_markdown_and_json(tmp_path):
     assert all(r["with_node_ms"] > 0 and r["penalty_reference_ms"] > 0 for r in report["rows"])
 
 
-def test_func_grad_benchmark_writes_markdown_and_json(tmp_path):
-    load("func_grad").main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "func-grad.json").read_text())
+def test_torch_func_benchmark_writes_markdown_and_json(tmp_path):
+    load("torch_func").main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "torch-func.json").read_text())
     assert [r["layer"] for r in report["rows"]] == ["NesterovLSTM"]
-    assert all(r["func_grad_ms"] > 0 and r["torch_func_grad_ms"] > 0 for r in report["rows"])
+    assert all(r["func_grad_ms"] > 0 and r["torch_func_grad_ms"] > 0 and r["vmap_ms"] > 0 for r in report["rows"])
 
 
 def test_loops_quick_mode_times_torch_lstm_cell(capsys):

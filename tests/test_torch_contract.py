@@ -281,6 +281,75 @@ def test_torch_func_grad_runs_the_fast_path(key, monkeypatch):
     assert kept_graphs() == 0
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("key", FAST, ids=layer_id)
+def test_torch_func_vmap_runs_the_fast_path(key, batch_first, monkeypatch):
+    """Under one ``vmap`` a layer runs its own path, the mapped dimension joined to the batch:
+    equal to a loop over the mapped entries (mapped or shared ``hx``, a mapped rule state,
+    unbatched entries), and so is ``backward()`` through it."""
+    layer = make(key, num_layers=2, bidirectional=True, batch_first=batch_first)
+    lstm = key[0] == "lstm"
+    xs = torch.randn(3, *((2, 5) if batch_first else (5, 2)), 3, dtype=torch.float64)
+    h = torch.randn(3, 4, 2, 4, dtype=torch.float64)
+    gates = {"lstm": 16, "gru": 12, "rnn": 4}[key[0]]
+    velocity = torch.randn(3, 4, 2, gates, dtype=torch.float64)
+    steps = torch.tensor([[0, 3], [1, 1], [5, 2]])
+    hx = (lambda h: (h, h.flip(-1))) if lstm else (lambda h: h)
+    fields = layer.rule_type.state_fields
+
+    def call(x, h, v, k):
+        rule_state = mrnn.RuleState(v if "velocity" in fields else None,
+                                    v.abs() if "second_moment" in fields else None, k)
+        out, hidden, state = layer(x, hx(h), rule_state=rule_state, return_rule_state=True)
+        return out, *(hidden if lstm else [hidden]), state.velocity, state.steps
+
+    want = [torch.stack(t) for t in zip(*(call(xs[i], h[i], velocity[i], steps[i]) for i in range(3)))]
+    unbatched = layer(xs[0])[0]
+    x_grad = xs.clone().requires_grad_()
+    want_grads = torch.autograd.grad(sum(layer(x_grad[i])[0].pow(2).sum() for i in range(3)),
+                                     [x_grad, *layer.parameters()])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference path ran")
+
+    monkeypatch.setattr(type(layer), "_run_reference", refuse)
+    for got, expected in zip(torch.func.vmap(call)(xs, h, velocity, steps), want, strict=True):
+        torch.testing.assert_close(got, expected, **TOL)
+    shared = torch.func.vmap(lambda x: layer(x, hx(h[0]))[0])(xs)
+    torch.testing.assert_close(shared, torch.stack([layer(xs[i], hx(h[0]))[0] for i in range(3)]), **TOL)
+    batch = 0 if batch_first else 1
+    entries = torch.func.vmap(lambda x: layer(x)[0], in_dims=batch, out_dims=batch)(xs[0])
+    torch.testing.assert_close(entries, unbatched, **TOL)
+    x_grad = xs.clone().requires_grad_()
+    got_grads = torch.autograd.grad(torch.func.vmap(lambda x: layer(x)[0])(x_grad).pow(2).sum(),
+                                    [x_grad, *layer.parameters()])
+    for got, expected in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_torch_func_vmap_over_an_ensemble_runs_one_call_per_model(monkeypatch):
+    """``vmap`` over stacked parameters (an ensemble) runs each model's call on its path."""
+    models = [make(("lstm", "adam")) for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(models)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    want = torch.stack([model(x)[0] for model in models])
+    base = make(("lstm", "adam"))
+    monkeypatch.setattr(type(base), "_run_reference", lambda *a, **k: pytest.fail("the reference path ran"))
+    got = torch.func.vmap(lambda p, b: torch.func.functional_call(base, (p, b), (x,))[0])(params, buffers)
+    torch.testing.assert_close(got, want, **TOL)
+
+
+def test_torch_func_vmap_with_dropout_follows_its_randomness():
+    """Dropout in training under ``vmap``: the reference path, where ``vmap``'s randomness
+    setting applies ("error" refuses, "different" draws a mask per entry)."""
+    layer = make(("lstm", "nesterov"), num_layers=2, dropout=0.5).train()
+    xs = torch.randn(3, 5, 2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(lambda x: layer(x)[0])(xs)
+    out = torch.func.vmap(lambda x: layer(x)[0], randomness="different")(xs)
+    assert out.shape == (3, 5, 2, 4) and torch.isfinite(out).all()
+
+
 def test_torch_func_transforms_that_stack_take_the_reference(monkeypatch):
     """Per-sample gradients (``vmap`` of ``grad``) and forward mode see plain ops: the
     reference path, equal to a loop of single gradients."""

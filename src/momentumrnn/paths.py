@@ -17,12 +17,12 @@ Paths (``impl``), all equal to the per-step reference to rounding, values and gr
   (``momentumrnn.triton_loop``, its engines). Chosen explicitly: ``"auto"`` does not take it
   until it has been measured against the other paths on a GPU.
 
-Under ``torch.func`` transforms (``vmap``, ``jvp``, and any two at once, as in per-sample
-gradients), ``torch.jit.trace`` (and the ONNX exporter built on it) and ``torch.export``,
-every ``impl`` takes the reference path (``plain_ops_required``): the fast paths'
-hand-written backward passes, in-place buffers and Triton kernels are opaque to those tools,
-which would fail or record constants. Under one ``torch.func.grad`` alone the layer runs
-below the transform (``momentumrnn.transforms``), where its path is chosen here as always.
+Under ``torch.func`` transforms (``jvp``, and any two at once, as in per-sample gradients),
+``torch.jit.trace`` (and the ONNX exporter built on it) and ``torch.export``, every ``impl``
+takes the reference path (``plain_ops_required``): the fast paths' hand-written backward
+passes, in-place buffers and Triton kernels are opaque to those tools, which would fail or
+record constants. Under one ``torch.func.grad`` or one ``vmap`` alone the layer runs below
+the transform (``momentumrnn.transforms``), where its path is chosen here as always.
 
 ``impl="auto"`` looks the path up in ``AUTO`` by device and rule, as measured with
 ``benchmarks/layers.py``: on the CPU the loops beat the identity GEMMs of ``"fused-drive"``

@@ -1,12 +1,16 @@
-"""What ``torch.func.grad`` costs over ``backward()`` (``momentumrnn.transforms``).
+"""What ``torch.func.grad`` and ``torch.func.vmap`` cost (``momentumrnn.transforms``).
 
-Under one ``torch.func.grad`` a layer runs its own path through one more autograd node.
-This times, side by side in one run, the gradients of ``sum(output^2)`` with respect to the
-parameters by ``torch.func.grad`` and by ``backward()`` on the layer's default path, by
-``torch.func.grad`` on ``impl="reference"`` (the plain ops that the other transforms see),
-and by ``torch.func.grad`` on torch's layer of the same recurrence and size::
+Under one ``torch.func.grad`` or one ``vmap`` a layer runs its own path through one more
+autograd node. This times, side by side in one run:
 
-    PYTHONPATH=src python benchmarks/func_grad.py --out benchmarks/results
+* the gradients of ``sum(output^2)`` with respect to the parameters by ``torch.func.grad``
+  and by ``backward()`` on the layer's default path, by ``torch.func.grad`` on
+  ``impl="reference"`` (the plain ops that stacked transforms see), and by
+  ``torch.func.grad`` on torch's layer of the same recurrence and size;
+* forward+backward (``backward()`` of ``sum(output^2)``) of ``vmap`` over four groups of the
+  batch, on the default path and on ``impl="reference"``, against one call on the whole batch::
+
+    PYTHONPATH=src python benchmarks/torch_func.py --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 import momentumrnn as mrnn
 
@@ -45,11 +49,21 @@ def measure(name, shape, device, repeats):
         layer.zero_grad(set_to_none=True)
         layer(x)[0].pow(2).sum().backward()
 
-    func_s, backward_s, reference_s, torch_s = side_by_side(
-        [transformed(layer), backward, transformed(reference), transformed(theirs)], repeats, device)
+    groups = x.unflatten(1, (4, -1)).movedim(1, 0)                 # (4, T, B/4, I)
+
+    def mapped(module):
+        def run():
+            module.zero_grad(set_to_none=True)
+            vmap(lambda part: module(part)[0])(groups).pow(2).sum().backward()
+        return run
+
+    func_s, backward_s, reference_s, torch_s, vmap_s, vmap_reference_s = side_by_side(
+        [transformed(layer), backward, transformed(reference), transformed(theirs), mapped(layer), mapped(reference)],
+        repeats, device)
     return {"layer": name, "shape": shape, "path": layer.path, "func_grad_ms": func_s * 1e3,
             "backward_ms": backward_s * 1e3, "ratio": func_s / backward_s,
-            "reference_func_grad_ms": reference_s * 1e3, "torch_func_grad_ms": torch_s * 1e3}
+            "reference_func_grad_ms": reference_s * 1e3, "torch_func_grad_ms": torch_s * 1e3,
+            "vmap_ms": vmap_s * 1e3, "vmap_reference_ms": vmap_reference_s * 1e3, "vmap_ratio": vmap_s / backward_s}
 
 
 def main(argv=None):
@@ -58,10 +72,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write NAME.json and NAME.md here (e.g. benchmarks/results)")
-    parser.add_argument("--name", default="func-grad")
+    parser.add_argument("--name", default="torch-func")
     parser.add_argument("--quick", action="store_true", help="one tiny case (a smoke run)")
     args = parser.parse_args(argv)
-    cases = [("NesterovLSTM", "6,2,3,4")] if args.quick else CASES
+    cases = [("NesterovLSTM", "6,4,3,4")] if args.quick else CASES
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = [measure(name, tuple(int(v) for v in shape.split(",")), device, args.repeats) for name, shape in cases]
@@ -73,7 +87,12 @@ def main(argv=None):
          "func.grad, reference", "func.grad, torch's layer"],
         [[r["layer"], str(r["shape"]), r["path"], f"{r['func_grad_ms']:.2f} ms", f"{r['backward_ms']:.2f} ms",
           f"{r['ratio']:.2f}", f"{r['reference_func_grad_ms']:.2f} ms", f"{r['torch_func_grad_ms']:.2f} ms"]
-         for r in rows])
+         for r in rows]) + [""] + markdown_table(
+        "Forward+backward of vmap over four groups of the batch, on the default path and on impl='reference', "
+        "against one call on the whole batch (backward() above)",
+        ["layer", "(T, B, I, H)", "path", "vmap", "vmap, reference", "one call", "vmap / one call"],
+        [[r["layer"], str(r["shape"]), r["path"], f"{r['vmap_ms']:.2f} ms", f"{r['vmap_reference_ms']:.2f} ms",
+          f"{r['backward_ms']:.2f} ms", f"{r['vmap_ratio']:.2f}"] for r in rows])
     print_and_write(lines, {"machine": machine([device.type], args.threads), "rows": rows}, args.out, args.name)
 
 
