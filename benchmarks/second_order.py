@@ -11,7 +11,6 @@ as before the node existed), side by side in one run, and the cost of a double b
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import momentumrnn.layers as layers_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layers import machine, side_by_side  # noqa: E402
-from timing import markdown_table, print_and_write  # noqa: E402
+from timing import case_parser, markdown_table, print_and_write, run_cases  # noqa: E402
 
 CASES = [("MomentumLSTM", "10,4,8,16"), ("MomentumLSTM", "100,8,16,64"), ("AdamLSTM", "100,8,16,64"),
          ("NesterovLSTM", "100,8,16,64"), ("NesterovLSTM", "35,20,200,200")]
@@ -63,18 +62,8 @@ def measure(name, shape, device, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="write NAME.json and NAME.md here (e.g. benchmarks/results)")
-    parser.add_argument("--name", default="second-order")
-    parser.add_argument("--quick", action="store_true", help="one tiny case (a smoke run)")
-    args = parser.parse_args(argv)
-    cases = [("NesterovLSTM", "6,2,3,4")] if args.quick else CASES
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    rows = [measure(name, tuple(int(v) for v in shape.split(",")), device, args.repeats) for name, shape in cases]
+    args = case_parser(__doc__, "second-order", repeats=30).parse_args(argv)
+    rows, device = run_cases(args, measure, CASES, ("NesterovLSTM", "6,2,3,4"))
     lines = markdown_table(
         f"The second-order node: forward+backward with it and without it, and a gradient penalty (double "
         f"backward) against impl='reference', {device.type}, torch {torch.__version__}",

@@ -15,7 +15,6 @@ autograd node. This times, side by side in one run:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import momentumrnn as mrnn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layers import TORCH, machine, side_by_side  # noqa: E402
-from timing import markdown_table, print_and_write  # noqa: E402
+from timing import case_parser, markdown_table, print_and_write, run_cases  # noqa: E402
 
 CASES = [("MomentumLSTM", "35,20,200,200"), ("AdamLSTM", "35,20,200,200"), ("NesterovLSTM", "35,20,200,200"),
          ("AdamGRU", "35,20,200,200"), ("AdamLSTM", "196,32,1,64"), ("NesterovLSTM", "196,32,1,64")]
@@ -67,18 +66,8 @@ def measure(name, shape, device, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="write NAME.json and NAME.md here (e.g. benchmarks/results)")
-    parser.add_argument("--name", default="torch-func")
-    parser.add_argument("--quick", action="store_true", help="one tiny case (a smoke run)")
-    args = parser.parse_args(argv)
-    cases = [("NesterovLSTM", "6,4,3,4")] if args.quick else CASES
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    rows = [measure(name, tuple(int(v) for v in shape.split(",")), device, args.repeats) for name, shape in cases]
+    args = case_parser(__doc__, "torch-func", repeats=15).parse_args(argv)
+    rows, device = run_cases(args, measure, CASES, ("NesterovLSTM", "6,4,3,4"))
     lines = markdown_table(
         f"Parameter gradients by torch.func.grad against backward() on the default path, and by torch.func.grad "
         f"on impl='reference' and on torch's layer, {device.type}, torch {torch.__version__}, "
