@@ -339,6 +339,14 @@ def test_torch_func_vmap_over_an_ensemble_runs_one_call_per_model(monkeypatch):
     torch.testing.assert_close(got, want, **TOL)
 
 
+def test_double_backward_through_a_vmapped_call_fails_loudly():
+    layer = make(("lstm", "adam"))
+    xs = torch.randn(2, 5, 1, 3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(torch.func.vmap(lambda x: layer(x)[0])(xs).pow(2).sum(), xs, create_graph=True)
+    with pytest.raises(RuntimeError, match="first derivatives only.*impl='reference'"):
+        grad.pow(2).sum().backward()
+
+
 def test_torch_func_vmap_with_dropout_follows_its_randomness():
     """Dropout in training under ``vmap``: the reference path, where ``vmap``'s randomness
     setting applies ("error" refuses, "different" draws a mask per entry)."""

@@ -130,8 +130,10 @@ class _KeptBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError("momentumrnn: second derivatives of a layer call under torch.func.grad are taken on "
-                           "the reference path; this backward should not run")
+        raise RuntimeError("momentumrnn: a layer call under one torch.func.grad or vmap has first derivatives "
+                           "only. For second derivatives nest the transforms (grad of grad, hessian: the layers "
+                           "then run in plain torch ops), call the layer outside vmap (its double backward is "
+                           "recomputed in plain ops), or use impl='reference'")
 
     @staticmethod
     def vmap(info, in_dims, grad_count, like_count, key, *tensors):
