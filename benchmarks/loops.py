@@ -10,6 +10,8 @@ one warm-up) of:
 * ``compile``: the step function under ``torch.compile`` (inductor; fused C++ pointwise
   kernels on the CPU), looped in Python, autograd through the compiled step; its one-time
   compile cost is reported apart;
+* ``compile16``: the same with 16 steps unrolled in each compiled call (the sequence split
+  into chunks of 16 steps), so that Python runs once per 16 steps; compile cost apart;
 * ``torchscript``: the whole loop under ``torch.jit.script`` (deprecated in torch 2.13),
   autograd through the scripted graph;
 * ``lstm_cell``: torch's own LSTM cell op (``torch.lstm_cell``, its step in C++) called
@@ -29,6 +31,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 from momentumrnn.loops import lstm_loop
 
@@ -38,7 +41,9 @@ from timing import median_time  # noqa: E402  (benchmarks/timing.py)
 SHAPES = [("TIMIT-like", (200, 32, 158)), ("PTB small", (35, 20, 200)), ("pixel MNIST", (784, 128, 128)),
           ("long sequence", (5000, 8, 64))]
 QUICK = [("tiny", (20, 4, 8))]
-METHODS = ("torch", "autograd", "function", "lstm_cell", "torchscript", "compile")
+METHODS = ("torch", "autograd", "function", "lstm_cell", "torchscript", "compile", "compile16")
+#: Steps unrolled in each compiled call of ``compile16``.
+CHUNK = 16
 
 
 def step(d, h, c, weight_t, bias):
@@ -67,6 +72,26 @@ def scripted_loop(d, h, c, weight, bias):
         h = torch.sigmoid(o) * torch.tanh(c)
         outs.append(h)
     return torch.stack(outs)
+
+
+def unrolled_steps(d, h, c, weight_t, bias):
+    """The steps of ``d`` (a few) one after another: outputs stacked, final h and c."""
+    outs = []
+    for d_t in d.unbind(0):
+        h, c = step(d_t, h, c, weight_t, bias)
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+def chunked_loop(d, h, c, weight, bias, chunk_fn):
+    """``chunk_fn`` over the sequence split into chunks of ``CHUNK`` steps (``split``: one
+    backward node, not a full-size zero gradient per slice)."""
+    weight_t = weight.t()
+    outs = []
+    for piece in d.split(CHUNK):
+        out, h, c = chunk_fn(piece, h, c, weight_t, bias)
+        outs.append(out)
+    return torch.cat(outs)
 
 
 def cell_loop(d, h, c, weight, bias):
@@ -128,6 +153,13 @@ def main(argv=None):
             autograd_loop(d, h0, h0, weight, bias, compiled).sum().backward()
             compile_seconds[name] = time.perf_counter() - start
             runs["compile"] = lambda: autograd_loop(d, h0, h0, weight, bias, compiled)
+        if "compile16" in methods:
+            torch._dynamo.reset()                        # each shape compiles afresh (no recompile limit)
+            chunk = torch.compile(unrolled_steps, dynamic=False)
+            start = time.perf_counter()
+            chunked_loop(d, h0, h0, weight, bias, chunk).sum().backward()
+            compile_seconds[f"{name}, {CHUNK} steps a call"] = time.perf_counter() - start
+            runs["compile16"] = lambda: chunked_loop(d, h0, h0, weight, bias, chunk)
         cells, base = [], None
         for method in methods:
             if method not in runs:
