@@ -304,7 +304,7 @@ def test_torch_func_vmap_runs_the_fast_path(key, batch_first, monkeypatch):
         return out, *(hidden if lstm else [hidden]), state.velocity, state.steps
 
     want = [torch.stack(t) for t in zip(*(call(xs[i], h[i], velocity[i], steps[i]) for i in range(3)))]
-    unbatched = layer(xs[0])[0]
+    whole = layer(xs[0])[0]
     x_grad = xs.clone().requires_grad_()
     want_grads = torch.autograd.grad(sum(layer(x_grad[i])[0].pow(2).sum() for i in range(3)),
                                      [x_grad, *layer.parameters()])
@@ -319,7 +319,7 @@ def test_torch_func_vmap_runs_the_fast_path(key, batch_first, monkeypatch):
     torch.testing.assert_close(shared, torch.stack([layer(xs[i], hx(h[0]))[0] for i in range(3)]), **TOL)
     batch = 0 if batch_first else 1
     entries = torch.func.vmap(lambda x: layer(x)[0], in_dims=batch, out_dims=batch)(xs[0])
-    torch.testing.assert_close(entries, unbatched, **TOL)
+    torch.testing.assert_close(entries, whole, **TOL)          # each entry an unbatched call
     x_grad = xs.clone().requires_grad_()
     got_grads = torch.autograd.grad(torch.func.vmap(lambda x: layer(x)[0])(x_grad).pow(2).sum(),
                                     [x_grad, *layer.parameters()])
@@ -358,7 +358,7 @@ def test_torch_func_vmap_with_dropout_follows_its_randomness():
     assert out.shape == (3, 5, 2, 4) and torch.isfinite(out).all()
 
 
-def test_torch_func_transforms_that_stack_take_the_reference(monkeypatch):
+def test_torch_func_transforms_that_stack_take_the_reference():
     """Per-sample gradients (``vmap`` of ``grad``) and forward mode see plain ops: the
     reference path, equal to a loop of single gradients."""
     layer = make(("lstm", "adam"))
