@@ -156,21 +156,34 @@ def _(key, grads, like, alive):
     return [torch.empty_like(t) for t in like]
 
 
-def _setup_context(ctx, inputs, output):
-    key, input, tensors, hx_count, rule_count, return_rule_state, grad_of = inputs
+def keep_for_backward(ctx, arguments, grad_of, output) -> None:
+    """Save on ``ctx`` what the backward of one layer op call needs: its key, the
+    ``arguments`` (input, then ``tensors``) whose gradient ``grad_of`` asks for, and all of
+    its arguments and outputs (``alive`` of ``layer_backward``)."""
     ctx.grad_of = grad_of
     ctx.floating = [t.is_floating_point() for t in output[:-1]]
     ctx.wanted = sum(grad_of)
-    ctx.save_for_backward(output[-1], *[t for t, wanted in zip([input, *tensors], grad_of) if wanted],
-                          input, *tensors, *output[:-1])
+    ctx.save_for_backward(output[-1], *[t for t, wanted in zip(arguments, grad_of) if wanted],
+                          *arguments, *output[:-1])
 
 
-def _backward(ctx, grads):
+def kept_backward(ctx, grads, backward) -> list:
+    """The gradients of the arguments saved by ``keep_for_backward`` (None where not asked
+    for), from ``grads`` of the op's outputs by ``backward`` (``layer_backward``'s signature)."""
     key, *saved = ctx.saved_tensors
     wanted, alive = saved[:ctx.wanted], saved[ctx.wanted:]
     floating = [grad for grad, is_floating in zip(grads[:-1], ctx.floating) if is_floating]
-    found = iter(layer_backward(key, floating, wanted, alive) if wanted else ())
-    flat = [next(found) if wanted else None for wanted in ctx.grad_of]
+    found = iter(backward(key, floating, wanted, alive) if wanted else ())
+    return [next(found) if wanted else None for wanted in ctx.grad_of]
+
+
+def _setup_context(ctx, inputs, output):
+    key, input, tensors, hx_count, rule_count, return_rule_state, grad_of = inputs
+    keep_for_backward(ctx, [input, *tensors], grad_of, output)
+
+
+def _backward(ctx, grads):
+    flat = kept_backward(ctx, grads, layer_backward)
     return None, flat[0], flat[1:], None, None, None, None
 
 

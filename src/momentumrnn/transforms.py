@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .compiled import _call, _layer, _plain, layer_backward, layer_call
+from .compiled import _call, _layer, _plain, keep_for_backward, kept_backward, layer_backward, layer_call
 
-__all__ = ["under_one_grad", "runs_below", "transformed_call"]
+__all__ = ["runs_below", "transformed_call"]
 
 
 def _only_transform():
@@ -31,11 +31,6 @@ def _only_transform():
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
     interpreters = retrieve_all_functorch_interpreters()
     return interpreters[0].key() if len(interpreters) == 1 else None
-
-
-def under_one_grad() -> bool:
-    """Whether the only ``torch.func`` transform in force is one reverse-mode gradient."""
-    return _only_transform() == torch._C._functorch.TransformType.Grad
 
 
 def runs_below(module, input, hx, rule_state) -> bool:
@@ -70,13 +65,8 @@ class _Transformed(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_of, arguments = inputs[4], inputs[5:]
-        ctx.grad_of = grad_of
-        ctx.floating = [t.is_floating_point() for t in output[:-1]]
         ctx.mark_non_differentiable(*(t for t in output if not t.is_floating_point()))
-        ctx.wanted = sum(grad_of)
-        ctx.save_for_backward(output[-1], *[t for t, wanted in zip(arguments, grad_of) if wanted],
-                              *arguments, *output[:-1])
+        keep_for_backward(ctx, inputs[5:], inputs[4], output)
 
     @staticmethod
     def vmap(info, in_dims, key, hx_count, rule_count, return_rule_state, grad_of, input, *tensors):
@@ -90,10 +80,8 @@ class _Transformed(torch.autograd.Function):
         settings = (key, hx_count, rule_count, return_rule_state, grad_of)
         parameters = len(arguments) - 1 - hx_count - rule_count
         if any(dim is not None for dim in dims[len(dims) - parameters:]):
-            entries = [_Transformed.apply(*settings, *(t if dim is None else t.select(dim, index)
-                                                       for t, dim in zip(arguments, dims)))
-                       for index in range(info.batch_size)]
-            return tuple(torch.stack(found) for found in zip(*entries)), (0,) * len(entries[0])
+            found = _per_entry(lambda *entry: _Transformed.apply(*settings, *entry), info.batch_size, arguments, dims)
+            return found, (0,) * len(found)
         layout = _Layout(module, input.dim() - (dims[0] is not None) == 2, info.batch_size)
         fields = len(module.rule_type.state_fields)
         places = [layout.sequence] + [1] * hx_count + ([1] * fields + [0] if rule_count else [])
@@ -105,13 +93,9 @@ class _Transformed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        key, *saved = ctx.saved_tensors
-        wanted, alive = saved[:ctx.wanted], saved[ctx.wanted:]
-        floating = [grad for grad, is_floating in zip(grads[:-1], ctx.floating) if is_floating]
-        found = iter(_KeptBackward.apply(len(floating), len(wanted), key, *floating, *wanted, *alive)
-                     if wanted else ())
-        flat = [next(found) if wanted else None for wanted in ctx.grad_of]
-        return (None, None, None, None, None, *flat)
+        def below(key, floating, wanted, alive):
+            return _KeptBackward.apply(len(floating), len(wanted), key, *floating, *wanted, *alive)
+        return (None, None, None, None, None, *kept_backward(ctx, grads, below))
 
 
 class _KeptBackward(torch.autograd.Function):
@@ -137,12 +121,16 @@ class _KeptBackward(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, grad_count, like_count, key, *tensors):
-        dims = in_dims[3:]
-        entries = []
-        for index in range(info.batch_size):
-            sliced = [t if dim is None else t.select(dim, index) for t, dim in zip(tensors, dims)]
-            entries.append(_KeptBackward.apply(grad_count, like_count, key, *sliced))
-        return tuple(torch.stack(found) for found in zip(*entries)), (0,) * like_count
+        return (_per_entry(lambda *entry: _KeptBackward.apply(grad_count, like_count, key, *entry), info.batch_size,
+                           tensors, in_dims[3:]), (0,) * like_count)
+
+
+def _per_entry(function, size, tensors, dims):
+    """``function`` of each of the ``size`` entries of ``tensors`` mapped along ``dims`` (None:
+    shared), its results stacked along a new first dimension."""
+    entries = [function(*(t if dim is None else t.select(dim, index) for t, dim in zip(tensors, dims)))
+               for index in range(size)]
+    return tuple(torch.stack(found) for found in zip(*entries))
 
 
 class _Layout:
