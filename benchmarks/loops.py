@@ -53,13 +53,17 @@ def step(d, h, c, weight_t, bias):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def autograd_loop(d, h, c, weight, bias, step_fn=step):
-    weight_t = weight.t()
+def unrolled_steps(d, h, c, weight_t, bias, step_fn=step):
+    """The steps of ``d`` one after another: outputs stacked, final h and c."""
     outs = []
     for d_t in d.unbind(0):              # not d[t]: T selects make the backward quadratic in T
         h, c = step_fn(d_t, h, c, weight_t, bias)
         outs.append(h)
-    return torch.stack(outs)
+    return torch.stack(outs), h, c
+
+
+def autograd_loop(d, h, c, weight, bias, step_fn=step):
+    return unrolled_steps(d, h, c, weight.t(), bias, step_fn)[0]
 
 
 def scripted_loop(d, h, c, weight, bias):
@@ -72,15 +76,6 @@ def scripted_loop(d, h, c, weight, bias):
         h = torch.sigmoid(o) * torch.tanh(c)
         outs.append(h)
     return torch.stack(outs)
-
-
-def unrolled_steps(d, h, c, weight_t, bias):
-    """The steps of ``d`` (a few) one after another: outputs stacked, final h and c."""
-    outs = []
-    for d_t in d.unbind(0):
-        h, c = step(d_t, h, c, weight_t, bias)
-        outs.append(h)
-    return torch.stack(outs), h, c
 
 
 def chunked_loop(d, h, c, weight, bias, chunk_fn):
