@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import momentumrnn as mrnn
 from conftest import LAYER_KEYS
 from test_fast_paths import pair, tensors
+from test_torch_contract import TIME, Outputs
 from momentumrnn.paths import choose_path, scan_backend_override
 
 TOL = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
@@ -371,17 +372,8 @@ def test_torch_func_grad_on_cuda(cls, impl):
 def test_torch_export_with_a_dynamic_length_on_cuda(cls):
     """``torch.export`` of a CUDA layer with a dynamic time dimension equals eager at other lengths."""
     layer = cls(3, 8, dtype=torch.float64, device="cuda").eval()
-
-    class Outputs(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x):
-            return self.layer(x)[0]
-
-    program = torch.export.export(Outputs(), (torch.randn(6, 2, 3, dtype=torch.float64, device="cuda"),),
-                                  dynamic_shapes={"x": {0: torch.export.Dim("T", min=1)}})
+    program = torch.export.export(Outputs(layer), (torch.randn(6, 2, 3, dtype=torch.float64, device="cuda"),),
+                                  dynamic_shapes={"x": {0: TIME}})
     for time in (1, 17):
         x = torch.randn(time, 2, 3, dtype=torch.float64, device="cuda")
         torch.testing.assert_close(program.module()(x), layer(x)[0], **TOL[torch.float64])
