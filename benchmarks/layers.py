@@ -13,6 +13,7 @@ JSON with the machine's description to ``--out`` (default ``benchmarks/results/`
     PYTHONPATH=src python benchmarks/layers.py --device cpu,cuda --threads 2
     PYTHONPATH=src python benchmarks/layers.py --device cuda --no-reference --name layers-cuda
     PYTHONPATH=src python benchmarks/layers.py --impl fused-drive --scan-backend torch ...   # alternatives
+    PYTHONPATH=src python benchmarks/layers.py --loop-engine torch ...     # the CPU loops in torch ops
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the allocations the
 profiler records during one forward+backward (tensors that exist before, such as the
@@ -37,7 +38,7 @@ import torch
 import momentumrnn as mrnn
 from momentumrnn import triton_loop
 from momentumrnn.cuda_graphs import use_cuda_graphs
-from momentumrnn.paths import check_impl, scan_backend_override
+from momentumrnn.paths import LOOP_ENGINES, check_impl, loop_engine_override, scan_backend_override
 
 FULL_SHAPES = [  # name, (T, batch, input, hidden)
     ("pixel MNIST, H=128", (784, 128, 1, 128)),
@@ -304,7 +305,8 @@ def markdown(report):
              + (report['settings']['reference_repeats_note'] if report['settings'].get('reference', True)
                 else "not timed in this run (`--no-reference`)")
              + f". Paths: `impl={report['settings'].get('impl', 'auto')!r}` where the rule takes it; scans: "
-             f"{report['settings'].get('scan_backend', 'default')}"
+             f"{report['settings'].get('scan_backend', 'default')}; CPU loop engine: "
+             f"{report['settings'].get('loop_engine', 'torch')}"
              + ("" if report['settings'].get('cuda_graphs', True) else "; triton-loop without CUDA graphs")
              + ("; triton-loop engine: persistent kernels where the hidden size fits them"
                 if report['settings'].get('engine') == "persistent" else "")
@@ -361,6 +363,8 @@ def main(argv=None):
                         help="path for every layer whose rule takes it (e.g. fused-drive), else auto")
     parser.add_argument("--scan-backend", default=None, choices=("triton", "torch"),
                         help="run the rules' scans with this backend (default: momentumrnn.paths decides)")
+    parser.add_argument("--loop-engine", default=None, choices=LOOP_ENGINES,
+                        help="the CPU loops' steps: C++ step kernels or torch ops (default: momentumrnn.paths decides)")
     parser.add_argument("--no-cuda-graphs", action="store_true",
                         help="triton-loop: launch every step from Python instead of replaying CUDA graphs")
     parser.add_argument("--engine", default="windows", choices=triton_loop.ENGINES,
@@ -399,6 +403,7 @@ def main(argv=None):
               "machine": machine(devices, torch.get_num_threads()),
               "settings": {"repeats": repeats, "warmup": 1, "dtype": "float32", "impl": args.impl,
                            "scan_backend": args.scan_backend or "default", "reference": not args.no_reference,
+                           "loop_engine": args.loop_engine or "default",
                            "cuda_graphs": not args.no_cuda_graphs, "engine": args.engine,
                            "reference_repeats_note": "1 timed run after the warm-up in quick mode and at "
                                                      f"T >= 200 or hidden >= 1000, else {min(repeats, 3)}"},
@@ -409,6 +414,7 @@ def main(argv=None):
         for name, shape in shapes:
             print(f"{name} {shape} on {device_name}", flush=True)
             with (scan_backend_override(args.scan_backend) if args.scan_backend else contextlib.nullcontext(),
+                  loop_engine_override(args.loop_engine) if args.loop_engine else contextlib.nullcontext(),
                   use_cuda_graphs(not args.no_cuda_graphs), triton_loop.use_engine(args.engine)):
                 rows = benchmark_shape(name, shape, device, repeats, args.quick or bool(args.shape), layers,
                                        lambda line: print(line, flush=True), args.impl, not args.no_reference)

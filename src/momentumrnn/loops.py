@@ -18,6 +18,11 @@ cache-sized chunks of steps:
   GEMM for ``dh_{t-1}``; the weight gradient ``dU = sum_t dz_t^T h_{t-1}`` and ``db_hh`` are
   GEMMs and sums over whole chunks (or all steps) after their steps.
 
+On the CPU (``paths.loop_engine``) an LSTM loop without a mask runs each chunk's steps in one
+call of the C++ step kernels (``cpu_kernels``), forward and backward, and ``scan.AdamChunks``
+runs Adam's states there too; the per-step torch ops below serve everything else and are
+the kernels' reference in the tests.
+
 Measured against the alternatives in ``benchmarks/loops.py`` (README, Performance): the same
 loop recorded by autograd op by op, TorchScript (deprecated in torch 2.13) and
 ``torch.compile`` of the step (on the CPU it is slower here and recompiles when shapes
@@ -37,6 +42,8 @@ import threading
 import torch
 from torch import Tensor
 
+from . import cpu_kernels
+from .paths import loop_engine
 from .scan import AdamChunks, _time_chunks, adam_arguments, first_order, unmaterialized
 
 __all__ = ["lstm_loop", "rnn_loop", "gru_loop", "adam_loop"]
@@ -93,12 +100,14 @@ class _LSTMActivations:
     per-step views are made once, as lists: slicing a tensor inside the loop costs about as
     much as one of its small ops."""
 
-    def __init__(self, time, batch, hidden, like, c0, pre):
+    def __init__(self, time, batch, hidden, like, c0, pre, per_step=True):
         self.hidden = hidden
         self.acts = like.new_empty(time, batch, 4 * hidden)      # sigmoid(i, f, o), tanh(g)
         self.cells = like.new_empty(time + 1, batch, hidden)
         self.cells[0] = c0
         self.tanh_cells = like.new_empty(time, batch, hidden)
+        if not per_step:            # the C++ step kernels index the buffers themselves
+            return
         self.step_acts = self.acts.unbind(0)
         self.step_gates = tuple(gate.unbind(0) for gate in self.acts.split(hidden, dim=-1))
         self.step_cells = self.cells.unbind(0)
@@ -251,15 +260,19 @@ class _AdditiveLoop(torch.autograd.Function):
         hidden = h0.size(-1)
         lstm = kind == "lstm"
         nesterov = coefficient is not None
+        cpp = loop_engine(terms, supported=lstm and mask is None) == "cpp"
         outs = terms.new_empty(time, batch, hidden)
         pre = terms.new_empty(batch, gates)
-        acts = _LSTMActivations(time, batch, hidden, terms, c0, pre) if lstm else _RNNActivations(kind)
+        acts = _LSTMActivations(time, batch, hidden, terms, c0, pre, per_step=not cpp) if lstm else \
+            _RNNActivations(kind)
         drives = _Drives(terms, v0, m0, momentum, scale, adam)
-        step_outs, keeps = outs.unbind(0), _keeps(mask)                  # per-step views, made once
         if nesterov:
-            coefficient = coefficient[..., None]
-            step_coefficients = coefficient.unbind(0)
-            v_prev = v0
+            coefficient = coefficient.to(terms.dtype)
+            v_prev = v0.clone(memory_format=torch.contiguous_format) if cpp else v0
+        if not cpp:                                                      # per-step views, made once
+            step_outs, keeps = outs.unbind(0), _keeps(mask)
+            if nesterov:
+                step_coefficients = coefficient[..., None].unbind(0)
         u_t = weight_hh.t()
         h = h0
         for start, stop, block in drives:
@@ -269,6 +282,12 @@ class _AdditiveLoop(torch.autograd.Function):
                 block = block * scale if bias is None else torch.addcmul(bias, block, scale)
             elif bias is not None:        # Adam's chunk buffer is ours to change; the drive is not
                 block = block.add_(bias) if adam is not None else block + bias
+            if cpp:                       # the chunk's steps in one call (v_prev: v_{t-1} in, v_t out)
+                cpu_kernels.ops().lstm_forward_steps(block[:stop - start], h, u_t, outs, acts.acts, acts.cells, acts.tanh_cells,
+                                                     pre, start, coefficient if nesterov else None,
+                                                     v_prev if nesterov else None)
+                h = outs[stop - 1]
+                continue
             step_block = block.unbind(0)
             for t in range(start, stop):
                 keep = None if keeps is None else keeps[t]
@@ -284,7 +303,7 @@ class _AdditiveLoop(torch.autograd.Function):
                 acts.forward(t, pre, h, keep)
                 if keep is not None:
                     torch.where(keep, h, step_outs[t - 1] if t > 0 else h0, out=h)
-        ctx.acts, ctx.lstm, ctx.nesterov, ctx.has_bias = acts, lstm, nesterov, bias is not None
+        ctx.acts, ctx.lstm, ctx.nesterov, ctx.has_bias, ctx.cpp = acts, lstm, nesterov, bias is not None, cpp
         ctx.drives = drives
         ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask, scale,
                               terms if nesterov or adam is not None else None, *drives.saved())
@@ -311,21 +330,34 @@ class _AdditiveLoop(torch.autograd.Function):
         dh = grad_out[time - 1] + grad_h
         dc = (grad_c if grad_c is not None else outs.new_zeros(batch, hidden)) if lstm else None
         if nesterov:
-            one_plus = 1.0 + coefficient
-            minus = -coefficient
             passed = grad_v if grad_v is not None else outs.new_zeros(batch, gates)
+        if ctx.cpp:                   # buffers the step kernels update in place
+            dh, dc = dh.contiguous(), dc.clone(memory_format=torch.contiguous_format)
+            if nesterov:
+                passed = passed.clone(memory_format=torch.contiguous_format)
+        elif nesterov:
+            one_plus = 1.0 + coefficient[..., None]
+            minus = -coefficient[..., None]
         need_weight, need_bias = ctx.needs_input_grad[5], ctx.has_bias and ctx.needs_input_grad[2]
         if adam:
             drives.start_backward(terms, entering, grad_v, grad_m, ctx.needs_input_grad[11], ctx.needs_input_grad[1])
             d_weight = outs.new_zeros(gates, hidden) if need_weight else None
             d_bias = outs.new_zeros(gates) if need_bias else None
-        # per-step views, made once (a slice in the loop costs as much as a small op)
-        step_d_pre, step_grad_out, keeps = d_pre.unbind(0), grad_out.unbind(0), _keeps(mask)
-        step_dgates = acts.gradient_views(d_pre)
-        if nesterov:
-            step_one_plus, step_minus = one_plus.unbind(0), minus.unbind(0)
+        if not ctx.cpp:       # per-step views, made once (a slice in the loop costs as much as a small op)
+            step_d_pre, step_grad_out, keeps = d_pre.unbind(0), grad_out.unbind(0), _keeps(mask)
+            step_dgates = acts.gradient_views(d_pre)
+            if nesterov:
+                step_one_plus, step_minus = one_plus.unbind(0), minus.unbind(0)
         for index in range(len(drives.chunks) - 1, -1, -1):
             start, stop = drives.chunks[index]
+            if ctx.cpp:
+                cpu_kernels.ops().lstm_backward_steps(acts.acts, acts.cells, acts.tanh_cells, weight_hh, grad_out,
+                                                      d_pre, dh, dc, start, stop,
+                                                      coefficient if nesterov else None,
+                                                      passed if nesterov else None)
+                if adam:
+                    _AdditiveLoop._adam_chunk(ctx, index, d_pre, outs, h0, d_weight, d_bias)
+                continue
             factors = acts.factors(outs, start, stop)
             for t in range(stop - 1, start - 1, -1):
                 keep = None if keeps is None else keeps[t]
@@ -348,13 +380,8 @@ class _AdditiveLoop(torch.autograd.Function):
                 if held is not None:
                     dh = dh + held
             del factors
-            if adam:                  # dU and db of this chunk, then d(drive) -> du in place
-                flat = d_pre[start:stop].view(-1, gates)
-                if need_weight:
-                    d_weight.addmm_(flat.t(), _previous_chunk(outs, h0, start, stop).reshape(-1, hidden))
-                if need_bias:
-                    d_bias += flat.sum(0)
-                drives.backward(index, d_pre[start:stop])
+            if adam:
+                _AdditiveLoop._adam_chunk(ctx, index, d_pre, outs, h0, d_weight, d_bias)
         if adam:
             d_v0, d_m0, d_momentum, d_step_size = drives.gradients(grad_v)
             return (d_pre, d_step_size, d_bias, dh, dc, d_weight, None, d_v0, None, None, d_m0, d_momentum, None)
@@ -374,6 +401,17 @@ class _AdditiveLoop(torch.autograd.Function):
             d_terms = d_pre
         return (d_terms, d_scale, d_bias, dh, dc, d_weight, None, (passed if nesterov else None), None, None,
                 None, None, None)
+
+    @staticmethod
+    def _adam_chunk(ctx, index, d_pre, outs, h0, d_weight, d_bias):
+        """Adam, after the steps of chunk ``index``: its share of dU and db, then d(drive) -> du in place."""
+        start, stop = ctx.drives.chunks[index]
+        flat = d_pre[start:stop].view(-1, d_pre.size(-1))
+        if d_weight is not None:
+            d_weight.addmm_(flat.t(), _previous_chunk(outs, h0, start, stop).reshape(-1, outs.size(-1)))
+        if d_bias is not None:
+            d_bias += flat.sum(0)
+        ctx.drives.backward(index, d_pre[start:stop])
 
 
 class _GRULoop(torch.autograd.Function):

@@ -31,6 +31,13 @@ kernels at every step (the Nesterov loop: 44-50x cuDNN at pixel MNIST) while cuD
 whole recurrence (AdamLSTM 1.41x), so every input-only rule goes through cuDNN; momentum
 keeps its filtered narrow input there (1.12x against 1.29x through identity weights).
 
+Loop engines (``loop_engine``): on the CPU the loop path runs an LSTM's steps (plain drive,
+Adam's and RMSProp's drive, Nesterov) a chunk at a time in the C++ step kernels of
+``momentumrnn.cpu_kernels`` (built on first use), one GEMM and one fused pass per step, and
+Adam's and RMSProp's states (``scan.AdamChunks``) one fused pass per step; with a mask
+(packed sequences) in the loop, another dtype than float32/float64, the RNN and GRU
+recurrences, or where the kernels cannot be built, one torch op per elementary step.
+
 Scans (``scan_backend``): the rules' input-side recurrences over time (momentum's filter,
 Adam's states) run as Triton kernels on CUDA when Triton can be imported
 (``momentumrnn.kernels``: one launch per call and direction), else as torch ops
@@ -45,8 +52,9 @@ import threading
 
 import torch
 
-__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "choose_path",
-           "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override"]
+__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "LOOP_ENGINES", "choose_path",
+           "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override", "loop_engine",
+           "loop_engine_override"]
 
 #: Every value of a layer's ``impl``.
 IMPLS = ("auto", "fused", "fused-drive", "loop", "triton-loop", "reference")
@@ -176,3 +184,39 @@ def scan_backend(tensor: torch.Tensor) -> str:
     if _override:
         return _override[-1]
     return "triton" if tensor.is_cuda and triton_available() else "torch"
+
+
+#: How the loop path runs an LSTM's steps: the C++ step kernels, or torch ops.
+LOOP_ENGINES = ("cpp", "torch")
+
+_engine_override: list[str] = []
+
+
+@contextlib.contextmanager
+def loop_engine_override(engine: str):
+    """Within the block, the loops run an LSTM's steps with ``engine``: "torch" (torch ops) or
+    "cpp" (the C++ step kernels where they apply, as by default, but an error where they
+    cannot be built)."""
+    if engine not in LOOP_ENGINES:
+        raise ValueError(f"engine must be one of {LOOP_ENGINES}, got {engine!r}")
+    _engine_override.append(engine)
+    try:
+        yield
+    finally:
+        _engine_override.pop()
+
+
+def loop_engine(tensor: torch.Tensor, supported: bool = True) -> str:
+    """"cpp" where the C++ step kernels take the caller's case (``supported``: an LSTM loop
+    without a mask, or Adam's chunked states), ``tensor`` is a float32/float64 CPU tensor and
+    the kernels build; else "torch"."""
+    engine = _engine_override[-1] if _engine_override else "cpp"
+    if engine == "torch" or not supported or tensor.device.type != "cpu" \
+            or tensor.dtype not in (torch.float32, torch.float64):
+        return "torch"
+    from . import cpu_kernels
+    if cpu_kernels.available():
+        return "cpp"
+    if _engine_override:
+        raise RuntimeError("loop_engine_override('cpp'): the CPU step kernels could not be built (see the warning)")
+    return "torch"

@@ -38,6 +38,9 @@ import numbers
 import torch
 from torch import Tensor
 
+from . import cpu_kernels
+from .paths import loop_engine
+
 __all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS", "first_order", "unmaterialized"]
 
 SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential", "triton")
@@ -251,15 +254,20 @@ class AdamChunks:
     ``keep``: keep ``v``, ``q`` and ``q^2`` of all steps for the backward (faster); without it
     only the state entering each chunk is kept and ``backward`` recomputes the chunk (three
     fewer tensors the size of ``u``, a few more passes over it).
+
+    On the CPU (``paths.loop_engine``) each chunk is one call of the C++ kernels
+    (``cpu_kernels``): one fused pass per step forward, and in the adjoint, which recomputes
+    the chunk's states (``keep`` does not apply), one per step each way.
     """
 
     def __init__(self, u: Tensor, momentum: Tensor, step_size: Tensor, beta: float, eps: float,
                  moving: bool, keep: bool = False):
         self.momentum, self.step_size, self.beta, self.eps, self.moving = momentum, step_size, beta, eps, moving
         self.chunks = _time_chunks(u.size(0), u[0].numel())
-        self.keep = keep
-        length = u.size(0) if keep else self.chunks[0][1]
-        self.buffers = tuple(u.new_empty(length, *u.shape[1:]) for _ in range(3))     # v, q^2, q
+        self.cpp = loop_engine(u) == "cpp"      # a chunk in one call of the C++ kernels (no buffers kept)
+        self.keep = keep and not self.cpp
+        length = u.size(0) if self.keep else self.chunks[0][1]
+        self.buffers = () if self.cpp else tuple(u.new_empty(length, *u.shape[1:]) for _ in range(3))  # v, q^2, q
         self.entering = []                                  # (v, m) entering each chunk
         self.d_mu = self.d_s = None
 
@@ -286,6 +294,11 @@ class AdamChunks:
         """Chunk ``index`` (``u``: its steps) from the entering state: the drive into ``out``;
         returns the state leaving it (v, m)."""
         self.entering.append((v_prev, m_prev))
+        if self.cpp:
+            v_next, m_next = u.new_empty(u.shape[1:]), u.new_empty(u.shape[1:])
+            cpu_kernels.ops().adam_chunk_forward(u, v_prev, m_prev, v_next, m_next, out, self.momentum,
+                                                 self.step_size, self.beta, self.eps, self.moving)
+            return v_next, m_next
         v, q2, q = self._views(*self.chunks[index])
         m_last = self._states(u, v_prev, m_prev, v, q2, q)
         torch.div(v, q, out=out)
@@ -305,6 +318,16 @@ class AdamChunks:
         Accumulates ``d_mu``, ``d_s``."""
         momentum, beta, moving = self.momentum, self.beta, self.moving
         v_prev, m_prev = self.entering[index]
+        if self.cpp:
+            need_mu = need_mu and moving
+            to_v, to_h, d_mu, d_s = cpu_kernels.ops().adam_chunk_backward(
+                u, v_prev, m_prev, grad, out, torch.zeros_like(to_h) if to_v is None else to_v, to_h, momentum,
+                self.step_size, beta, self.eps, moving, need_mu, need_s)
+            if need_s:
+                self.d_s = d_s if self.d_s is None else self.d_s + d_s
+            if need_mu:
+                self.d_mu = d_mu if self.d_mu is None else self.d_mu + d_mu
+            return (to_v if moving else None), to_h
         v, q2, q = self._views(*self.chunks[index])
         if not self.keep:
             self._states(u, v_prev, m_prev, v, q2, q)
@@ -343,9 +366,9 @@ class _AdamScan(torch.autograd.Function):
         v_prev, m_prev = v0, m0
         for index, (start, stop) in enumerate(adam.chunks):
             v_prev, m_prev = adam.forward(index, u[start:stop], v_prev, m_prev, drive[start:stop])
-        ctx.save_for_backward(u, *adam.buffers if keep else (), *[t for pair in adam.entering for t in pair])
-        ctx.adam, ctx.keep = adam, keep
-        return drive, v_prev.clone() if keep else v_prev, m_prev
+        ctx.save_for_backward(u, *adam.buffers if adam.keep else (), *[t for pair in adam.entering for t in pair])
+        ctx.adam, ctx.keep = adam, adam.keep
+        return drive, v_prev.clone() if adam.keep else v_prev, m_prev
 
     @staticmethod
     @first_order

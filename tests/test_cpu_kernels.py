@@ -1,0 +1,128 @@
+"""The CPU step kernels (``momentumrnn.cpu_kernels``) against the per-step reference and the
+loops' torch ops, and how the loops fall back where the kernels cannot be built.
+
+Both loop engines are compared with ``impl="reference"`` (tolerances of ``test_fast_paths``:
+float64 ``atol=1e-10, rtol=1e-9``; float32 ``atol=1e-5, rtol=1e-4``) and with each other in
+float64 to ``atol=1e-12``.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+import momentumrnn as mrnn
+from momentumrnn import cpu_kernels, loops, scan
+from momentumrnn.paths import LOOP_ENGINES, loop_engine, loop_engine_override
+from conftest import ACTIVE
+from test_fast_paths import assert_same_values_and_gradients, pair
+
+if not cpu_kernels.available():
+    pytest.skip("the CPU step kernels cannot be built here (no C++ compiler or ninja)", allow_module_level=True)
+
+#: The layers whose loop the kernels run: every LSTM (its steps) and every Adam/RMSProp layer (its states).
+KEYS = sorted(k for k in mrnn.LAYERS if k[0] == "lstm" or k[1] in ("adam", "rmsprop"))
+
+
+def key_id(key):
+    return mrnn.LAYERS[key].__name__
+
+
+@pytest.mark.parametrize("engine", LOOP_ENGINES)
+@pytest.mark.parametrize("key", KEYS, ids=key_id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_both_engines_equal_the_reference(key, engine, dtype):
+    """Two layers, both directions, carried hidden and rule state, learnable hyperparameters."""
+    fast, ref = pair(key, "loop", 3, 5, 2, bidirectional=True, learnable=True, dtype=dtype)
+    x = torch.randn(11, 2, 3, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(4, 2, 5, dtype=dtype, requires_grad=True)
+    hx = (h0, torch.randn(4, 2, 5, dtype=dtype)) if key[0] == "lstm" else h0
+    with torch.no_grad():
+        _, _, state = ref(x, hx, return_rule_state=True)
+    with loop_engine_override(engine):
+        assert_same_values_and_gradients(
+            fast, ref, lambda m: m(x, hx, rule_state=state, return_rule_state=True), [x, h0], dtype)
+
+
+@pytest.mark.parametrize("key", KEYS, ids=key_id)
+def test_the_engines_agree_over_several_chunks(key):
+    """T = 300 at batch 2 and hidden 6: the loops' chunks of steps meet in the kernels' calls."""
+    hp = ACTIVE[key[1]]
+    layer = mrnn.LAYERS[key](2, 6, impl="loop", learnable=True, dtype=torch.float64, **hp)
+    x = torch.randn(300, 2, 2, dtype=torch.float64)
+    results = []
+    for engine in LOOP_ENGINES:
+        layer.zero_grad()
+        leaf = x.clone().requires_grad_()
+        with loop_engine_override(engine):
+            out, _, state = layer(leaf, return_rule_state=True)
+            loss = out.sin().sum() + sum(t.sum() for t in (state.velocity, state.second_moment) if t is not None)
+            loss.backward()
+        results.append([out.detach(), leaf.grad] + [p.grad.clone() for p in layer.parameters()])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov")], ids=key_id)
+def test_gradcheck_through_the_kernels(key):
+    layer = mrnn.LAYERS[key](2, 3, impl="loop", learnable=True, dtype=torch.float64, **ACTIVE[key[1]])
+    x = torch.randn(6, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    with loop_engine_override("cpp"):
+        assert torch.autograd.gradcheck(lambda *t: layer(t[0], (t[1], t[2]))[0], (x, h0, c0))
+
+
+def test_the_loops_run_their_steps_in_the_kernels(monkeypatch):
+    """With the kernels available, the LSTM loop and Adam's states never take the torch ops."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a loop took its torch ops")
+    monkeypatch.setattr(loops._LSTMActivations, "forward", refuse)
+    monkeypatch.setattr(loops._LSTMActivations, "backward", refuse)
+    monkeypatch.setattr(scan.AdamChunks, "_states", refuse)
+    for key in [("lstm", "adam"), ("lstm", "nesterov"), ("lstm", "momentum"), ("gru", "adam")]:
+        layer = mrnn.LAYERS[key](3, 4, impl="loop", **ACTIVE[key[1]])
+        layer(torch.randn(9, 2, 3))[0].sum().backward()
+
+
+def test_where_the_kernels_do_not_apply_the_loops_take_torch_ops():
+    x = torch.randn(3, 2)
+    assert loop_engine(x) == "cpp"
+    assert loop_engine(x, supported=False) == "torch"
+    assert loop_engine(x.half()) == "torch"
+    assert loop_engine(x.to(torch.bfloat16)) == "torch"
+    with loop_engine_override("torch"):
+        assert loop_engine(x) == "torch"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        with loop_engine_override("numba"):
+            pass
+
+
+def test_a_failed_build_warns_once_and_the_loops_take_torch_ops(monkeypatch):
+    def fail(**kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fail)
+    with pytest.warns(RuntimeWarning, match="could not be built .*Ninja is required"):
+        assert cpu_kernels._build.__wrapped__() is False
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    x = torch.randn(3, 2)
+    assert loop_engine(x) == "torch"
+    with pytest.raises(RuntimeError, match="could not be built"):
+        with loop_engine_override("cpp"):
+            loop_engine(x)
+    layer = mrnn.AdamLSTM(2, 3, impl="loop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(torch.randn(5, 1, 2))[0].sum().backward()
+
+
+def test_the_kernels_refuse_buffers_that_do_not_match():
+    ops = cpu_kernels.ops()
+    block, h = torch.randn(4, 2, 12), torch.randn(2, 3)
+    outs, acts, cells, tanh_cells = torch.empty(4, 2, 3), torch.empty(4, 2, 12), torch.empty(5, 2, 3), torch.empty(4, 2, 3)
+    with pytest.raises(RuntimeError, match="does not match the outputs' shape"):
+        ops.lstm_forward_steps(block, h, torch.randn(3, 12), outs, acts, cells, tanh_cells, torch.empty(2, 12), 1,
+                               None, None)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.lstm_forward_steps(block, h, torch.randn(3, 12), outs.double(), acts, cells, tanh_cells,
+                               torch.empty(2, 12), 0, None, None)
