@@ -119,10 +119,62 @@ def test_a_failed_build_warns_once_and_the_loops_take_torch_ops(monkeypatch):
 def test_the_kernels_refuse_buffers_that_do_not_match():
     ops = cpu_kernels.ops()
     block, h = torch.randn(4, 2, 12), torch.randn(2, 3)
-    outs, acts, cells, tanh_cells = torch.empty(4, 2, 3), torch.empty(4, 2, 12), torch.empty(5, 2, 3), torch.empty(4, 2, 3)
+    outs, acts, cells = torch.empty(4, 2, 3), torch.empty(4, 2, 12), torch.empty(5, 2, 3)
+    tanh_cells = torch.empty(4, 2, 3)
     with pytest.raises(RuntimeError, match="does not match the outputs' shape"):
         ops.lstm_forward_steps(block, h, torch.randn(3, 12), outs, acts, cells, tanh_cells, torch.empty(2, 12), 1,
                                None, None)
     with pytest.raises(RuntimeError, match="dtype"):
         ops.lstm_forward_steps(block, h, torch.randn(3, 12), outs.double(), acts, cells, tanh_cells,
                                torch.empty(2, 12), 0, None, None)
+
+
+def test_a_build_lock_left_by_a_killed_build_is_cleared(tmp_path):
+    """torch's build waits while its lock file exists; a process killed while building leaves
+    it behind. The kernels' own OS lock, held around every build, clears it."""
+    (tmp_path / "lock").touch()
+    with cpu_kernels._exclusive(tmp_path):
+        assert not (tmp_path / "lock").exists()
+    assert cpu_kernels.build_directory().name.startswith("momentumrnn_cpu_")
+
+
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov")], ids=key_id)
+def test_the_engines_agree_on_several_threads(key):
+    """Large enough steps (batch 40, 4H = 1024) that the kernels split rows and channels among
+    two threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        layer = mrnn.LAYERS[key](3, 256, impl="loop", learnable=True, dtype=torch.float64, **ACTIVE[key[1]])
+        x = torch.randn(5, 40, 3, dtype=torch.float64)
+        results = []
+        for engine in LOOP_ENGINES:
+            layer.zero_grad()
+            leaf = x.clone().requires_grad_()
+            with loop_engine_override(engine):
+                out = layer(leaf)[0]
+                out.sin().sum().backward()
+            results.append([out.detach(), leaf.grad] + [p.grad.clone() for p in layer.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("time", [1, 2, 7, 300])
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov"), ("lstm", "momentum")], ids=key_id)
+def test_without_a_backward_the_kernels_keep_one_step(key, time):
+    """Under no_grad the LSTM kernels keep one step's activations and two cell states; the
+    results are those of a call that records its graph, bit for bit."""
+    layer = mrnn.LAYERS[key](3, 5, impl="loop", **ACTIVE[key[1]])
+    x = torch.randn(time, 2, 3)
+    hx = (torch.randn(1, 2, 5), torch.randn(1, 2, 5))
+    recorded = layer(x, hx, return_rule_state=True)
+    with torch.no_grad():
+        kept = layer(x, hx, return_rule_state=True)
+    for got, want in zip(kept[:2], recorded[:2]):
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            assert torch.equal(a, b)
+    for field in ("velocity", "second_moment", "steps"):
+        a, b = getattr(kept[2], field), getattr(recorded[2], field)
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -1,27 +1,34 @@
-"""The CPU step kernels of the LSTM loops (``csrc/lstm_steps.cpp``), built on first use.
+"""The CPU step kernels of the LSTM loops and of Adam's states (``csrc/lstm_steps.cpp``),
+built on first use.
 
 The loops of ``loops.py`` run each time step as a handful of small torch ops; at small
 batches and hidden sizes their dispatch, not their arithmetic, sets the pace. These kernels
-run a chunk of steps in one call: per step ATen's ``addmm`` and one fused pass over the
-gates (forward, with the activations vectorized as in torch's own CPU kernels) or over their
-gradients (backward). They are registered as the torch ops ``momentumrnn_cpu::*``.
+run a chunk of steps in one call: for the LSTM, per step ATen's ``addmm`` and one fused pass
+over the gates (forward, with the activations vectorized as in torch's own CPU kernels) or
+over their gradients (backward); for Adam and RMSProp (``scan.AdamChunks``), one fused pass
+per step over the states and the drive, and over their adjoint. They are registered as the
+torch ops ``momentumrnn_cpu::*``.
 
 They are compiled by ``torch.utils.cpp_extension`` the first time a loop needs them (about
 20 seconds; the build is cached under torch's extensions directory, by torch version) and
 need a C++ compiler and ninja. Where the build fails, the loops run as torch ops, as they do
-with ``paths.loop_engine_override("torch")``, and one warning says why.
+with ``paths.loop_engine_override("torch")``, and one warning says why. Builds in several
+processes at once wait for one another; one killed while building does not block the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import sys
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "ops"]
+__all__ = ["available", "ops", "build_directory"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_steps.cpp"
 
@@ -42,12 +49,45 @@ def _name() -> str:
     return f"momentumrnn_cpu_{version}"
 
 
+def build_directory() -> Path:
+    """Where the kernels are built and kept: ``$TORCH_EXTENSIONS_DIR`` or torch's default
+    root, then a folder by Python version and the extension's name (with the torch version)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        from torch.utils import cpp_extension
+        root = cpp_extension.get_default_build_root()
+    return Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_cpu" / _name()
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path):
+    """Hold an OS lock on ``directory`` (released when the process ends, however it ends) and
+    remove the lock file of torch's build that a process killed while building leaves
+    behind, on which every later build would wait forever. Every build of these kernels
+    takes this lock first, so a lock file of torch's found here is stale."""
+    try:
+        import fcntl
+    except ImportError:             # no flock (Windows): torch's own lock file alone
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "momentumrnn.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @functools.lru_cache(maxsize=None)
 def _build() -> bool:
     from torch.utils import cpp_extension
+    directory = build_directory()
     try:
-        cpp_extension.load(name=_name(), sources=[str(SOURCE)], extra_cflags=_flags(), is_python_module=False,
-                           verbose=False)
+        with _exclusive(directory):
+            cpp_extension.load(name=_name(), sources=[str(SOURCE)], extra_cflags=_flags(), is_python_module=False,
+                               build_directory=str(directory), verbose=False)
     except Exception as error:      # no compiler, no ninja, a failed build: the loops keep their torch ops
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(f"momentumrnn: the CPU step kernels could not be built ({first_line}); the LSTM loops run "

@@ -101,11 +101,14 @@ class _LSTMActivations:
     much as one of its small ops."""
 
     def __init__(self, time, batch, hidden, like, c0, pre, per_step=True):
+        """``time`` None: buffers for one step (the C++ kernels' inference ring: cell states
+        alternate between two rows)."""
         self.hidden = hidden
-        self.acts = like.new_empty(time, batch, 4 * hidden)      # sigmoid(i, f, o), tanh(g)
-        self.cells = like.new_empty(time + 1, batch, hidden)
+        self.ring = time is None
+        self.acts = like.new_empty(1 if self.ring else time, batch, 4 * hidden)      # sigmoid(i, f, o), tanh(g)
+        self.cells = like.new_empty(2 if self.ring else time + 1, batch, hidden)
         self.cells[0] = c0
-        self.tanh_cells = like.new_empty(time, batch, hidden)
+        self.tanh_cells = like.new_empty(1 if self.ring else time, batch, hidden)
         if not per_step:            # the C++ step kernels index the buffers themselves
             return
         self.step_acts = self.acts.unbind(0)
@@ -249,13 +252,15 @@ class _AdditiveLoop(torch.autograd.Function):
 
     @staticmethod
     @unmaterialized
-    def forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam):
+    def forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam,
+                recording):
         with _without_cyclic_gc():
             return _AdditiveLoop._forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind,
-                                          m0, momentum, adam)
+                                          m0, momentum, adam, recording)
 
     @staticmethod
-    def _forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam):
+    def _forward(ctx, terms, scale, bias, h0, c0, weight_hh, coefficient, v0, mask, kind, m0, momentum, adam,
+                 recording):
         time, batch, gates = terms.shape
         hidden = h0.size(-1)
         lstm = kind == "lstm"
@@ -263,8 +268,9 @@ class _AdditiveLoop(torch.autograd.Function):
         cpp = loop_engine(terms, supported=lstm and mask is None) == "cpp"
         outs = terms.new_empty(time, batch, hidden)
         pre = terms.new_empty(batch, gates)
-        acts = _LSTMActivations(time, batch, hidden, terms, c0, pre, per_step=not cpp) if lstm else \
-            _RNNActivations(kind)
+        # without a backward to come the kernels keep one step's activations and two cell states
+        acts = _LSTMActivations(time if recording or not cpp else None, batch, hidden, terms, c0, pre,
+                                per_step=not cpp) if lstm else _RNNActivations(kind)
         drives = _Drives(terms, v0, m0, momentum, scale, adam)
         if nesterov:
             coefficient = coefficient.to(terms.dtype)
@@ -283,8 +289,8 @@ class _AdditiveLoop(torch.autograd.Function):
             elif bias is not None:        # Adam's chunk buffer is ours to change; the drive is not
                 block = block.add_(bias) if adam is not None else block + bias
             if cpp:                       # the chunk's steps in one call (v_prev: v_{t-1} in, v_t out)
-                cpu_kernels.ops().lstm_forward_steps(block[:stop - start], h, u_t, outs, acts.acts, acts.cells, acts.tanh_cells,
-                                                     pre, start, coefficient if nesterov else None,
+                cpu_kernels.ops().lstm_forward_steps(block[:stop - start], h, u_t, outs, acts.acts, acts.cells,
+                                                     acts.tanh_cells, pre, start, coefficient if nesterov else None,
                                                      v_prev if nesterov else None)
                 h = outs[stop - 1]
                 continue
@@ -308,7 +314,7 @@ class _AdditiveLoop(torch.autograd.Function):
         ctx.save_for_backward(outs, h0, weight_hh, coefficient, mask, scale,
                               terms if nesterov or adam is not None else None, *drives.saved())
         h_n = outs[time - 1].clone()
-        c_n = acts.cells[time].clone() if lstm else None
+        c_n = acts.cells[time % 2 if acts.ring else time].clone() if lstm else None
         v_n, m_n = drives.state if adam is not None else (v_prev.clone() if nesterov else None, None)
         drives.terms = drives.state = None          # the saved tensors serve the backward
         return outs, h_n, c_n, v_n, m_n
@@ -384,7 +390,8 @@ class _AdditiveLoop(torch.autograd.Function):
                 _AdditiveLoop._adam_chunk(ctx, index, d_pre, outs, h0, d_weight, d_bias)
         if adam:
             d_v0, d_m0, d_momentum, d_step_size = drives.gradients(grad_v)
-            return (d_pre, d_step_size, d_bias, dh, dc, d_weight, None, d_v0, None, None, d_m0, d_momentum, None)
+            return (d_pre, d_step_size, d_bias, dh, dc, d_weight, None, d_v0, None, None, d_m0, d_momentum, None,
+                    None)
         flat = d_pre.view(time * batch, gates)
         d_weight = None
         if need_weight:             # sum_t dz_t^T h_{t-1}, without a copy of all h_{t-1}
@@ -400,7 +407,7 @@ class _AdditiveLoop(torch.autograd.Function):
         else:
             d_terms = d_pre
         return (d_terms, d_scale, d_bias, dh, dc, d_weight, None, (passed if nesterov else None), None, None,
-                None, None, None)
+                None, None, None, None)
 
     @staticmethod
     def _adam_chunk(ctx, index, d_pre, outs, h0, d_weight, d_bias):
@@ -516,13 +523,19 @@ class _GRULoop(torch.autograd.Function):
         return d_drive, dh, d_weight, d_bias, None, d_v0, d_m0, d_momentum, d_step_size, None
 
 
+def _recording(*tensors) -> bool:
+    """Whether autograd records a call on ``tensors`` (its backward may come)."""
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+
+
 def lstm_loop(terms: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None,
               mask: Tensor | None = None, coefficient: Tensor | None = None, v0: Tensor | None = None,
               scale: Tensor | None = None):
     """LSTM over ``terms`` (T, B, 4H): the drive (plain), or ``u`` with the Nesterov
     ``coefficient`` (T, B or 1), velocity ``v0`` and ``scale = -s``. Returns (out, h_n, c_n, v_n)."""
     out, h_n, c_n, v_n, _ = _AdditiveLoop.apply(terms, scale, bias_hh, h0, c0, weight_hh, coefficient, v0, mask,
-                                                "lstm", None, None, None)
+                                                "lstm", None, None, None,
+                                                _recording(terms, scale, bias_hh, h0, c0, weight_hh, v0))
     return out, h_n, c_n, v_n
 
 
@@ -531,7 +544,8 @@ def rnn_loop(terms: Tensor, h0: Tensor, weight_hh: Tensor, bias_hh: Tensor | Non
              scale: Tensor | None = None):
     """tanh/relu RNN over ``terms`` (T, B, H), as ``lstm_loop``. Returns (out, h_n, v_n)."""
     out, h_n, _, v_n, _ = _AdditiveLoop.apply(terms, scale, bias_hh, h0, None, weight_hh, coefficient, v0, mask,
-                                              nonlinearity, None, None, None)
+                                              nonlinearity, None, None, None,
+                                              _recording(terms, scale, bias_hh, h0, weight_hh, v0))
     return out, h_n, v_n
 
 
@@ -547,7 +561,9 @@ def adam_loop(kind: str, u: Tensor, state: tuple[Tensor, ...], weight_hh: Tensor
         return out, (h_n,), v_n, m_n
     c0 = state[1] if kind == "lstm" else None
     out, h_n, c_n, v_n, m_n = _AdditiveLoop.apply(u, step_size, bias_hh, state[0], c0, weight_hh, None, velocity,
-                                                  None, kind, second_moment, momentum, settings)
+                                                  None, kind, second_moment, momentum, settings,
+                                                  _recording(u, step_size, bias_hh, *state, weight_hh, velocity,
+                                                             second_moment, momentum))
     return out, ((h_n, c_n) if kind == "lstm" else (h_n,)), v_n, m_n
 
 

@@ -52,9 +52,9 @@ import threading
 
 import torch
 
-__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "LOOP_ENGINES", "choose_path",
-           "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override", "loop_engine",
-           "loop_engine_override"]
+__all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "LOOP_ENGINES",
+           "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
+           "loop_engine", "loop_engine_override"]
 
 #: Every value of a layer's ``impl``.
 IMPLS = ("auto", "fused", "fused-drive", "loop", "triton-loop", "reference")

@@ -1,6 +1,7 @@
-// The LSTM recurrence of the loops (loops.py) over a chunk of time steps on the CPU: per step
-// one GEMM (ATen's addmm) and one fused pass over the gates, forward and backward, so that no
-// step pays for the dispatch of a handful of small elementwise ops. Built on first use by
+// The CPU step kernels of the loops (loops.py, scan.AdamChunks), each over a chunk of time steps:
+// the LSTM recurrence, per step one GEMM (ATen's addmm) and one fused pass over the gates,
+// forward and backward, and Adam's states, one fused pass per step, so that no step pays for
+// the dispatch of a handful of small elementwise ops. Built on first use by
 // torch.utils.cpp_extension (momentumrnn/cpu_kernels.py); registered as torch ops.
 //
 // Forward, step t (gate order i, f, g, o; A_t the step's terms with b_hh added):
@@ -14,6 +15,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -21,6 +23,18 @@ namespace {
 
 using at::Tensor;
 using at::vec::Vectorized;
+
+// Elements per task when a pass runs on several threads (as torch's elementwise kernels).
+constexpr int64_t kGrain = 32768;
+
+// The rows of a step (sequences) split among torch's threads where a step is that large.
+template <typename F>
+inline void for_rows(int64_t batch, int64_t row_size, const F& body) {
+  at::parallel_for(0, batch, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, row_size)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t b = begin; b < end; ++b) body(b);
+                   });
+}
 
 template <typename scalar_t>
 inline Vectorized<scalar_t> sigmoid(const Vectorized<scalar_t>& x) {
@@ -33,27 +47,27 @@ inline scalar_t sigmoid(scalar_t x) {
   return scalar_t(1) / (scalar_t(1) + std::exp(-x));
 }
 
-// The coefficient c_t of sequence b: (T, 1) shared by the batch or (T, B).
+// The coefficient c_t of sequence b from a contiguous (T, 1) (shared by the batch) or (T, B).
 template <typename scalar_t>
-inline scalar_t coefficient_at(const scalar_t* coefficient, int64_t row, int64_t columns, int64_t t, int64_t b) {
-  return coefficient[t * row + (columns == 1 ? 0 : b)];
+inline scalar_t coefficient_at(const scalar_t* coefficient, int64_t columns, int64_t t, int64_t b) {
+  return coefficient[t * columns + (columns == 1 ? 0 : b)];
 }
 
 // One step's gates and state for sequences 0..B-1. ``pre`` holds A_t + U h_{t-1} (nesterov: v_t,
 // and ``velocity`` v_{t-1}, which becomes v_t).
 template <typename scalar_t>
-void forward_step(const scalar_t* pre, scalar_t* velocity, const scalar_t* coefficient, int64_t coefficient_row,
-                  int64_t coefficient_columns, int64_t t, scalar_t* act, const scalar_t* c_prev, scalar_t* c,
+void forward_step(const scalar_t* pre, scalar_t* velocity, const scalar_t* coefficient, int64_t coefficient_columns,
+                  int64_t t, scalar_t* act, const scalar_t* c_prev, scalar_t* c,
                   scalar_t* tanh_c, scalar_t* h, int64_t batch, int64_t hidden) {
   using V = Vectorized<scalar_t>;
   const int64_t gates = 4 * hidden;
   const int64_t width = V::size();
-  for (int64_t b = 0; b < batch; ++b) {
+  for_rows(batch, gates, [&](int64_t b) {
     const scalar_t* p = pre + b * gates;
     scalar_t* a = act + b * gates;
     if (velocity != nullptr) {           // pre_t = v_t + c_t (v_t - v_{t-1}) into a, and v_{t-1} <- v_t
       scalar_t* vp = velocity + b * gates;
-      const scalar_t k = coefficient_at(coefficient, coefficient_row, coefficient_columns, t, b);
+      const scalar_t k = coefficient_at(coefficient, coefficient_columns, t, b);
       const V kv(k);
       int64_t j = 0;
       for (; j + width <= gates; j += width) {
@@ -104,7 +118,7 @@ void forward_step(const scalar_t* pre, scalar_t* velocity, const scalar_t* coeff
       tb[j] = tc;
       hb[j] = o * tc;
     }
-  }
+  });
 }
 
 void check_buffer(const Tensor& tensor, const char* name, const Tensor& like) {
@@ -117,7 +131,8 @@ void check_buffer(const Tensor& tensor, const char* name, const Tensor& like) {
 // Steps start..start+L-1 of the forward over ``block`` (L, B, 4H), the chunk's terms with b_hh (and
 // for nesterov the scale) applied. ``h_prev``: h_{start-1}. ``weight_t``: U^T (H, 4H). ``outs``
 // (T, B, H), ``acts`` (T, B, 4H), ``cells`` (T+1, B, H, cells[start] = c_{start-1}),
-// ``tanh_cells`` (T, B, H): the buffers of all steps. ``pre`` (B, 4H): scratch. Nesterov:
+// ``tanh_cells`` (T, B, H): the buffers of all steps; or, without a backward to come, ``acts``
+// (1, B, 4H), ``tanh_cells`` (1, B, H) and ``cells`` (2, B, H), c_t in cells[(t + 1) % 2]. ``pre`` (B, 4H): scratch. Nesterov:
 // ``coefficient`` (T, 1 or B) and ``velocity`` (B, 4H), v_{start-1} on entry and v of the
 // chunk's last step on return.
 void lstm_forward_steps(const Tensor& block, const Tensor& h_prev, const Tensor& weight_t, const Tensor& outs,
@@ -131,10 +146,15 @@ void lstm_forward_steps(const Tensor& block, const Tensor& h_prev, const Tensor&
                                      {tanh_cells, "tanh_cells"}, {pre, "pre"}}) {
     check_buffer(tensor, name, block);
   }
-  TORCH_CHECK(start >= 0 && start + steps <= outs.size(0) && outs.size(1) == batch && block.size(2) == 4 * hidden &&
-                  acts.sizes() == at::IntArrayRef({outs.size(0), batch, 4 * hidden}) &&
-                  cells.sizes() == at::IntArrayRef({outs.size(0) + 1, batch, hidden}) &&
-                  tanh_cells.sizes() == outs.sizes() && pre.sizes() == at::IntArrayRef({batch, 4 * hidden}),
+  // ``ring``: buffers of one step (inference: no backward reads them); the cell states
+  // alternate between cells[0] and cells[1]
+  const bool ring = acts.size(0) == 1;
+  const int64_t time = outs.size(0);
+  TORCH_CHECK(start >= 0 && start + steps <= time && outs.size(1) == batch && block.size(2) == 4 * hidden &&
+                  acts.sizes() == at::IntArrayRef({ring ? 1 : time, batch, 4 * hidden}) &&
+                  cells.sizes() == at::IntArrayRef({ring ? 2 : time + 1, batch, hidden}) &&
+                  tanh_cells.sizes() == at::IntArrayRef({ring ? 1 : time, batch, hidden}) &&
+                  pre.sizes() == at::IntArrayRef({batch, 4 * hidden}),
               "lstm_forward_steps: the chunk or a buffer does not match the outputs' shape ", outs.sizes());
   const bool nesterov = velocity.has_value();
   Tensor k;
@@ -160,8 +180,9 @@ void lstm_forward_steps(const Tensor& block, const Tensor& h_prev, const Tensor&
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = start + s;
       at::addmm_out(const_cast<Tensor&>(pre), block.select(0, s), h, weight_t);
-      forward_step<scalar_t>(p, vp, kp, k_columns, k_columns, t, act + t * 4 * step, cell + t * step,
-                             cell + (t + 1) * step, tanh_cell + t * step, out + t * step, batch, hidden);
+      const int64_t kept = ring ? 0 : t, before = ring ? t % 2 : t, after = ring ? (t + 1) % 2 : t + 1;
+      forward_step<scalar_t>(p, vp, kp, k_columns, t, act + kept * 4 * step, cell + before * step,
+                             cell + after * step, tanh_cell + kept * step, out + t * step, batch, hidden);
       h = outs.select(0, t);
     }
   });
@@ -184,7 +205,8 @@ void lstm_backward_steps(const Tensor& acts, const Tensor& cells, const Tensor& 
     check_buffer(tensor, name, acts);
   }
   const int64_t time = acts.size(0);
-  TORCH_CHECK(0 <= start && start <= stop && stop <= time && cells.sizes() == at::IntArrayRef({time + 1, batch, hidden}) &&
+  TORCH_CHECK(0 <= start && start <= stop && stop <= time &&
+                  cells.sizes() == at::IntArrayRef({time + 1, batch, hidden}) &&
                   tanh_cells.sizes() == at::IntArrayRef({time, batch, hidden}) && d_pre.sizes() == acts.sizes() &&
                   dh.sizes() == at::IntArrayRef({batch, hidden}) && dc.sizes() == dh.sizes() &&
                   grad_out.sizes() == tanh_cells.sizes() && weight.sizes() == at::IntArrayRef({gates, hidden}),
@@ -211,7 +233,7 @@ void lstm_backward_steps(const Tensor& acts, const Tensor& cells, const Tensor& 
       const scalar_t* cprev = cells.const_data_ptr<scalar_t>() + t * step;
       const scalar_t* tc = tanh_cells.const_data_ptr<scalar_t>() + t * step;
       scalar_t* d = d_pre.mutable_data_ptr<scalar_t>() + t * gates * batch;
-      for (int64_t b = 0; b < batch; ++b) {
+      for_rows(batch, gates, [&](int64_t b) {
         const scalar_t* ab = a + b * gates;
         scalar_t* db = d + b * gates;
         for (int64_t j = 0; j < hidden; ++j) {
@@ -227,7 +249,7 @@ void lstm_backward_steps(const Tensor& acts, const Tensor& cells, const Tensor& 
           dcp[at] = dcv * f;
         }
         if (nesterov) {                    // d(pre_t) -> dv_t = (1 + c_t) d(pre_t) + (what reached v_t from t+1)
-          const scalar_t kt = coefficient_at(kp, k_columns, k_columns, t, b);
+          const scalar_t kt = coefficient_at(kp, k_columns, t, b);
           scalar_t* pb = pp + b * gates;
           for (int64_t j = 0; j < gates; ++j) {
             const scalar_t dp = db[j];
@@ -235,7 +257,7 @@ void lstm_backward_steps(const Tensor& acts, const Tensor& cells, const Tensor& 
             pb[j] = -kt * dp;
           }
         }
-      }
+      });
       Tensor d_t = d_pre.select(0, t);
       if (t > 0) {
         at::addmm_out(const_cast<Tensor&>(dh), grad_out.select(0, t - 1), d_t, weight);
@@ -276,18 +298,22 @@ void adam_chunk_forward(const Tensor& u_in, const Tensor& v_prev_in, const Tenso
     scalar_t* m = m_next.mutable_data_ptr<scalar_t>();
     std::copy_n(v_prev.const_data_ptr<scalar_t>(), n, v);
     std::copy_n(m_prev.const_data_ptr<scalar_t>(), n, m);
-    for (int64_t t = 0; t < steps; ++t) {
-      const scalar_t* ut = up + t * n;
-      scalar_t* dt = dp + t * n;
-      for (int64_t j = 0; j < n; ++j) {
-        const scalar_t x = ut[j];
-        const scalar_t vj = moving ? x * s + v[j] * mu : x * s;
-        const scalar_t mj = x * x * rest + m[j] * b;
-        v[j] = vj;
-        m[j] = mj;
-        dt[j] = vj / std::sqrt(mj + e);
+    // each channel is its own recurrence: blocks of channels on torch's threads, time inside
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, steps));
+    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = 0; t < steps; ++t) {
+        const scalar_t* ut = up + t * n;
+        scalar_t* dt = dp + t * n;
+        for (int64_t j = begin; j < end; ++j) {
+          const scalar_t x = ut[j];
+          const scalar_t vj = moving ? x * s + v[j] * mu : x * s;
+          const scalar_t mj = x * x * rest + m[j] * b;
+          v[j] = vj;
+          m[j] = mj;
+          dt[j] = vj / std::sqrt(mj + e);
+        }
       }
-    }
+    });
   });
 }
 
@@ -324,46 +350,62 @@ std::vector<Tensor> adam_chunk_backward(const Tensor& u_in, const Tensor& v_prev
     const scalar_t* up = u.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    // the chunk's v_t and m_t, recomputed
-    Tensor states = at::empty({2, steps, n}, u.options());
+    Tensor states = at::empty({2, steps, n}, u.options());     // the chunk's v_t and m_t, recomputed
     scalar_t* vs = states.mutable_data_ptr<scalar_t>();
     scalar_t* ms = vs + steps * n;
     const scalar_t* vp = v_prev.const_data_ptr<scalar_t>();
     const scalar_t* mp = m_prev.const_data_ptr<scalar_t>();
-    for (int64_t t = 0; t < steps; ++t) {
-      const scalar_t* ut = up + t * n;
-      const scalar_t* vl = t == 0 ? vp : vs + (t - 1) * n;
-      const scalar_t* ml = t == 0 ? mp : ms + (t - 1) * n;
-      scalar_t* vt = vs + t * n;
-      scalar_t* mt = ms + t * n;
-      for (int64_t j = 0; j < n; ++j) {
-        const scalar_t x = ut[j];
-        vt[j] = moving ? x * s + vl[j] * mu : x * s;
-        mt[j] = x * x * rest + ml[j] * b;
-      }
-    }
     scalar_t* cv = to_v.mutable_data_ptr<scalar_t>();
     scalar_t* ch = to_h.mutable_data_ptr<scalar_t>();
-    double sum_mu = 0.0, sum_s = 0.0;
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const scalar_t* ut = up + t * n;
-      const scalar_t* gt = gp + t * n;
-      const scalar_t* vt = vs + t * n;
-      const scalar_t* vl = t == 0 ? vp : vs + (t - 1) * n;
-      const scalar_t* mt = ms + t * n;
-      scalar_t* ot = op + t * n;
-      for (int64_t j = 0; j < n; ++j) {
-        const scalar_t q2 = mt[j] + e;
-        const scalar_t raw = gt[j] / std::sqrt(q2);
-        const scalar_t gv = raw + cv[j];
-        const scalar_t hm = raw * vt[j] / q2 + ch[j];
-        const scalar_t x = ut[j];
-        if (need_s) sum_s += static_cast<double>(gv) * x;
-        if (need_mu) sum_mu += static_cast<double>(gv) * vl[j];
-        ot[j] = gv * s - hm * x * rest;
-        cv[j] = moving ? gv * mu : scalar_t(0);
-        ch[j] = hm * b;
+    // each channel is its own recurrence: fixed blocks of channels (on torch's threads), each
+    // with its own partial sums of dL/dmu and dL/ds, added in block order
+    const int64_t block = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, steps));
+    const int64_t blocks = (n + block - 1) / block;
+    std::vector<double> partial_mu(blocks, 0.0), partial_s(blocks, 0.0);
+    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) {
+        const int64_t begin = k * block, end = std::min(n, begin + block);
+        for (int64_t t = 0; t < steps; ++t) {
+          const scalar_t* ut = up + t * n;
+          const scalar_t* vl = t == 0 ? vp : vs + (t - 1) * n;
+          const scalar_t* ml = t == 0 ? mp : ms + (t - 1) * n;
+          scalar_t* vt = vs + t * n;
+          scalar_t* mt = ms + t * n;
+          for (int64_t j = begin; j < end; ++j) {
+            const scalar_t x = ut[j];
+            vt[j] = moving ? x * s + vl[j] * mu : x * s;
+            mt[j] = x * x * rest + ml[j] * b;
+          }
+        }
+        double sum_mu = 0.0, sum_s = 0.0;
+        for (int64_t t = steps - 1; t >= 0; --t) {
+          const scalar_t* ut = up + t * n;
+          const scalar_t* gt = gp + t * n;
+          const scalar_t* vt = vs + t * n;
+          const scalar_t* vl = t == 0 ? vp : vs + (t - 1) * n;
+          const scalar_t* mt = ms + t * n;
+          scalar_t* ot = op + t * n;
+          for (int64_t j = begin; j < end; ++j) {
+            const scalar_t q2 = mt[j] + e;
+            const scalar_t raw = gt[j] / std::sqrt(q2);
+            const scalar_t gv = raw + cv[j];
+            const scalar_t hm = raw * vt[j] / q2 + ch[j];
+            const scalar_t x = ut[j];
+            if (need_s) sum_s += static_cast<double>(gv) * x;
+            if (need_mu) sum_mu += static_cast<double>(gv) * vl[j];
+            ot[j] = gv * s - hm * x * rest;
+            cv[j] = moving ? gv * mu : scalar_t(0);
+            ch[j] = hm * b;
+          }
+        }
+        partial_mu[k] = sum_mu;
+        partial_s[k] = sum_s;
       }
+    });
+    double sum_mu = 0.0, sum_s = 0.0;
+    for (int64_t k = 0; k < blocks; ++k) {
+      sum_mu += partial_mu[k];
+      sum_s += partial_s[k];
     }
     d_mu.fill_(sum_mu);
     d_s.fill_(sum_s);
