@@ -132,9 +132,9 @@ void check_buffer(const Tensor& tensor, const char* name, const Tensor& like) {
 // for nesterov the scale) applied. ``h_prev``: h_{start-1}. ``weight_t``: U^T (H, 4H). ``outs``
 // (T, B, H), ``acts`` (T, B, 4H), ``cells`` (T+1, B, H, cells[start] = c_{start-1}),
 // ``tanh_cells`` (T, B, H): the buffers of all steps; or, without a backward to come, ``acts``
-// (1, B, 4H), ``tanh_cells`` (1, B, H) and ``cells`` (2, B, H), c_t in cells[(t + 1) % 2]. ``pre`` (B, 4H): scratch. Nesterov:
-// ``coefficient`` (T, 1 or B) and ``velocity`` (B, 4H), v_{start-1} on entry and v of the
-// chunk's last step on return.
+// (1, B, 4H), ``tanh_cells`` (1, B, H) and ``cells`` (2, B, H) with the cell state of step t
+// (from 0) in cells[(t + 1) % 2]. ``pre`` (B, 4H): scratch. Nesterov: ``coefficient`` (T, 1 or B)
+// and ``velocity`` (B, 4H), v_{start-1} on entry and v of the chunk's last step on return.
 void lstm_forward_steps(const Tensor& block, const Tensor& h_prev, const Tensor& weight_t, const Tensor& outs,
                         const Tensor& acts, const Tensor& cells, const Tensor& tanh_cells, const Tensor& pre,
                         int64_t start, const std::optional<Tensor>& coefficient,
