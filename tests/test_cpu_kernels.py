@@ -44,12 +44,9 @@ def test_both_engines_equal_the_reference(key, engine, dtype):
             fast, ref, lambda m: m(x, hx, rule_state=state, return_rule_state=True), [x, h0], dtype)
 
 
-@pytest.mark.parametrize("key", KEYS, ids=key_id)
-def test_the_engines_agree_over_several_chunks(key):
-    """T = 300 at batch 2 and hidden 6: the loops' chunks of steps meet in the kernels' calls."""
-    hp = ACTIVE[key[1]]
-    layer = mrnn.LAYERS[key](2, 6, impl="loop", learnable=True, dtype=torch.float64, **hp)
-    x = torch.randn(300, 2, 2, dtype=torch.float64)
+def assert_engines_agree(layer, x):
+    """The layer's outputs, final rule state and gradients (of the input and every parameter)
+    with its steps in the C++ kernels equal those in torch ops to 1e-12."""
     results = []
     for engine in LOOP_ENGINES:
         layer.zero_grad()
@@ -61,6 +58,13 @@ def test_the_engines_agree_over_several_chunks(key):
         results.append([out.detach(), leaf.grad] + [p.grad.clone() for p in layer.parameters()])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("key", KEYS, ids=key_id)
+def test_the_engines_agree_over_several_chunks(key):
+    """T = 300 at batch 2 and hidden 6: the loops' chunks of steps meet in the kernels' calls."""
+    layer = mrnn.LAYERS[key](2, 6, impl="loop", learnable=True, dtype=torch.float64, **ACTIVE[key[1]])
+    assert_engines_agree(layer, torch.randn(300, 2, 2, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov")], ids=key_id)
@@ -146,19 +150,9 @@ def test_the_engines_agree_on_several_threads(key):
     torch.set_num_threads(2)
     try:
         layer = mrnn.LAYERS[key](3, 256, impl="loop", learnable=True, dtype=torch.float64, **ACTIVE[key[1]])
-        x = torch.randn(5, 40, 3, dtype=torch.float64)
-        results = []
-        for engine in LOOP_ENGINES:
-            layer.zero_grad()
-            leaf = x.clone().requires_grad_()
-            with loop_engine_override(engine):
-                out = layer(leaf)[0]
-                out.sin().sum().backward()
-            results.append([out.detach(), leaf.grad] + [p.grad.clone() for p in layer.parameters()])
+        assert_engines_agree(layer, torch.randn(5, 40, 3, dtype=torch.float64))
     finally:
         torch.set_num_threads(threads)
-    for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("time", [1, 2, 7, 300])

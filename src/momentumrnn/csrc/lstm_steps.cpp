@@ -269,6 +269,19 @@ void lstm_backward_steps(const Tensor& acts, const Tensor& cells, const Tensor& 
 }
 
 
+// Adam's settings in the data's dtype, and one step of its states (RMSProp: not ``moving``).
+template <typename scalar_t>
+struct AdamStep {
+  scalar_t mu, s, beta, rest, eps;
+  bool moving;
+  AdamStep(const Tensor& momentum, const Tensor& step_size, double beta_, double eps_, bool moving_)
+      : mu(moving_ ? momentum.item<scalar_t>() : scalar_t(0)), s(step_size.item<scalar_t>()),
+        beta(static_cast<scalar_t>(beta_)), rest(static_cast<scalar_t>(1.0 - beta_)),
+        eps(static_cast<scalar_t>(eps_)), moving(moving_) {}
+  scalar_t velocity(scalar_t x, scalar_t previous) const { return moving ? x * s + previous * mu : x * s; }
+  scalar_t moment(scalar_t x, scalar_t previous) const { return x * x * rest + previous * beta; }
+};
+
 // Adam's state over a chunk of L steps (scan.AdamChunks), for every channel of u (L, B, G):
 //   v_t = mu v_{t-1} + s u_t   (RMSProp, not ``moving``: v_t = s u_t)
 //   m_t = beta m_{t-1} + (1 - beta) u_t^2,   d_t = v_t / sqrt(m_t + eps)
@@ -288,10 +301,7 @@ void adam_chunk_forward(const Tensor& u_in, const Tensor& v_prev_in, const Tenso
   TORCH_CHECK(out.sizes() == u.sizes() && v_prev.numel() == n && m_prev.numel() == n && v_next.numel() == n &&
                   m_next.numel() == n, "adam_chunk_forward: the states must have the size of one step of u");
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "adam_chunk_forward", [&] {
-    const scalar_t mu = moving ? momentum.item<scalar_t>() : scalar_t(0);
-    const scalar_t s = step_size.item<scalar_t>();
-    const scalar_t b = static_cast<scalar_t>(beta), rest = static_cast<scalar_t>(1.0 - beta);
-    const scalar_t e = static_cast<scalar_t>(eps);
+    const AdamStep<scalar_t> adam(momentum, step_size, beta, eps, moving);
     const scalar_t* up = u.const_data_ptr<scalar_t>();
     scalar_t* dp = out.mutable_data_ptr<scalar_t>();
     scalar_t* v = v_next.mutable_data_ptr<scalar_t>();
@@ -305,12 +315,11 @@ void adam_chunk_forward(const Tensor& u_in, const Tensor& v_prev_in, const Tenso
         const scalar_t* ut = up + t * n;
         scalar_t* dt = dp + t * n;
         for (int64_t j = begin; j < end; ++j) {
-          const scalar_t x = ut[j];
-          const scalar_t vj = moving ? x * s + v[j] * mu : x * s;
-          const scalar_t mj = x * x * rest + m[j] * b;
+          const scalar_t vj = adam.velocity(ut[j], v[j]);
+          const scalar_t mj = adam.moment(ut[j], m[j]);
           v[j] = vj;
           m[j] = mj;
-          dt[j] = vj / std::sqrt(mj + e);
+          dt[j] = vj / std::sqrt(mj + adam.eps);
         }
       }
     });
@@ -343,10 +352,7 @@ std::vector<Tensor> adam_chunk_backward(const Tensor& u_in, const Tensor& v_prev
   Tensor d_mu = at::zeros({}, u.options());
   Tensor d_s = at::zeros({}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "adam_chunk_backward", [&] {
-    const scalar_t mu = moving ? momentum.item<scalar_t>() : scalar_t(0);
-    const scalar_t s = step_size.item<scalar_t>();
-    const scalar_t b = static_cast<scalar_t>(beta), rest = static_cast<scalar_t>(1.0 - beta);
-    const scalar_t e = static_cast<scalar_t>(eps);
+    const AdamStep<scalar_t> adam(momentum, step_size, beta, eps, moving);
     const scalar_t* up = u.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
@@ -372,9 +378,8 @@ std::vector<Tensor> adam_chunk_backward(const Tensor& u_in, const Tensor& v_prev
           scalar_t* vt = vs + t * n;
           scalar_t* mt = ms + t * n;
           for (int64_t j = begin; j < end; ++j) {
-            const scalar_t x = ut[j];
-            vt[j] = moving ? x * s + vl[j] * mu : x * s;
-            mt[j] = x * x * rest + ml[j] * b;
+            vt[j] = adam.velocity(ut[j], vl[j]);
+            mt[j] = adam.moment(ut[j], ml[j]);
           }
         }
         double sum_mu = 0.0, sum_s = 0.0;
@@ -386,16 +391,16 @@ std::vector<Tensor> adam_chunk_backward(const Tensor& u_in, const Tensor& v_prev
           const scalar_t* mt = ms + t * n;
           scalar_t* ot = op + t * n;
           for (int64_t j = begin; j < end; ++j) {
-            const scalar_t q2 = mt[j] + e;
+            const scalar_t q2 = mt[j] + adam.eps;
             const scalar_t raw = gt[j] / std::sqrt(q2);
             const scalar_t gv = raw + cv[j];
             const scalar_t hm = raw * vt[j] / q2 + ch[j];
             const scalar_t x = ut[j];
             if (need_s) sum_s += static_cast<double>(gv) * x;
             if (need_mu) sum_mu += static_cast<double>(gv) * vl[j];
-            ot[j] = gv * s - hm * x * rest;
-            cv[j] = moving ? gv * mu : scalar_t(0);
-            ch[j] = hm * b;
+            ot[j] = gv * adam.s - hm * x * adam.rest;
+            cv[j] = moving ? gv * adam.mu : scalar_t(0);
+            ch[j] = hm * adam.beta;
           }
         }
         partial_mu[k] = sum_mu;
