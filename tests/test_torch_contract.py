@@ -19,11 +19,10 @@ TOL = {"rtol": 1e-9, "atol": 1e-10}
 
 
 def every_layer():
-    """Every layer class: a ``LAYERS`` key, or an orthogonal class."""
-    for key in LAYER_KEYS:
-        yield pytest.param(key, id=layer_id(key))
-    for cls in ORTHOGONAL:
-        yield pytest.param(cls, id=cls.__name__)
+    """Every layer class: a ``LAYERS`` key, or an orthogonal class (a list, as pytest's
+    ``parametrize`` wants)."""
+    return ([pytest.param(key, id=layer_id(key)) for key in LAYER_KEYS]
+            + [pytest.param(cls, id=cls.__name__) for cls in ORTHOGONAL])
 
 
 def make(which, dtype=torch.float64, **kwargs):

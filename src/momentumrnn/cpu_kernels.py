@@ -103,5 +103,6 @@ def available() -> bool:
 
 
 def ops():
-    """The ops ``lstm_forward_steps`` and ``lstm_backward_steps`` (after ``available()``)."""
+    """The ops ``lstm_forward_steps``, ``lstm_backward_steps``, ``adam_chunk_forward`` and
+    ``adam_chunk_backward`` (after ``available()``)."""
     return torch.ops.momentumrnn_cpu

@@ -186,7 +186,7 @@ def scan_backend(tensor: torch.Tensor) -> str:
     return "triton" if tensor.is_cuda and triton_available() else "torch"
 
 
-#: How the loop path runs an LSTM's steps: the C++ step kernels, or torch ops.
+#: How the loop path runs an LSTM's steps and Adam's states: the C++ step kernels, or torch ops.
 LOOP_ENGINES = ("cpp", "torch")
 
 _engine_override: list[str] = []
@@ -194,9 +194,9 @@ _engine_override: list[str] = []
 
 @contextlib.contextmanager
 def loop_engine_override(engine: str):
-    """Within the block, the loops run an LSTM's steps with ``engine``: "torch" (torch ops) or
-    "cpp" (the C++ step kernels where they apply, as by default, but an error where they
-    cannot be built)."""
+    """Within the block, the loops run an LSTM's steps and Adam's states with ``engine``:
+    "torch" (torch ops) or "cpp" (the C++ step kernels where they apply, as by default, but an
+    error where they cannot be built)."""
     if engine not in LOOP_ENGINES:
         raise ValueError(f"engine must be one of {LOOP_ENGINES}, got {engine!r}")
     _engine_override.append(engine)
