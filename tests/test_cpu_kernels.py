@@ -14,7 +14,7 @@ import torch
 import momentumrnn as mrnn
 from momentumrnn import cpu_kernels, loops, scan
 from momentumrnn.paths import LOOP_ENGINES, loop_engine, loop_engine_override
-from conftest import ACTIVE
+from conftest import ACTIVE, layer_id
 from test_fast_paths import assert_same_values_and_gradients, pair
 
 if not cpu_kernels.available():
@@ -24,12 +24,8 @@ if not cpu_kernels.available():
 KEYS = sorted(k for k in mrnn.LAYERS if k[0] == "lstm" or k[1] in ("adam", "rmsprop"))
 
 
-def key_id(key):
-    return mrnn.LAYERS[key].__name__
-
-
 @pytest.mark.parametrize("engine", LOOP_ENGINES)
-@pytest.mark.parametrize("key", KEYS, ids=key_id)
+@pytest.mark.parametrize("key", KEYS, ids=layer_id)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_both_engines_equal_the_reference(key, engine, dtype):
     """Two layers, both directions, carried hidden and rule state, learnable hyperparameters."""
@@ -60,14 +56,14 @@ def assert_engines_agree(layer, x):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("key", KEYS, ids=key_id)
+@pytest.mark.parametrize("key", KEYS, ids=layer_id)
 def test_the_engines_agree_over_several_chunks(key):
     """T = 300 at batch 2 and hidden 6: the loops' chunks of steps meet in the kernels' calls."""
     layer = mrnn.LAYERS[key](2, 6, impl="loop", learnable=True, dtype=torch.float64, **ACTIVE[key[1]])
     assert_engines_agree(layer, torch.randn(300, 2, 2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov")], ids=key_id)
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov")], ids=layer_id)
 def test_gradcheck_through_the_kernels(key):
     layer = mrnn.LAYERS[key](2, 3, impl="loop", learnable=True, dtype=torch.float64, **ACTIVE[key[1]])
     x = torch.randn(6, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -142,7 +138,7 @@ def test_a_build_lock_left_by_a_killed_build_is_cleared(tmp_path):
     assert cpu_kernels.build_directory().name.startswith("momentumrnn_cpu_")
 
 
-@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov")], ids=key_id)
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov")], ids=layer_id)
 def test_the_engines_agree_on_several_threads(key):
     """Large enough steps (batch 40, 4H = 1024) that the kernels split rows and channels among
     two threads."""
@@ -156,7 +152,7 @@ def test_the_engines_agree_on_several_threads(key):
 
 
 @pytest.mark.parametrize("time", [1, 2, 7, 300])
-@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov"), ("lstm", "momentum")], ids=key_id)
+@pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov"), ("lstm", "momentum")], ids=layer_id)
 def test_without_a_backward_the_kernels_keep_one_step(key, time):
     """Under no_grad the LSTM kernels keep one step's activations and two cell states; the
     results are those of a call that records its graph, bit for bit."""
