@@ -165,9 +165,29 @@ def test_cells_take_zero_hidden_size_as_torch(key):
         mrnn.CELLS[key](3, -1)
 
 
-def test_cells_refuse_non_bool_bias_as_torch():
-    with pytest.raises(TypeError, match="bias should be of type bool, got: str"):
-        mrnn.MomentumLSTMCell(3, 4, bias="False")
+@pytest.mark.parametrize("key", CELL_KEYS, ids=lambda k: mrnn.CELLS[k].__name__)
+@pytest.mark.parametrize("bias", ["relu", "False", 0, 1])
+def test_cells_take_non_bool_bias_as_torch_with_a_warning(key, bias):
+    """torch's cells take ``bias`` by its truth value (``RNNCell(10, 20, "relu")`` has biases,
+    and torch's module tests build it so); ours too, and say so."""
+    theirs = TORCH_CELLS[key[0]](3, 4, bias)
+    with pytest.warns(UserWarning, match=f"bias={bias!r} is not a bool; taken as bias={bool(bias)}") as caught:
+        cell = mrnn.CELLS[key](3, 4, bias, **ACTIVE[key[1]])
+    assert caught[0].filename == __file__                 # the warning points at the caller
+    assert cell.bias is bool(bias)
+    assert [name for name, _ in cell.named_parameters() if name.startswith("bias")] == \
+        [name for name, _ in theirs.named_parameters() if name.startswith("bias")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mrnn.CELLS[key](3, 4, False, **ACTIVE[key[1]])
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_cells_have_the_nonlinearity_attribute(nonlinearity):
+    assert torch.nn.RNNCell(3, 4, nonlinearity=nonlinearity).nonlinearity == nonlinearity
+    for key in CELL_KEYS:
+        if key[0] == "rnn":
+            assert mrnn.CELLS[key](3, 4, nonlinearity=nonlinearity, **ACTIVE[key[1]]).nonlinearity == nonlinearity
 
 
 # ------------------------------------------------------------------- gradients

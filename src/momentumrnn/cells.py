@@ -21,7 +21,7 @@ from torch import Tensor
 from .autocast import autocast_boundary
 from .base import RuleModule
 from .checks import (InputError, check_cell_hidden, check_rule_state, expect_input, expect_like, expect_positive_int,
-                     expect_size, expect_tensor, zero_rule_state)
+                     expect_size, expect_tensor, zero_rule_state, cell_bias)
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
 from .state import RuleState
@@ -53,9 +53,7 @@ class RecurrentCell(RuleModule):
         super().__init__()
         self.input_size = expect_positive_int("input_size", input_size)
         self.hidden_size = expect_size("hidden_size", hidden_size)
-        if not isinstance(bias, bool):                     # torch's check: "False" must not mean True
-            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
-        self.bias = bias
+        self.bias = cell_bias(type(self).__name__, bias)
         self._configure(nonlinearity=nonlinearity or "tanh", init=init, forget_bias=forget_bias,
                         learnable=learnable, hyperparameters=hyperparameters, suffixes=[""],
                         device=device, dtype=dtype)
@@ -126,6 +124,11 @@ class _RNNCell(RecurrentCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, **kwargs):
         super().__init__(input_size, hidden_size, bias, device, dtype, nonlinearity=nonlinearity, **kwargs)
+
+    @property
+    def nonlinearity(self) -> str:
+        """"tanh" or "relu" (torch's attribute)."""
+        return self.recurrence.nonlinearity
 
 
 class MomentumRNNCell(_RNNCell):

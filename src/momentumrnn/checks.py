@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numbers
+import sys
+import warnings
 
 import torch
 from torch import Tensor
 
 __all__ = ["InputError", "InputDtypeError", "expect_tensor", "expect_shape", "expect_like", "expect_positive_int",
            "expect_size", "expect_input", "zero_rule_state", "check_hidden", "check_cell_hidden",
-           "check_rule_state"]
+           "check_rule_state", "cell_bias"]
 
 
 class InputError(ValueError, RuntimeError):
@@ -59,6 +61,22 @@ def expect_input(x: Tensor, input_size: int, weight: Tensor | None, cell: bool =
         raise InputDtypeError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). Convert "
                               f"input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
     expect_like("input", x, weight)
+
+
+def cell_bias(cell: str, bias) -> bool:
+    """A cell's ``bias`` argument as torch's cells take it, by its truth value; one that is
+    not a bool is taken so with a warning, since it usually is a misplaced argument
+    (``RNNCell(10, 20, "relu")`` sets ``bias="relu"``, that is True, and keeps tanh)."""
+    if isinstance(bias, bool):
+        return bias
+    taken = bool(bias)
+    frame, level = sys._getframe(1), 2              # warn at the first caller outside momentumrnn
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("momentumrnn"):
+        frame, level = frame.f_back, level + 1
+    hint = " (an RNN cell takes its nonlinearity as nonlinearity=)" if isinstance(bias, str) and "RNN" in cell else ""
+    warnings.warn(f"{cell}: bias={bias!r} is not a bool; taken as bias={taken}, as torch's cells take it{hint}",
+                  stacklevel=level)
+    return taken
 
 
 def expect_positive_int(name: str, value) -> int:
