@@ -2,13 +2,17 @@
 
 The model is ``Linear -> layer -> Linear``; dynamo compiles it into one graph in which the
 layer's call is one opaque op (``momentumrnn.compiled``) that runs the layer's eager forward;
-dynamo runs ``torch.nn.LSTM`` eagerly instead, behind a graph break. For each layer: the cold
-compile time over three sequence lengths (seconds from the first call until the third length
-has run forward+backward), the number of compiled frames, and forward+backward time compiled
-over eager, measured side by side (median of ``--repeats``), with ``torch.nn.LSTM`` as control::
+dynamo runs ``torch.nn.LSTM`` eagerly instead, behind a graph break. ``--lstm-compiled``
+adds ``torch.nn.LSTM`` compiled by dynamo (its ``allow_rnn`` option: the recurrence traced
+into the graph, as a momentumrnn layer's is not) for comparison. For each layer: the cold
+compile time over three sequence lengths (seconds from the first call until the third
+length has run forward+backward, with Inductor's caches off), the number of compiled
+frames, and forward+backward time compiled over eager, measured side by side (median of
+``--repeats``), with ``torch.nn.LSTM`` as control::
 
     PYTHONPATH=src python benchmarks/compile.py                     # CPU, inductor
     PYTHONPATH=src python benchmarks/compile.py --device cuda --shape 784,128,1,128
+    PYTHONPATH=src python benchmarks/compile.py --layers torch.nn.LSTM,AdamLSTM --lstm-compiled  # minutes
 """
 
 from __future__ import annotations
@@ -31,13 +35,24 @@ from timing import markdown_table, print_and_write  # noqa: E402
 #: torch.nn.LSTM is the control: dynamo leaves its whole frame to eager, so its ratio is 1 up to
 #: noise; the others' ratios are the cost of entering the compiled graphs and the op around
 #: the layer's own eager work.
+#: ``LSTM_COMPILED`` is ``torch.nn.LSTM`` with dynamo's ``allow_rnn``: dynamo traces its recurrence.
+LSTM_COMPILED = "torch.nn.LSTM (allow_rnn)"
 LAYERS = ["torch.nn.LSTM", "MomentumLSTM", "AdamLSTM", "NesterovLSTM", "RestartGRU", "MomentumOrthogonalRNN"]
 
 
 def measure(name, shape, device, repeats, backend="inductor"):
+    import torch._inductor.config
+
+    # Cold: Inductor's caches off, so that no earlier run's compiled code is reused.
+    with torch._dynamo.config.patch(allow_rnn=name == LSTM_COMPILED), \
+            torch._inductor.config.patch(force_disable_caches=True):
+        return _measure(name, shape, device, repeats, backend)
+
+
+def _measure(name, shape, device, repeats, backend):
     time_steps, batch, features, hidden = shape
     torch._dynamo.reset()
-    layer_class = torch.nn.LSTM if name == "torch.nn.LSTM" else getattr(mrnn, name)
+    layer_class = torch.nn.LSTM if name.startswith("torch.nn.LSTM") else getattr(mrnn, name)
     layer = layer_class(features, hidden, device=device)
     before = torch.nn.Linear(features, features, device=device)
     after = torch.nn.Linear(hidden, 1, device=device)
@@ -70,11 +85,14 @@ def main(argv=None):
     parser.add_argument("--name", default="compile")
     parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated (default: all of LAYERS)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (eager: a quick smoke run)")
+    parser.add_argument("--lstm-compiled", action="store_true",
+                        help=f"add the row {LSTM_COMPILED!r} (its cold compile takes minutes on a CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
     device = torch.device(args.device)
-    rows = [measure(name, shape, device, args.repeats, args.backend) for name in args.layers.split(",")]
+    names = args.layers.split(",") + ([LSTM_COMPILED] if args.lstm_compiled else [])
+    rows = [measure(name, shape, device, args.repeats, args.backend) for name in names]
     lines = markdown_table(
         f"torch.compile ({args.backend}) over eager, forward+backward, shape (T, B, I, H) = {shape}, "
         f"{device.type}, torch {torch.__version__}",
