@@ -1,5 +1,6 @@
 """Smoke run of the benchmark scripts' quick mode on tiny shapes: the files are written and
-well-formed. Nothing is timed or compared here (CI machines are too noisy for that)."""
+well-formed; and the commands of the GPU script (``cuda_checks.sh``) parse. Nothing is
+timed or compared here (CI machines are too noisy for that)."""
 
 import importlib.util
 import json
@@ -93,3 +94,54 @@ def test_compile_benchmark_writes_markdown_and_json(tmp_path):
     assert [r["layer"] for r in report["rows"]] == ["torch.nn.LSTM", "NesterovLSTM"]
     assert all(r["compiled_ms"] > 0 and r["eager_ms"] > 0 and r["frames"] >= 0 for r in report["rows"])
     assert "| NesterovLSTM |" in (tmp_path / "compile.md").read_text()
+
+
+class _Parsed(Exception):
+    """Raised instead of running a benchmark once its arguments are parsed."""
+
+
+def _cuda_check_commands():
+    """The ``$python benchmarks/NAME.py ...`` commands of ``cuda_checks.sh`` as (NAME, argv),
+    its shell variables filled in."""
+    import shlex
+
+    script = (BENCHMARKS / "cuda_checks.sh").read_text().replace("\\\n", " ")
+    values = {"coupled": next(line.split("=", 1)[1] for line in script.splitlines()
+                              if line.startswith("coupled=")), "out": "OUT", "data": "DATA"}
+    commands = []
+    for line in script.splitlines():
+        if "$python benchmarks/" not in line:
+            continue
+        words = shlex.split(line.split(">")[0].strip())
+        for name, value in values.items():
+            words = [w.replace(f"${name}", value) for w in words]
+        name, argv = pathlib.Path(words[1]).stem, words[2:]
+        commands.append(pytest.param(name, argv, id=argv[argv.index("--name") + 1] if "--name" in argv else name))
+    return commands
+
+
+@pytest.mark.parametrize("name, argv", _cuda_check_commands())
+def test_cuda_checks_commands_parse(name, argv, monkeypatch):
+    """Each benchmark command of the GPU script takes its arguments (the GPU run is short,
+    a wrong flag would cost it), and names layers, paths and models that exist."""
+    import argparse
+
+    from momentumrnn.experiments.models import MODELS
+
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(_Parsed) as parsed:
+        load(name).main(argv)
+    args = vars(parsed.value.args[0])
+    for layer in (args.get("layers") or "").split(","):
+        assert not layer or layer == "torch.nn.LSTM" or hasattr(mrnn, layer), layer
+    if "impl" in args:
+        assert args["impl"] in mrnn.paths.IMPLS
+    for model in (args.get("models") or "").split(","):
+        model, _, impl = model.partition("@")
+        assert not model or model in MODELS, model
+        assert not impl or impl in mrnn.paths.IMPLS, impl
