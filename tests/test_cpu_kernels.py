@@ -116,6 +116,27 @@ def test_a_failed_build_warns_once_and_the_loops_take_torch_ops(monkeypatch):
         layer(torch.randn(5, 1, 2))[0].sum().backward()
 
 
+@pytest.mark.parametrize("moving", [True, False], ids=["adam", "rmsprop"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_adam_backward_is_the_same_with_and_without_the_hyperparameter_sums(dtype, moving):
+    """The adjoint of Adam's states runs channel by channel where it sums dL/dmu and dL/ds and
+    vectorized where it does not: dL/du and what reaches the entering state are the same bits."""
+    generator = torch.Generator().manual_seed(0)
+    u, grad = (torch.randn(9, 3, 37, dtype=dtype, generator=generator) for _ in range(2))
+    v_prev, to_v, to_h = (torch.randn(3, 37, dtype=dtype, generator=generator) for _ in range(3))
+    m_prev = torch.rand(3, 37, dtype=dtype, generator=generator)
+    momentum, step_size = torch.tensor(0.6, dtype=dtype), torch.tensor(0.7, dtype=dtype)
+    results = []
+    for need in (False, True):
+        out = torch.empty_like(u)
+        reach_v, reach_h, d_mu, d_s = cpu_kernels.ops().adam_chunk_backward(
+            u, v_prev, m_prev, grad, out, to_v, to_h, momentum, step_size, 0.1, 1e-8, moving, need, need)
+        results.append((out, reach_v, reach_h))
+        assert (d_s != 0).item() is need
+    for without, with_sums in zip(*results):
+        assert torch.equal(without, with_sums)
+
+
 def test_the_kernels_refuse_buffers_that_do_not_match():
     ops = cpu_kernels.ops()
     block, h = torch.randn(4, 2, 12), torch.randn(2, 3)

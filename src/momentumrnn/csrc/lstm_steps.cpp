@@ -390,17 +390,28 @@ std::vector<Tensor> adam_chunk_backward(const Tensor& u_in, const Tensor& v_prev
           const scalar_t* vl = t == 0 ? vp : vs + (t - 1) * n;
           const scalar_t* mt = ms + t * n;
           scalar_t* ot = op + t * n;
-          for (int64_t j = begin; j < end; ++j) {
+          const auto step = [&](int64_t j) {       // dL/du_t, and what reaches step t - 1: gv
             const scalar_t q2 = mt[j] + adam.eps;
             const scalar_t raw = gt[j] / std::sqrt(q2);
             const scalar_t gv = raw + cv[j];
             const scalar_t hm = raw * vt[j] / q2 + ch[j];
-            const scalar_t x = ut[j];
-            if (need_s) sum_s += static_cast<double>(gv) * x;
-            if (need_mu) sum_mu += static_cast<double>(gv) * vl[j];
-            ot[j] = gv * adam.s - hm * x * adam.rest;
+            ot[j] = gv * adam.s - hm * ut[j] * adam.rest;
             cv[j] = moving ? gv * adam.mu : scalar_t(0);
             ch[j] = hm * adam.beta;
+            return gv;
+          };
+          if (need_s || need_mu) {                // the sums in channel order: one channel at a time
+            for (int64_t j = begin; j < end; ++j) {
+              const scalar_t x = ut[j], previous = vl[j];
+              const scalar_t gv = step(j);
+              if (need_s) sum_s += static_cast<double>(gv) * x;
+              if (need_mu) sum_mu += static_cast<double>(gv) * previous;
+            }
+          } else {                                 // channels independent: vectorized
+            _Pragma("GCC ivdep")
+            for (int64_t j = begin; j < end; ++j) {
+              step(j);
+            }
           }
         }
         partial_mu[k] = sum_mu;
