@@ -642,3 +642,49 @@ def test_projection_arguments_are_checked_as_torch():
     out, (h, c) = layer(torch.randn(4, 3))                           # unbatched
     assert out.shape == (4, 2) and h.shape == (1, 2) and c.shape == (1, 6)
     assert [w.shape for w in layer.all_weights[0]] == [w.shape for w in torch.nn.LSTM(3, 6, proj_size=2).all_weights[0]]
+
+
+class _Quantizable(torch.nn.Module):
+    """A layer, a cell and a ``Linear``, as a model handed to a quantization flow."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.cell, self.out = layer, mrnn.AdamGRUCell(3, 4, dtype=torch.float32), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.layer(x)[0] + self.cell(x[0])[None])
+
+
+@pytest.mark.parametrize("which", [(("lstm", "momentum")), mrnn.MomentumOrthogonalRNN],
+                         ids=lambda w: layer_id(w) if isinstance(w, tuple) else w.__name__)
+def test_quantization_flows_leave_the_layers_in_floating_point_and_say_so(which):
+    quantize_dynamic = pytest.importorskip("torch.ao.quantization").quantize_dynamic
+    model = _Quantizable(make(which, dtype=torch.float32))
+    x = torch.randn(5, 2, 3)
+    expected = model(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantized = quantize_dynamic(model)
+    notices = [w for w in caught if "stays in floating point" in str(w.message)]
+    names = sorted(str(w.message).split()[0] for w in notices)
+    assert names == sorted([mrnn.MomentumLSTM.__name__ if isinstance(which, tuple) else which.__name__, "AdamGRUCell"])
+    assert all(w.filename == __file__ for w in notices)                    # at the caller's line
+    assert "quantized" in type(quantized.out).__module__                   # torch's modules are quantized
+    assert type(quantized.layer) is type(model.layer) and type(quantized.cell) is mrnn.AdamGRUCell
+    torch.testing.assert_close(quantized.layer(x), model.layer(x), rtol=0, atol=0)
+    torch.testing.assert_close(quantized(x), expected, rtol=0.1, atol=0.1)  # int8 Linear
+
+
+def test_qconfig_is_an_ordinary_attribute_outside_quantization_flows():
+    layer = mrnn.MomentumLSTM(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not hasattr(layer, "qconfig") and getattr(layer, "qconfig", None) is None
+        import inspect
+        inspect.getmembers(layer)
+    layer.qconfig = "set"
+    assert layer.qconfig == "set" and "qconfig" not in dict(layer.named_parameters())
+    del layer.qconfig
+    assert not hasattr(layer, "qconfig")
+    with pytest.raises(AttributeError):
+        del layer.qconfig

@@ -10,6 +10,7 @@ from torch import nn
 
 from .hyperparameters import add_hyperparameters, read_hyperparameters, reset_hyperparameters
 from .initialization import INITS, initialize
+from .quantization import QuantizationNotice
 from .recurrences import Recurrence, RNNRecurrence
 from .rules import Rule
 
@@ -58,6 +59,8 @@ class RuleModule(nn.Module):
     """
 
     __signature__ = _ConstructorSignature()
+    #: Read by torch's quantization flows, which leave cells and layers in floating point (``momentumrnn.quantization``).
+    qconfig = QuantizationNotice()
 
     recurrence_type: ClassVar[type[Recurrence]]
     rule_type: ClassVar[type[Rule]]

@@ -1,0 +1,60 @@
+"""How the cells and layers meet torch's quantization flows: they stay in floating point, and say so.
+
+``torch.ao.quantization``'s flows (``quantize_dynamic``, ``prepare``, ``quantize``) swap the
+module types they have a mapping for (``torch.nn.LSTM`` among them) and pass over every
+other module. momentumrnn's cells and layers have no quantized form (one of torch's would
+run torch's recurrence and drop the rule), so a flow passes over them. Each flow first
+reads every module's ``qconfig`` attribute; the cells' and layers' ``qconfig`` warns, when
+a flow reads it before any is set, that the module stays in floating point.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from torch.nn.utils.parametrize import type_before_parametrizations
+
+__all__ = ["QuantizationNotice"]
+
+#: The modules of the flows whose look at ``qconfig`` warns.
+_FLOWS = ("torch.ao.quantization", "torch.quantization")
+_WRAPPERS = ("torch.", "momentumrnn.", "typing_extensions")
+
+
+class QuantizationNotice:
+    """The ``qconfig`` attribute of cells and layers: a quantization flow's ``qconfig``, kept
+    as set; read by a flow before it is set, a warning that the module stays in floating
+    point (then, as for any module without one, ``AttributeError``)."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        if self.name in instance.__dict__:
+            return instance.__dict__[self.name]
+        if sys._getframe(1).f_globals.get("__name__", "").startswith(_FLOWS):
+            name = type_before_parametrizations(instance).__name__
+            warnings.warn(f"{name} stays in floating point: torch.ao.quantization has no "
+                          "quantized form of momentumrnn's cells and layers (it swaps only the module types it "
+                          "maps, such as torch.nn.LSTM, whose recurrence has no rule)", stacklevel=_outside_torch())
+        raise AttributeError(f"{type(instance).__name__!r} object has no attribute {self.name!r}")
+
+    def __set__(self, instance, value):
+        instance.__dict__[self.name] = value
+
+    def __delete__(self, instance):
+        if self.name not in instance.__dict__:
+            raise AttributeError(self.name)
+        del instance.__dict__[self.name]
+
+
+def _outside_torch() -> int:
+    """The ``stacklevel`` of the first caller outside torch, momentumrnn and the wrapper of torch's
+    deprecated functions (``typing_extensions``): the user's call of the flow."""
+    frame, level = sys._getframe(2), 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(_WRAPPERS):
+        frame, level = frame.f_back, level + 1
+    return level
