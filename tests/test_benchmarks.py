@@ -96,6 +96,23 @@ def test_compile_benchmark_writes_markdown_and_json(tmp_path):
     assert "| NesterovLSTM |" in (tmp_path / "compile.md").read_text()
 
 
+def test_compile_split_benchmark_clocks_the_parts_and_restores_torch(tmp_path):
+    import torch
+    from torch._inductor.output_code import CompiledFxGraph
+
+    from momentumrnn import compiled
+
+    grad, call, kept = torch.autograd.grad, CompiledFxGraph.__call__, compiled._GRAPHS
+    load("compile_split").main(["--shape", "5,2,3,4", "--repeats", "2", "--layers", "MomentumLSTM",
+                                "--out", str(tmp_path)])
+    assert (torch.autograd.grad, CompiledFxGraph.__call__, compiled._GRAPHS) == (grad, call, kept)
+    row, = json.loads((tmp_path / "compile-split.json").read_text())["rows"]
+    assert row["layer"] == "MomentumLSTM"
+    assert all(row[key] > 0 for key in ("eager layer", "compiled layer", "kept bwd", "graphs", "release"))
+    assert row["graphs"] > row["compiled layer"] + row["kept bwd"]          # the graphs hold the op
+    assert "| MomentumLSTM |" in (tmp_path / "compile-split.md").read_text()
+
+
 class _Parsed(Exception):
     """Raised instead of running a benchmark once its arguments are parsed."""
 
