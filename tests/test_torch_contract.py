@@ -1,6 +1,7 @@
 """torch's RNN contract at its edges: error types, cells, gradients, torch.func, tracing and
 export. The layers must behave where code written for ``torch.nn.LSTM`` expects them to."""
 
+import inspect
 import io
 import warnings
 
@@ -655,7 +656,7 @@ class _Quantizable(torch.nn.Module):
         return self.out(self.layer(x)[0] + self.cell(x[0])[None])
 
 
-@pytest.mark.parametrize("which", [(("lstm", "momentum")), mrnn.MomentumOrthogonalRNN],
+@pytest.mark.parametrize("which", [("lstm", "momentum"), mrnn.MomentumOrthogonalRNN],
                          ids=lambda w: layer_id(w) if isinstance(w, tuple) else w.__name__)
 def test_quantization_flows_leave_the_layers_in_floating_point_and_say_so(which):
     quantize_dynamic = pytest.importorskip("torch.ao.quantization").quantize_dynamic
@@ -680,7 +681,6 @@ def test_qconfig_is_an_ordinary_attribute_outside_quantization_flows():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not hasattr(layer, "qconfig") and getattr(layer, "qconfig", None) is None
-        import inspect
         inspect.getmembers(layer)
     layer.qconfig = "set"
     assert layer.qconfig == "set" and "qconfig" not in dict(layer.named_parameters())
