@@ -676,6 +676,35 @@ def test_quantization_flows_leave_the_layers_in_floating_point_and_say_so(which)
     torch.testing.assert_close(quantized(x), expected, rtol=0.1, atol=0.1)  # int8 Linear
 
 
+@pytest.mark.parametrize("spec, warned", [
+    ({torch.nn.Linear}, []),                                    # other types only: as torch, no word
+    ({torch.nn.Linear, torch.nn.GRUCell}, ["AdamGRUCell", "MomentumLSTM"]),   # torch's recurrent modules
+    ({mrnn.MomentumLSTM}, ["MomentumLSTM"]),                   # a class of ours, by name
+    ({"layer": "default"}, ["MomentumLSTM"]),                 # a module, by name
+], ids=["linear", "torch-rnn", "ours", "by-name"])
+def test_quantization_notices_follow_the_flows_settings(spec, warned):
+    quantization = pytest.importorskip("torch.ao.quantization")
+    if isinstance(spec, dict):
+        spec = {key: quantization.default_dynamic_qconfig for key in spec}
+    model = _Quantizable(mrnn.MomentumLSTM(3, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantization.quantize_dynamic(model, spec)
+    assert sorted(str(w.message).split()[0] for w in caught if "stays in floating point" in str(w.message)) == warned
+
+
+def test_a_static_quantization_flow_with_a_model_qconfig_names_the_layers():
+    quantization = pytest.importorskip("torch.ao.quantization")
+    model = _Quantizable(mrnn.MomentumLSTM(3, 4))
+    model.qconfig = quantization.get_default_qconfig()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantization.prepare(model)
+    names = sorted(str(w.message).split()[0] for w in caught if "stays in floating point" in str(w.message))
+    assert names == ["AdamGRUCell", "MomentumLSTM"] and all(w.filename == __file__ for w in caught
+                                                            if "stays in floating point" in str(w.message))
+
+
 def test_qconfig_is_an_ordinary_attribute_outside_quantization_flows():
     layer = mrnn.MomentumLSTM(3, 4)
     with warnings.catch_warnings():

@@ -5,7 +5,10 @@ module types they have a mapping for (``torch.nn.LSTM`` among them) and pass ove
 other module. momentumrnn's cells and layers have no quantized form (one of torch's would
 run torch's recurrence and drop the rule), so a flow passes over them. Each flow first
 reads every module's ``qconfig`` attribute; the cells' and layers' ``qconfig`` warns, when
-a flow reads it before any is set, that the module stays in floating point.
+a flow reads it before any is set, that the module stays in floating point: where the
+flow's settings would quantize it were it one of torch's recurrent modules (the default of
+``quantize_dynamic``, a ``qconfig`` given to a module that holds it, or its own class named),
+not where they name other types only (``quantize_dynamic(model, {nn.Linear})``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import sys
 import warnings
 
+from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 __all__ = ["QuantizationNotice"]
@@ -20,6 +24,8 @@ __all__ = ["QuantizationNotice"]
 #: The modules of the flows whose look at ``qconfig`` warns.
 _FLOWS = ("torch.ao.quantization", "torch.quantization")
 _WRAPPERS = ("torch.", "momentumrnn.", "typing_extensions")
+#: torch's recurrent modules (nn.LSTM, GRU, RNN and their cells), which the flows quantize by default.
+_TORCH_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 
 
 class QuantizationNotice:
@@ -35,7 +41,8 @@ class QuantizationNotice:
             return self
         if self.name in instance.__dict__:
             return instance.__dict__[self.name]
-        if sys._getframe(1).f_globals.get("__name__", "").startswith(_FLOWS):
+        caller = sys._getframe(1)
+        if caller.f_globals.get("__name__", "").startswith(_FLOWS) and _asked_to_quantize(instance, caller.f_locals):
             name = type_before_parametrizations(instance).__name__
             warnings.warn(f"{name} stays in floating point: torch.ao.quantization has no "
                           "quantized form of momentumrnn's cells and layers (it swaps only the module types it "
@@ -49,6 +56,19 @@ class QuantizationNotice:
         if self.name not in instance.__dict__:
             raise AttributeError(self.name)
         del instance.__dict__[self.name]
+
+
+def _asked_to_quantize(module, flow: dict) -> bool:
+    """Whether the flow's settings (its ``qconfig_dict``, ``qconfig_parent`` and ``prefix``, where
+    the caller has them) would quantize ``module`` were it one of torch's recurrent modules."""
+    spec = flow.get("qconfig_dict")
+    if not isinstance(spec, dict):
+        return True                               # a flow whose settings are not known here
+    if flow.get("qconfig_parent") is not None or spec.get(flow.get("prefix")) is not None:
+        return True
+    kinds = type_before_parametrizations(module).__mro__
+    return any(value is not None and isinstance(key, type) and (issubclass(key, _TORCH_RECURRENT) or key in kinds)
+               for key, value in spec.items())
 
 
 def _outside_torch() -> int:
