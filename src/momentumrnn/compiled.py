@@ -7,7 +7,7 @@ of the per-step work, and one graph for every sequence length once the length is
 At run time the op runs the layer's eager forward on its fast path (with the parameters it
 was given) and keeps that forward's autograd graph, under a key that the op returns as a
 small CPU tensor; ``momentumrnn::layer_backward`` runs the kept graph backward. The compiled
-model therefore computes exactly what eager computes, at eager's speed for the layer, and
+model therefore computes exactly what eager computes, with the layer's own eager code, and
 keeps the tensors that the layer's own backward saves. The op's backward takes the forward
 op's inputs and outputs, so that the compiled graph keeps them, unchanged, until it has run:
 the kept graph may have saved them, and the compiled graph would otherwise reuse their
