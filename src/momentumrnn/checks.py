@@ -11,7 +11,7 @@ from torch import Tensor
 
 __all__ = ["InputError", "InputDtypeError", "expect_tensor", "expect_shape", "expect_like", "expect_positive_int",
            "expect_size", "expect_input", "zero_rule_state", "check_hidden", "check_cell_hidden",
-           "check_rule_state", "cell_bias"]
+           "check_rule_state", "cell_bias", "stacklevel_outside"]
 
 
 class InputError(ValueError, RuntimeError):
@@ -70,13 +70,19 @@ def cell_bias(cell: str, bias) -> bool:
     if isinstance(bias, bool):
         return bias
     taken = bool(bias)
-    frame, level = sys._getframe(1), 2              # warn at the first caller outside momentumrnn
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("momentumrnn"):
-        frame, level = frame.f_back, level + 1
     hint = " (an RNN cell takes its nonlinearity as nonlinearity=)" if isinstance(bias, str) and "RNN" in cell else ""
     warnings.warn(f"{cell}: bias={bias!r} is not a bool; taken as bias={taken}, as torch's cells take it{hint}",
-                  stacklevel=level)
+                  stacklevel=stacklevel_outside(("momentumrnn",)))
     return taken
+
+
+def stacklevel_outside(modules: tuple[str, ...]) -> int:
+    """The ``stacklevel`` with which the function calling this one warns at the first caller
+    whose module's name does not start with one of ``modules`` (the user's line)."""
+    frame, level = sys._getframe(2), 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(modules):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def expect_positive_int(name: str, value) -> int:

@@ -19,10 +19,14 @@ import warnings
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
+from .checks import stacklevel_outside
+
 __all__ = ["QuantizationNotice"]
 
 #: The modules of the flows whose look at ``qconfig`` warns.
 _FLOWS = ("torch.ao.quantization", "torch.quantization")
+#: The callers between a flow's user and the ``qconfig`` read: torch, momentumrnn and the
+#: wrapper of torch's deprecated functions (``typing_extensions``).
 _WRAPPERS = ("torch.", "momentumrnn.", "typing_extensions")
 #: torch's recurrent modules (nn.LSTM, GRU, RNN and their cells), which the flows quantize by default.
 _TORCH_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
@@ -46,7 +50,7 @@ class QuantizationNotice:
             name = type_before_parametrizations(instance).__name__
             warnings.warn(f"{name} stays in floating point: torch.ao.quantization has no "
                           "quantized form of momentumrnn's cells and layers (it swaps only the module types it "
-                          "maps, such as torch.nn.LSTM, whose recurrence has no rule)", stacklevel=_outside_torch())
+                          "maps, such as torch.nn.LSTM, whose recurrence has no rule)", stacklevel=stacklevel_outside(_WRAPPERS))
         raise AttributeError(f"{type(instance).__name__!r} object has no attribute {self.name!r}")
 
     def __set__(self, instance, value):
@@ -69,12 +73,3 @@ def _asked_to_quantize(module, flow: dict) -> bool:
     kinds = type_before_parametrizations(module).__mro__
     return any(value is not None and isinstance(key, type) and (issubclass(key, _TORCH_RECURRENT) or key in kinds)
                for key, value in spec.items())
-
-
-def _outside_torch() -> int:
-    """The ``stacklevel`` of the first caller outside torch, momentumrnn and the wrapper of torch's
-    deprecated functions (``typing_extensions``): the user's call of the flow."""
-    frame, level = sys._getframe(2), 2
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(_WRAPPERS):
-        frame, level = frame.f_back, level + 1
-    return level
