@@ -645,6 +645,16 @@ def test_projection_arguments_are_checked_as_torch():
     assert [w.shape for w in layer.all_weights[0]] == [w.shape for w in torch.nn.LSTM(3, 6, proj_size=2).all_weights[0]]
 
 
+def _notices(caught) -> list:
+    """The warnings among ``caught`` that say a module stays in floating point."""
+    return [w for w in caught if "stays in floating point" in str(w.message)]
+
+
+def _noticed(caught) -> list[str]:
+    """The class names those warnings give, sorted."""
+    return sorted(str(w.message).split()[0] for w in _notices(caught))
+
+
 class _Quantizable(torch.nn.Module):
     """A layer, a cell and a ``Linear``, as a model handed to a quantization flow."""
 
@@ -666,10 +676,9 @@ def test_quantization_flows_leave_the_layers_in_floating_point_and_say_so(which)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quantized = quantize_dynamic(model)
-    notices = [w for w in caught if "stays in floating point" in str(w.message)]
-    names = sorted(str(w.message).split()[0] for w in notices)
-    assert names == sorted([mrnn.MomentumLSTM.__name__ if isinstance(which, tuple) else which.__name__, "AdamGRUCell"])
-    assert all(w.filename == __file__ for w in notices)                    # at the caller's line
+    assert _noticed(caught) == sorted([mrnn.MomentumLSTM.__name__ if isinstance(which, tuple) else which.__name__,
+                                       "AdamGRUCell"])
+    assert all(w.filename == __file__ for w in _notices(caught))          # at the caller's line
     assert "quantized" in type(quantized.out).__module__                   # torch's modules are quantized
     assert type(quantized.layer) is type(model.layer) and type(quantized.cell) is mrnn.AdamGRUCell
     torch.testing.assert_close(quantized.layer(x), model.layer(x), rtol=0, atol=0)
@@ -690,7 +699,7 @@ def test_quantization_notices_follow_the_flows_settings(spec, warned):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quantization.quantize_dynamic(model, spec)
-    assert sorted(str(w.message).split()[0] for w in caught if "stays in floating point" in str(w.message)) == warned
+    assert _noticed(caught) == warned
 
 
 def test_a_static_quantization_flow_with_a_model_qconfig_names_the_layers():
@@ -700,9 +709,8 @@ def test_a_static_quantization_flow_with_a_model_qconfig_names_the_layers():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quantization.prepare(model)
-    names = sorted(str(w.message).split()[0] for w in caught if "stays in floating point" in str(w.message))
-    assert names == ["AdamGRUCell", "MomentumLSTM"] and all(w.filename == __file__ for w in caught
-                                                            if "stays in floating point" in str(w.message))
+    assert _noticed(caught) == ["AdamGRUCell", "MomentumLSTM"]
+    assert all(w.filename == __file__ for w in _notices(caught))
 
 
 def test_qconfig_is_an_ordinary_attribute_outside_quantization_flows():
