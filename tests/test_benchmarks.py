@@ -103,14 +103,19 @@ def test_compile_split_benchmark_clocks_the_parts_and_restores_torch(tmp_path):
     from momentumrnn import compiled
 
     grad, call, kept = torch.autograd.grad, CompiledFxGraph.__call__, compiled._GRAPHS
-    load("compile_split").main(["--shape", "5,2,3,4", "--repeats", "2", "--layers", "MomentumLSTM",
-                                "--out", str(tmp_path)])
+    split = load("compile_split")
+    split.main(["--shape", "5,2,3,4", "--repeats", "2", "--layers", f"MomentumLSTM,{split.CONTROL}",
+                "--out", str(tmp_path)])
     assert (torch.autograd.grad, CompiledFxGraph.__call__, compiled._GRAPHS) == (grad, call, kept)
-    row, = json.loads((tmp_path / "compile-split.json").read_text())["rows"]
+    row, control = json.loads((tmp_path / "compile-split.json").read_text())["rows"]
     assert row["layer"] == "MomentumLSTM"
     assert all(row[key] > 0 for key in ("eager layer", "compiled layer", "kept bwd", "graphs", "release"))
     assert row["graphs"] > row["compiled layer"] + row["kept bwd"]          # the graphs hold the op
-    assert "| MomentumLSTM |" in (tmp_path / "compile-split.md").read_text()
+    assert control["layer"] == split.CONTROL                                 # no layer: its clocks are empty
+    assert all(control[key] is None for key in split.LAYER_CLOCKS)
+    assert control["graphs"] > 0 and control["outside"] > 0
+    table = (tmp_path / "compile-split.md").read_text()
+    assert "| MomentumLSTM |" in table and f"| {split.CONTROL} | " in table and "| – |" in table
 
 
 class _Parsed(Exception):
