@@ -315,9 +315,8 @@ class _AdditiveLoop(torch.autograd.Function):
                               terms if nesterov or adam is not None else None, *drives.saved())
         h_n = outs[time - 1].clone()
         c_n = acts.cells[time % 2 if acts.ring else time].clone() if lstm else None
-        if nesterov and v_prev is v0:                # no step ran: v_T is v_0, returned as a new tensor
-            v_prev = v0.clone()
-        v_n, m_n = drives.state if adam is not None else (v_prev if nesterov else None, None)  # v_prev is ours
+        # v_prev is the loop's own v_T (time >= 1, as h_n above assumes): returned without a copy
+        v_n, m_n = drives.state if adam is not None else (v_prev if nesterov else None, None)
         drives.terms = drives.state = None          # the saved tensors serve the backward
         return outs, h_n, c_n, v_n, m_n
 
