@@ -367,3 +367,105 @@ def test_a_checkpoint_of_the_former_orthogonal_parametrization_is_refused(tmp_pa
     torch.save(saved, state_pt)
     assert cli("train", "--out", run, "--resume", "--max-steps", 3) == 2
     assert "former parametrization" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- writing only where it should
+@pytest.mark.parametrize("name", ["metrics.jsonl", ".lock"])
+def test_a_run_file_that_is_a_link_is_never_written_through(tmp_path, capsys, name):
+    run = tmp_path / "run"
+    assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", run, "--max-steps", 3) == 0
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (run / name).unlink()
+    (run / name).symlink_to(target)
+    assert cli("train", "--out", run, "--resume", "--max-steps", 6) == 2
+    assert f"{run / name} is a symbolic link (to {target})" in capsys.readouterr().err
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_sweep_directory_and_a_foreign_directory_are_refused_as_run_directories(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text("{}")
+    (sweep_dir / ".lock").write_text("")
+    before = snapshot(sweep_dir)
+    assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", sweep_dir, "--max-steps", 2) == 2
+    assert "is a sweep directory" in capsys.readouterr().err
+    assert snapshot(sweep_dir) == before and sorted(os.listdir(sweep_dir)) == [".lock", "sweep.json"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / ".lock").write_text("")
+    (foreign / "notes.txt").write_text("mine")
+    assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", foreign, "--max-steps", 2) == 2
+    assert "holds no momentumrnn run" in capsys.readouterr().err
+    assert sorted(os.listdir(foreign)) == [".lock", "notes.txt"]
+    lone = tmp_path / "lone"                             # the lock a killed start left: the folder is empty
+    lone.mkdir()
+    (lone / ".lock").write_text("")
+    assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", lone, "--max-steps", 2) == 0
+
+
+# ----------------------------------------------------------------------------- no tracebacks
+@pytest.mark.parametrize("broken", ["checkpoint", "metrics"])
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path, capsys, monkeypatch, broken):
+    import errno
+    import importlib
+
+    training = importlib.import_module("momentumrnn.experiments.train")
+
+    run = tmp_path / "run"
+    calls = {"n": 0}
+
+    def full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run / "x"))
+        return original(*args, **kwargs)
+
+    if broken == "checkpoint":
+        original = training.save_checkpoint
+        monkeypatch.setattr(training, "save_checkpoint", full)
+    else:
+        original = training.MetricsLog.write
+        monkeypatch.setattr(training.MetricsLog, "write", lambda self, row: full(self, row))
+    assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", run, "--max-steps", 12) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert "could not write its files (No space left on device" in error and "is kept" in error
+    assert "--resume" in error
+    monkeypatch.undo()
+    assert cli("train", "--out", run, "--resume", "--max-steps", 12) == 0
+    assert summary(run)["status"] == "finished" and summary(run)["steps"] == 12
+
+
+def test_a_config_with_a_setting_removed_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", run, "--max-steps", 3) == 0
+    record = json.loads((run / "config.json").read_text())
+    del record["config"]["lr"], record["config"]["log_every"]          # log_every: a placement key, refilled
+    (run / "config.json").write_text(json.dumps(record))
+    assert cli("train", "--out", run, "--resume", "--max-steps", 6) == 2
+    assert "config.json has no setting 'lr' (was it edited?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    # 20000 examples of 10**8 steps: an allocation that fails at once (never one that nearly fits)
+    (["train", "--task", "adding", "--model", "lstm", "--length", "100000000", "--max-steps", "1", "--quiet"],
+     "not enough memory"),
+    (["gradients", "--task", "adding", "--model", "lstm", "--batch-size", "1000000"],
+     "--batch-size 1000000 exceeds the 20000 training examples"),
+])
+def test_sizes_too_large_are_named(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_a_one_time_cost_is_recorded_apart(tmp_path, monkeypatch):
+    from momentumrnn import cpu_kernels
+
+    clock = iter([0.0, 17.5])                             # before the first step; at the summary
+    monkeypatch.setattr(cpu_kernels, "build_seconds", lambda: next(clock))
+    run = tmp_path / "run"
+    assert cli("train", *TINY_ADDING, "--model", "lstm", "--out", run, "--max-steps", 3) == 0
+    assert summary(run)["one_time_s"] == {"building the CPU step kernels": 17.5}

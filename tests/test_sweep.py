@@ -6,6 +6,7 @@ the grouped report is checked on hand-made run directories whose curves are know
 import json
 import os
 import shlex
+import shutil
 import statistics
 import signal
 import subprocess
@@ -120,8 +121,8 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_1(tmp_path, capsys):
     assert main(["sweep", "--task", "adding", "--models", "lstm", "--grid", "lr=0.001,1e30", "--out", str(out),
                  "--jobs-per-device", "2", "--max-steps", "6", *TINY]) == 1
     err = capsys.readouterr().err
-    assert "FAILED lstm_lr=1e+30_seed=0 (exit status 1)" in err and "training diverged" in err
-    assert "finished lstm_lr=0.001_seed=0" in err and "1 of 2 runs failed: lstm_lr=1e+30_seed=0" in err
+    assert "FAILED lstm_lr=1e+30_seed=0 (exit status 1, run diverged)" in err and "training diverged" in err
+    assert "finished lstm_lr=0.001_seed=0" in err and "1 of 2 runs finished; 1 failed (lstm_lr=1e+30_seed=0)" in err
     assert sweep("--task", "adding", "--models", "lstm", "--grid", "lr=0.001,1e30", "--out", out, "--resume",
                  "--max-steps", "6", *TINY) == 1                              # not retried: it would diverge again
 
@@ -137,6 +138,29 @@ def test_a_failed_run_is_reported_and_the_sweep_exits_1(tmp_path, capsys):
     (["--devices", "tpu"], "device must be auto, cpu, cuda or cuda:N"),
     (["--lr", "inf"], "lr must be a finite number"),
     (["--jobs-per-device", "0"], "--jobs-per-device must be >= 1"),
+    # a train flag that would override the grid's or a control's value in every run
+    (["--grid", "lr=0.1,0.01", "--lr", "0.5"], "--lr is set twice: by the train flag --lr 0.5 and by --grid lr=0.1,0.01"),
+    (["--control", "gain", "--momentum", "0.9"], "--momentum is set twice: by the train flag --momentum 0.9 and by "
+                                                  "--control gain"),
+    (["--control", "mu0", "--step-size=0.3"], "--step-size is set twice"),
+    (["--se", "3"], "momentumrnn sweep sets --seed itself"),                 # abbreviated
+    # inputs that would silently do nothing
+    (["--grid", "lr=0.1,0.10"], "gives the value 0.1 twice"),
+    (["--grid", "beta=0.9,0.99"], "--grid beta: none of the models (lstm, momentum-lstm) takes --beta"),
+    (["--grid", "threads=1,2"], "--grid threads: the sweep sets --threads itself"),
+    (["--seeds", "0,5-2"], "--seeds range '5-2' runs backwards"),
+    (["--models", ","], "--models takes model names separated by commas, got ','"),
+    (["--models", "lstm,lstm"], "--models names lstm twice"),
+    # no tracebacks
+    (["--seeds", "0-4294967295"], "names more than 10,000 seeds"),
+    (["--seeds", "4294967296"], "--seeds must be integers in [0, 2**32 - 1]"),
+    (["--grid", "tied=maybe"], "--grid 'tied=maybe': expected yes or no"),
+    ([f"--grid={key}={value}" for key, value in [
+        ("lr", 0.0012345678901234567), ("alpha", 0.912345678901234), ("weight-decay", 0.00012345678901234),
+        ("clip", 1.2345678901234567), ("forget-bias", 1.2345678901234567), ("eval-every", 123456789),
+        ("hidden-size", 123456), ("batch-size", 1234567), ("train-size", 123456789), ("log-every", 12345678),
+        ("eval-batch-size", 1234567), ("checkpoint-every", 1234567), ("momentum", 0.12345678901234),
+        ("step-size", 0.123456789012345)]], "more than a file name may have (255)"),
 ])
 def test_bad_sweeps_are_refused_before_anything_runs(tmp_path, capsys, args, message):
     out = tmp_path / "sweep"
@@ -144,6 +168,67 @@ def test_bad_sweeps_are_refused_before_anything_runs(tmp_path, capsys, args, mes
                  *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_run_names_are_lossless_and_each_point_runs(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert sweep("--task", "adding", "--models", "lstm", "--grid", "lr=0.0010000001,0.0010000002,0.001",
+                 "--out", out, "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [shlex.split(line)[-1].rsplit("/", 1)[-1] for line in lines] == [
+        "lstm_lr=0.0010000001_seed=0", "lstm_lr=0.0010000002_seed=0", "lstm_lr=0.001_seed=0"]
+    assert [shlex.split(line)[shlex.split(line).index("--lr") + 1] for line in lines] == [
+        "0.0010000001", "0.0010000002", "0.001"]
+
+
+def test_a_control_equal_to_a_grid_point_runs_once_and_says_so(tmp_path, capsys):
+    assert main(["sweep", "--task", "adding", "--models", "momentum-lstm", "--grid", "momentum=0,0.5",
+                 "--control", "mu0", "--out", str(tmp_path / "sweep"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2
+    assert ("note: momentum-lstm_momentum=0_step-size=0.6_seed=0 is the same run as momentum-lstm_momentum=0_seed=0"
+            in captured.err)
+
+
+def test_a_run_stopped_from_outside_makes_the_sweep_exit_1(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    run = out / "lstm_seed=0"
+
+    def stop_the_run():                                  # SIGTERM to the train process, not to the sweep
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if (run / "checkpoints" / "latest").exists():
+                    os.kill(json.loads((run / ".lock").read_text())["pid"], signal.SIGTERM)
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+
+    import threading
+    stopper = threading.Thread(target=stop_the_run)
+    stopper.start()
+    status = main(["sweep", "--task", "adding", "--models", "lstm", "--out", str(out), "--max-steps", "100000",
+                   *TINY])
+    stopper.join()
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert "STOPPED lstm_seed=0 from outside the sweep" in err and "all 1 runs finished" not in err
+    assert "0 of 1 runs finished; 1 stopped from outside (lstm_seed=0)" in err
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_resume_names_a_lock_that_cannot_be_used_instead_of_waiting(finished, tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    run = out / NAMES[0]
+    (run / "summary.json").unlink()
+    (run / ".lock").unlink()
+    (run / ".lock").mkdir()                              # a lock file that cannot be opened
+    result = subprocess.run([sys.executable, "-m", "momentumrnn", "sweep", *map(str, SWEEP), "--out", str(out),
+                             "--resume"], env=environment(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"FAILED {NAMES[0]}: cannot use the lock file {run / '.lock'}" in result.stderr
 
 
 def test_resume_with_another_definition_is_refused(finished, capsys):
@@ -194,11 +279,7 @@ def test_report_takes_the_seeds_of_each_setting_together(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", *map(str, sorted(runs.iterdir())), "--out", str(out), "--thresholds", "0.05,0.035"]) == 0
     text = (out / "report.md").read_text()
-    table = {}
-    for line in text.splitlines():
-        if line.startswith("| momentum-lstm μ") or line.startswith("| lstm |"):
-            cells = line.strip("| ").split(" | ")
-            table[cells[0]] = cells
+    table = seed_rows(text)
     momentum = table["momentum-lstm μ 0.6 s 0.6"]
     assert momentum[1] == "0, 1, 2"
     assert momentum[2] == "0.2000 ± 0.1000 (n 3)"                             # test at best val
@@ -207,7 +288,7 @@ def test_report_takes_the_seeds_of_each_setting_together(tmp_path, capsys):
     assert momentum[4] == f"{statistics.fmean(at_400):.4f} ± {statistics.stdev(at_400):.4f} (n 3)"
     assert momentum[5] == "300 (200–300; 2/3)"          # <= 0.05: seeds 0, 1 at 200, 300, seed 2 never
     assert momentum[6] == "400 (300–400; 2/3)"          # <= 0.035: at 300 and 400
-    assert table["lstm"][5] == "not reached (by 400–600)"
+    assert table["lstm ✗ not above the baseline"][5] == "not reached (by 400–600)"     # mean best 0.18 > 1/6
     assert (out / "adding_seeds.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "adding_momentum-lstm_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert "by momentum and step_size" in text
@@ -218,6 +299,106 @@ def test_report_of_a_sweep_directory(finished, tmp_path, capsys):
     assert main(["report", str(finished), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "### adding: seeds taken together" in text
-    for label in ("| lstm | 0, 1 |", "| momentum-lstm μ 0.6 s 0.6 | 0, 1 |",
-                  "| momentum-lstm μ 0 s 0.6 (mu0 control) | 0, 1 |"):
-        assert label in text
+    table = {label.replace(" ✗ not above the baseline", ""): cells for label, cells in seed_rows(text).items()}
+    for label in ("lstm", "momentum-lstm μ 0.6 s 0.6", "momentum-lstm μ 0 s 0.6 (mu0 control)"):
+        assert table[label][1] == "0, 1"
+
+
+def seed_rows(text: str) -> dict:
+    """The rows of the seeds table by their setting label."""
+    table = {}
+    for line in text.split("seeds taken together", 1)[1].splitlines():
+        if line.startswith("| ") and not line.startswith("| setting"):
+            cells = line.strip("| ").split(" | ")
+            table[cells[0]] = cells
+    return table
+
+
+def test_report_groups_only_runs_that_differ_by_seed_alone(tmp_path):
+    runs = tmp_path / "runs"
+    curve = {100: 0.2, 200: 0.1}
+    for seed in (0, 1):                                   # the same setting at two budgets
+        hand_made_run(runs, f"short{seed}", "lstm", seed, curve, test=0.1, max_steps=200)
+        hand_made_run(runs, f"long{seed}", "lstm", seed, curve, test=0.3, max_steps=400)
+    hand_made_run(runs, "other-machine", "lstm", 2, curve, test=0.1, max_steps=200, threads=7, device="cpu",
+                  log_every=5)                            # what cannot change the result does not split
+    stopped = hand_made_run(runs, "stopped", "lstm", 3, curve, test=0.9, max_steps=200)
+    record = json.loads((stopped / "summary.json").read_text())
+    (stopped / "summary.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    shutil.copytree(runs / "short0", runs / "copy-of-short0")
+    (runs / "link-to-short1").symlink_to(runs / "short1")
+    out = tmp_path / "report"
+    args = [*map(str, sorted(runs.iterdir())), str(runs / "short1")]          # short1 three ways
+    assert main(["report", *args, "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    table = seed_rows(text)
+    short, long = table["lstm max_steps=200"], table["lstm max_steps=400"]
+    assert short[1].startswith("0, 1, 2 (left out: ") and long[1] == "0, 1"
+    assert "seed 0: repeats seed 0 of" in short[1] and "stopped, seed 3: interrupted" in short[1]
+    assert short[2] == "0.1000 ± 0.0000 (n 3)" and long[2] == "0.3000 ± 0.0000 (n 2)"
+    assert text.count("is the same run directory as") == 2
+    assert text.count("| adding | lstm (") == 7                               # one table row per run directory
+
+
+def test_report_rows_show_the_baseline_and_mark_runs_that_do_not_beat_it(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        hand_made_run(runs, f"good{seed}", "momentum-lstm", seed, {100: 0.05}, test=0.05)
+        hand_made_run(runs, f"blind{seed}", "lstm", seed, {100: 0.2}, test=0.2)     # 1/6 predicts the mean
+    out = tmp_path / "report"
+    assert main(["report", *map(str, sorted(runs.iterdir())), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    run_rows = [line for line in text.splitlines() if line.startswith("| adding |")]
+    assert all(" | 0.1667 ✗ not beaten | " in line for line in run_rows if "| lstm (" in line)
+    assert all(" | 0.1667 | " in line for line in run_rows if "| momentum-lstm (" in line)
+    table = seed_rows(text)
+    assert "lstm ✗ not above the baseline" in table and table["input-blind baseline"][3] == "0.1667"
+    assert any(label.startswith("momentum-lstm") and "✗" not in label for label in table)
+
+
+def test_report_wall_time_names_a_one_time_cost(tmp_path):
+    run = hand_made_run(tmp_path / "runs", "a", "lstm", 0, {100: 0.1}, test=0.1)
+    record = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**record, "wall_time_s": 40.2,
+                                                  "one_time_s": {"building the CPU step kernels": 17.4}}))
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert "| 40 s (incl. 17 s building the CPU step kernels) |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_heatmap_with_a_setting_unset_in_some_runs_is_drawn(tmp_path):
+    runs = tmp_path / "runs"
+    for mu in (0.0, 0.3):
+        for alpha in (0.9, None):
+            run = hand_made_run(runs, f"g{mu}-{alpha}", "momentum-lstm", 9, {100: mu + 0.1}, test=0.1, momentum=mu,
+                                alpha=alpha or 0.99)
+            if alpha is None:                           # a run recorded before the setting existed
+                record = json.loads((run / "config.json").read_text())
+                del record["config"]["alpha"]
+                (run / "config.json").write_text(json.dumps(record))
+    hand_made_run(runs, "again", "momentum-lstm", 10, {100: 0.1}, test=0.1, momentum=0.0, alpha=0.9)
+    out = tmp_path / "report"
+    assert main(["report", *map(str, sorted(runs.iterdir())), "--out", str(out)]) == 0
+    assert (out / "adding_momentum-lstm_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_writes_nothing_outside_out(tmp_path, capsys):
+    run = hand_made_run(tmp_path / "deep" / "runs", "a", "lstm", 0, {100: 0.1}, test=0.1)
+    good = hand_made_run(tmp_path / "deep" / "runs", "b", "lstm", 0, {100: 0.1}, test=0.1)
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["task"] = "../../escaped"
+    (run / "config.json").write_text(json.dumps(record))
+    out = tmp_path / "deep" / "runs" / "report"
+    assert main(["report", str(run), str(good), "--out", str(out)]) == 1
+    assert "names an unknown task '../../escaped'" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("escaped*"))
+    (tmp_path / "file").write_text("")
+    assert main(["report", str(good), "--out", str(tmp_path / "file")]) == 2
+    assert "--out " + str(tmp_path / "file") + " is a file, not a directory" in capsys.readouterr().err
+
+
+def test_file_names_from_records_stay_in_their_folder():
+    from momentumrnn.experiments.rundir import safe_name
+    for text in ("../../x", "/etc/passwd", "..", ".hidden", "a/b", ""):
+        name = safe_name(text)
+        assert "/" not in name and not name.startswith(".") and name
+    assert safe_name("momentum-lstm_lr=0.001_seed=0") == "momentum-lstm_lr=0.001_seed=0"

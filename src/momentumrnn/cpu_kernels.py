@@ -23,16 +23,18 @@ import functools
 import os
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "ops", "build_directory"]
+__all__ = ["available", "ops", "build_directory", "build_seconds"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_steps.cpp"
 
 _lock = threading.Lock()
+_seconds = {"build": 0.0}
 
 
 def _flags() -> list[str]:
@@ -85,6 +87,7 @@ def _exclusive(directory: Path):
 def _build() -> bool:
     from torch.utils import cpp_extension
     directory = build_directory()
+    started = time.perf_counter()
     try:
         with _exclusive(directory):
             cpp_extension.load(name=_name(), sources=[str(SOURCE)], extra_cflags=_flags(), is_python_module=False,
@@ -94,7 +97,15 @@ def _build() -> bool:
         warnings.warn(f"momentumrnn: the CPU step kernels could not be built ({first_line}); the LSTM loops run "
                       f"as torch ops instead (correct, slower at small batches)", RuntimeWarning, stacklevel=3)
         return False
+    finally:
+        _seconds["build"] = time.perf_counter() - started
     return True
+
+
+def build_seconds() -> float:
+    """Seconds this process spent building (or loading a cached build of) the kernels:
+    a one-time cost that falls inside the first call that needs them."""
+    return _seconds["build"]
 
 
 def available() -> bool:

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .report import ReportError
-    from .train import Diverged, RunError
+    from .train import Diverged, RunError, RunFailed
 
     try:
         if args.command == "train":
@@ -240,16 +240,38 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:                 # e.g. `momentumrnn list | head`: stop quietly, as `cat` would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (Diverged, ReportError) as error:
+    except (Diverged, ReportError, RunFailed) as error:
         print(f"momentumrnn {args.command}: error: {error}", file=sys.stderr)
         return 1
     except (ConfigError, RunError, CheckpointError, DataError) as error:
         print(f"momentumrnn {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not _out_of_memory(error):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"momentumrnn {args.command}: error: not enough memory for these sizes ({first}); use smaller "
+              f"sizes (--batch-size, --length, --hidden-size, ...)", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: Python's ``MemoryError``, torch's on a GPU or on the CPU."""
+    import torch
+
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "not enough memory" in str(error)
+                                             or "Out of memory" in str(error)))
 
 
 def _report(args) -> int:
+    from pathlib import Path
+
+    from .config import ConfigError
     from .report import write_report
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a directory: choose a folder for report.md and the figures")
 
     text, failed = write_report(args.runs, args.out, args.thresholds)
     print(text)
@@ -271,14 +293,11 @@ def _sweep(args, command) -> int:
     import shlex
 
     from .config import ConfigError
-    from .sweep import (_OWN_FLAGS, check_devices, parse_devices, parse_grid, parse_seeds, plan_sweep, run_directory,
+    from .sweep import (check_devices, parse_devices, parse_grid, parse_seeds, plan_sweep, run_directory,
                         run_sweep, train_command)
 
-    own = [f for f in args.train_flags if f.split("=")[0] in _OWN_FLAGS + ("--preset", "--help", "-h")]
-    if own:
-        raise ConfigError(f"momentumrnn sweep sets {', '.join(own)} itself (use --models, --seeds, --out, "
-                          f"--devices, --preset and --resume of the sweep)")
     train_parser = build_parser()
+    unset = train_parser.parse_args(["train", "--out", "-"])
 
     def overrides_of(flags: list[str]) -> dict:
         try:
@@ -286,15 +305,24 @@ def _sweep(args, command) -> int:
         except SystemExit:
             raise ConfigError(f"the train flags {shlex.join(flags)} do not parse (see momentumrnn train --help)") \
                 from None
+        own = [f"--{dest}" for dest in ("task", "model", "out", "resume", "seed", "device", "quiet", "preset")
+               if getattr(parsed, dest) != getattr(unset, dest)]     # also when abbreviated (--se 3)
+        if own:
+            raise ConfigError(f"momentumrnn sweep sets {', '.join(own)} itself (use --models, --seeds, --out, "
+                              f"--devices, --preset and --resume of the sweep)")
         return {k: v for k, v in _overrides(parsed).items() if v is not None}
 
     flag_types = {flag: kind for flag, kind, _ in _CONFIG_FLAGS}
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in args.models.split(",")]
+    if any(not m for m in models):
+        raise ConfigError(f"--models takes model names separated by commas, got {args.models!r}")
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device must be >= 1, got {args.jobs_per_device}")
     devices = parse_devices(args.devices)
     sweep = plan_sweep(args.task, models, parse_seeds(args.seeds), parse_grid(args.grid, flag_types),
                        args.control, args.train_flags, args.preset, overrides_of)
+    for note in sweep.notes if not args.quiet else ():
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
         for point in sweep.points:
             print(shlex.join(train_command(sweep, point, run_directory(args.out, point.name))))

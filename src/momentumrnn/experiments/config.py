@@ -18,7 +18,8 @@ from .models import model_options, model_spec, rule_hyperparameters
 from .presets import named_preset, paper_preset
 from .tasks import TASKS
 
-__all__ = ["DEFAULTS", "RESUMABLE", "ConfigError", "resolve_config", "identity", "fingerprint", "describe_difference",
+__all__ = ["DEFAULTS", "RESUMABLE", "ConfigError", "resolve_config", "identity", "setting", "RESULT_NEUTRAL",
+           "fingerprint", "describe_difference",
            "parse_device", "MAX_SEED"]
 
 
@@ -61,6 +62,13 @@ RESUMABLE = {"epochs", "max_steps", "time_budget", "device", "threads", "log_eve
              "download", "data_dir", "impl"}
 #: Keys that describe a run but do not identify it.
 _BOOKKEEPING = {"preset", "preset_notes"}
+#: Keys that cannot change a run's result beyond rounding: where it ran, how it logged and
+#: checkpointed, where its data came from, which computation path ran (every path gives the
+#: same numbers to rounding), and how its settings were given (the preset's resolved values
+#: are in the configuration). Runs that differ only in these and the seed are one setting
+#: in a report; every other key, the budgets included, splits them.
+RESULT_NEUTRAL = {"device", "threads", "log_every", "checkpoint_every", "download", "data_dir", "impl",
+                  "preset", "preset_notes"}
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd", "ntasgd")
 _POSITIVE_INTS = ("hidden_size", "num_layers", "batch_size", "eval_batch_size", "epochs", "max_steps",
@@ -208,6 +216,12 @@ def check_config(config: dict) -> None:
             rule_type.validate({k: config[k] for k in rule_hyperparameters(config["model"])})
         except (TypeError, ValueError) as error:
             raise ConfigError(str(error)) from None
+
+
+def setting(config: dict) -> dict:
+    """The keys that can change a run's result, without the seed: what runs must share to
+    be taken together as seeds of one setting."""
+    return {k: v for k, v in config.items() if k not in RESULT_NEUTRAL and k != "seed"}
 
 
 def identity(config: dict) -> dict:

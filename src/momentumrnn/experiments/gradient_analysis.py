@@ -15,7 +15,7 @@ import torch
 
 from ..gradients import GradientNorms, gradient_norms
 from .checkpoint import atomic_write_text, load_checkpoint
-from .config import fingerprint, identity, resolve_config
+from .config import ConfigError, fingerprint, identity, resolve_config
 from .data import data_root
 from .models import build_model
 from .tasks import TASKS, generator
@@ -29,7 +29,7 @@ def measure_model(model, task, batches: int, batch_size: int, seed: int) -> Grad
     training batches of ``task``; examples pooled."""
     n = task.size("train")
     if batch_size > n:
-        raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")
+        raise ConfigError(f"--batch-size {batch_size} exceeds the {n} training examples of the task")
     order = torch.randperm(n, generator=generator(seed, 7))
     parameter = next(model.parameters())
     model.eval()                    # no dropout: the measurement is of the deterministic network

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 from .presets import published
+from .rundir import safe_name
+from .seeds import beats, task_baseline
 from .tasks import TASKS
 
 __all__ = ["load_run", "write_report", "table", "ReportError", "NotARun"]
@@ -46,6 +48,8 @@ def load_run(run_dir) -> dict:
     config = _read_json(run_dir / "config.json").get("config")
     if not isinstance(config, dict) or not {"task", "model", "seed", "hidden_size"} <= set(config):
         raise ValueError(f"{run_dir / 'config.json'} holds no run configuration")
+    if config["task"] not in TASKS:
+        raise ValueError(f"{run_dir / 'config.json'} names an unknown task {config['task']!r}")
     summary_path = run_dir / "summary.json"
     summary = _read_json(summary_path) if summary_path.exists() else {}
     metrics_path = run_dir / "metrics.jsonl"
@@ -96,23 +100,38 @@ def _labels(runs: list[dict]) -> list[str]:
 
 
 def table(runs: list[dict]) -> str:
-    columns = ["task", "model", "params", "settings", "best val", "test at best val", "best at step (epoch)",
-               "steps", "epochs", "wall time", "status", "paper"]
+    columns = ["task", "model", "params", "settings", "best val", "test at best val", "input-blind baseline",
+               "best at step (epoch)", "steps", "epochs", "wall time", "status", "paper"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for run, label in zip(runs, _labels(runs)):
         c, s = run["config"], run["summary"]
         settings = _settings(c)
-        metric = (s.get("selection") or {}).get("metric")
+        metric, mode = TASKS[c["task"]].selection if c["task"] in TASKS else (None, None)
+        metric, mode = (s.get("selection") or {}).get("metric", metric), (s.get("selection") or {}).get("mode", mode)
+        baseline = task_baseline(run, metric) if metric else None
+        baseline_text = "–" if baseline is None else _format(metric, baseline) + (
+            "" if s.get("best_val") is None or beats(s["best_val"], baseline, mode) else " ✗ not beaten")
         paper = published(c["task"], c["model"], c["hidden_size"])
         paper_text = f"{paper['value']} ({paper['metric']}; {paper['note']})" if paper else "–"
         best_at = (f"{s['best_val_step']} ({s['best_val_epoch']:.2f})" if s.get("best_val_step") is not None else "–")
         lines.append(
             f"| {c['task']} | {label} | {s.get('parameters', 0):,} | {settings} | "
             f"{metric or ''} {_format(metric, s.get('best_val'))} | {_format(metric, s.get('test_at_best_val'))} | "
-            f"{best_at} | {s.get('steps', '–')} | {s.get('epochs', 0):.2f} | "
-            f"{s.get('wall_time_s', 0):.0f} s | {s.get('status', 'running')} | {paper_text} |"
-            if s else f"| {c['task']} | {label} | – | {settings} | – | – | – | – | – | – | no summary yet | – |")
+            f"{baseline_text} | {best_at} | {s.get('steps', '–')} | {s.get('epochs', 0):.2f} | "
+            f"{_wall_time(s)} | {s.get('status', 'running')} | {paper_text} |"
+            if s else f"| {c['task']} | {label} | – | {settings} | – | – | {baseline_text} | – | – | – | – | "
+                      f"no summary yet | – |")
     return "\n".join(lines)
+
+
+def _wall_time(summary: dict) -> str:
+    """The run's training time, and the part of it that was a one-time cost of the machine
+    (building the CPU step kernels), which a run on a prepared machine does not pay."""
+    text = f"{summary.get('wall_time_s', 0):.0f} s"
+    once = {k: v for k, v in (summary.get("one_time_s") or {}).items() if v >= 1}
+    if once:
+        text += " (incl. " + ", ".join(f"{v:.0f} s {k}" for k, v in once.items()) + ")"
+    return text
 
 
 def _settings(c: dict) -> str:
@@ -155,26 +174,36 @@ def plot_task(task: str, runs: list[dict], labels: list[str], path: Path) -> Non
     plt.close(figure)
 
 
-def _expand(paths) -> tuple[list[Path], dict[Path, str]]:
-    """Run directories: a sweep directory stands for the runs of its points, in order; and
-    the control each sweep run is (``mu0``, ``gain``)."""
+def _expand(paths) -> tuple[list[Path], dict[Path, str], list[str]]:
+    """Run directories: a sweep directory stands for the runs of its points, in order; the
+    control each sweep run is (``mu0``, ``gain``); and notes on directories reached twice
+    (a repeated argument, a symbolic link, a sweep and one of its runs), counted once."""
     from .sweep import run_directory
 
-    result, controls = [], {}
+    result, controls, notes, seen = [], {}, [], {}
+
+    def add(path: Path, control: str | None = None) -> None:
+        real = path.resolve()
+        if real in seen:
+            notes.append(f"- {path} is the same run directory as {seen[real]}: counted once")
+            return
+        seen[real] = path
+        result.append(path)
+        if control:
+            controls[path] = control
+
     for path in map(Path, paths):
         record = path / "sweep.json"
         if record.exists():
             try:
                 points = json.loads(record.read_text())["points"]
                 for point in points:
-                    result.append(run_directory(path, point["name"]))
-                    if point.get("control"):
-                        controls[result[-1]] = point["control"]
+                    add(run_directory(path, safe_name(point["name"])), point.get("control"))
                 continue
             except (OSError, ValueError, KeyError, TypeError) as error:
                 raise ReportError(f"{record} is not a readable sweep record: {error}") from None
-        result.append(path)
-    return result, controls
+        add(path)
+    return result, controls, notes
 
 
 def write_report(run_dirs, out_dir, thresholds: tuple[float, ...] | None = None
@@ -184,8 +213,11 @@ def write_report(run_dirs, out_dir, thresholds: tuple[float, ...] | None = None
     could be read. ``thresholds``: of the first-step table of seed groups (else per metric)."""
     from .seeds import group_runs, seed_section
 
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a directory: choose a folder for report.md and the figures")
     runs, skipped, failed = [], [], []
-    paths, controls = _expand(run_dirs)
+    paths, controls, reached_twice = _expand(run_dirs)
     for run_dir in paths:
         try:
             run = load_run(run_dir)
@@ -202,18 +234,20 @@ def write_report(run_dirs, out_dir, thresholds: tuple[float, ...] | None = None
     if not runs:
         reasons = [str(e) for e in skipped] + [f"{d}: {why}" for d, why in failed]
         raise ReportError("no run to report: " + "; ".join(reasons))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ReportError(f"cannot create --out {out}: {error.strerror or error}") from None
     text = table(runs)
     sections = ["# momentumrnn report", "", text, ""]
     tasks = sorted({r["config"]["task"] for r in runs})
     for task in tasks:
         chosen = [r for r in runs if r["config"]["task"] == task]
-        name = f"{task}_curves.png"
+        name = f"{safe_name(task)}_curves.png"
         plot_task(task, chosen, _labels(chosen), out / name)
         sections += [f"## {task}", "", f"![{task} learning curves]({name})", ""]
         sections += seed_section(task, group_runs(chosen), thresholds, out)
-    notes = _notes(runs)
+    notes = _notes(runs) + reached_twice
     if failed:
         notes.append("- Left out, could not be read: " + "; ".join(f"{d} ({why})" for d, why in failed))
     if notes:

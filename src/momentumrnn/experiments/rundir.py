@@ -7,10 +7,14 @@
   is written, and keeps it until the run ends; a second ``train`` on the same directory,
   fresh or ``--resume``, is refused with the holder's pid, host, start time and command.
   The operating system drops the lock when the holder dies, however it dies.
-* **Only directories of ours.** A fresh start takes a new or empty directory, or one that
-  holds a run (then it is refused as a run to ``--resume``); a non-empty directory that
-  holds no run is refused untouched. ``--out`` naming a file, or a path below a file or
-  where the directory cannot be created, is refused with the reason.
+* **Only directories of ours.** A fresh start takes a new or empty directory (a lone
+  ``.lock`` of a start that died counts as empty), or one that holds a run (then it is
+  refused as a run to ``--resume``); a non-empty directory that holds no run, and a sweep
+  directory (``sweep.json``), are refused untouched. ``--out`` naming a file, or a path
+  below a file or where the directory cannot be created, is refused with the reason.
+* **No links followed.** A run directory with a symbolic link among its files is refused
+  (the run would write through it, to a file outside), and the lock file is opened with
+  ``O_NOFOLLOW``.
 * **No leftovers of a failed start.** Until ``started()`` (called once the first checkpoint
   is on disk), an exception removes what the start wrote: the directory itself when this
   start created it, else its new entries. A failed resume removes nothing.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from datetime import datetime, timezone
@@ -31,7 +36,7 @@ except ImportError:                                   # Windows
     fcntl = None
     import msvcrt
 
-__all__ = ["RunDirectory", "RunError", "LOCK_NAME", "holds_run", "hold_lock"]
+__all__ = ["RunDirectory", "RunError", "LockHeld", "LOCK_NAME", "holds_run", "hold_lock", "refuse_links", "safe_name"]
 
 LOCK_NAME = ".lock"
 
@@ -40,9 +45,24 @@ class RunError(RuntimeError):
     """A run directory that cannot be started or resumed as asked."""
 
 
+class LockHeld(RunError):
+    """Another process holds the lock of the directory."""
+
+
 def holds_run(path: Path) -> bool:
-    """Whether ``path`` holds a run of ours (a configuration, checkpoints or our lock file)."""
-    return any((Path(path) / name).exists() for name in ("config.json", "checkpoints", LOCK_NAME))
+    """Whether ``path`` holds a run of ours (a configuration or checkpoints; a lock file
+    alone is not a run)."""
+    return any(os.path.lexists(Path(path) / name) for name in ("config.json", "checkpoints"))
+
+
+def refuse_links(path: Path) -> None:
+    """Raise ``RunError`` when ``path`` has a symbolic link anywhere below it (not followed)."""
+    for folder, directories, files in os.walk(path):
+        for name in directories + files:
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                raise RunError(f"{entry} is a symbolic link (to {os.readlink(entry)}); a run writes its files "
+                               f"only in place: replace the link by the file, or choose another --out")
 
 
 class RunDirectory:
@@ -63,7 +83,12 @@ class RunDirectory:
             raise RunError(f"nothing to resume: {path} does not exist")
         if path.is_dir():
             entries = sorted(os.listdir(path))
-            if entries and not self.resume and not holds_run(path):
+            if os.path.lexists(path / "sweep.json"):
+                raise RunError(f"--out {path} is a sweep directory: its runs are the folders inside it "
+                               f"(momentumrnn train --out {path / 'NAME'}), or continue it with momentumrnn sweep "
+                               f"... --resume")
+            refuse_links(path)
+            if set(entries) - {LOCK_NAME} and not self.resume and not holds_run(path):
                 shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
                 raise RunError(f"--out {path} is a non-empty directory that holds no momentumrnn run "
                                f"({len(entries)} entries: {shown}); choose a new or empty directory")
@@ -111,6 +136,14 @@ class RunDirectory:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
+def safe_name(text) -> str:
+    """``text`` as one file name: characters other than letters, digits, ``.``, ``_``, ``-``,
+    ``=`` and ``+`` become ``_``, and it cannot start with a dot (no ``..``, no hidden file).
+    Every name of a written file that comes from a run's records goes through here."""
+    name = re.sub(r"[^A-Za-z0-9._=+-]", "_", str(text))[:200]
+    return "_" + name[1:] if name.startswith(".") else (name or "_")
+
+
 #: Where the holder's record starts in the lock file (Windows locks byte 0 itself).
 _HOLDER_OFFSET = 0 if fcntl is not None else 1
 
@@ -120,14 +153,17 @@ def hold_lock(folder: Path, *, resume: bool = False, command: list | None = None
     return the file descriptor (closing it releases the lock). Raises ``RunError`` naming
     the holder when another process has it, or why the file cannot be written."""
     lock = Path(folder) / LOCK_NAME
+    if lock.is_symlink():
+        raise RunError(f"{lock} is a symbolic link (to {os.readlink(lock)}); remove it, a lock file is never "
+                       f"followed")
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
-        raise RunError(f"cannot write into {folder}: {error.strerror or error}") from None
+        raise RunError(f"cannot use the lock file {lock}: {error.strerror or error}") from None
     if not _try_lock(fd):
         holder = _read_holder(lock)
         os.close(fd)
-        raise RunError(f"{folder} is in use by another momentumrnn process ({holder}); wait for it to end, "
+        raise LockHeld(f"{folder} is in use by another momentumrnn process ({holder}); wait for it to end, "
                        f"or choose another --out")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "resume": resume,
               "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command}

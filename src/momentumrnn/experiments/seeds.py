@@ -1,7 +1,14 @@
 """Runs that differ only by their seed, taken together: what ``report`` shows for a sweep.
 
-A *group* is the runs of one task whose configurations agree in everything but ``seed``.
-For every task with a group of two or more runs, ``seed_section`` writes:
+A *group* is the runs of one task whose configurations agree in everything but the seed
+and the keys that cannot change a result (``config.RESULT_NEUTRAL``: device, threads,
+logging, checkpointing, data folder, computation path, preset name). Budgets (epochs,
+``max_steps``, ``time_budget``) split groups, and every key that splits the groups of a
+task is shown in their labels. A group's figures count each seed once, from runs that
+finished: a run that is unfinished (interrupted, still running, no summary) or repeats a
+seed of its group (a copy of a run directory) is left out of the aggregates, and its row
+says which and why. For every task with a group of two or more counted runs,
+``seed_section`` writes:
 
 * ``<task>_seeds.png``: the validation metric by optimizer step, the mean over each
   group's seeds as a line and the range of its seeds (min to max) as a band;
@@ -20,13 +27,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import identity
+from .config import setting
+from .rundir import safe_name
 from .tasks import TASKS
 
-__all__ = ["Group", "group_runs", "first_reach", "value_at", "equal_step", "seed_section", "DEFAULT_THRESHOLDS"]
+__all__ = ["Group", "group_runs", "task_baseline", "beats", "first_reach", "value_at", "equal_step", "seed_section", "DEFAULT_THRESHOLDS"]
 
 #: Validation thresholds of the first-step table when ``--thresholds`` is not given; a
 #: "max" metric reaches t when it is >= t, a "min" metric when it is <= t.
@@ -43,6 +51,8 @@ class Group:
     settings: dict
     runs: list[dict]
     label: str = ""
+    #: Runs of this setting left out of its figures, with the reason.
+    left_out: list[tuple[dict, str]] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
@@ -50,15 +60,24 @@ class Group:
 
 
 def group_runs(runs: list[dict]) -> list[Group]:
-    """Groups of runs that agree in everything but the seed, in the order first seen; each
-    labelled by its model and the settings in which the groups of its task differ."""
+    """Groups of runs that agree in everything but the seed (module docstring), in the order
+    first seen; each labelled by its model and the settings in which the groups of its task
+    differ. Only finished runs count, each seed once; the others go to ``left_out``."""
     groups: dict[str, Group] = {}
     for run in runs:
-        settings = {k: v for k, v in identity(run["config"]).items() if k != "seed"}
+        settings = setting(run["config"])
         key = json.dumps(settings, sort_keys=True, default=str)
         if key not in groups:
             groups[key] = Group(run["config"]["task"], run["config"]["model"], settings, [])
-        groups[key].runs.append(run)
+        group = groups[key]
+        status = (run.get("summary") or {}).get("status") or "no summary yet"
+        twin = next((r for r in group.runs if r["config"]["seed"] == run["config"]["seed"]), None)
+        if status != "finished":
+            group.left_out.append((run, status))
+        elif twin is not None:
+            group.left_out.append((run, f"repeats seed {run['config']['seed']} of {twin['dir']}"))
+        else:
+            group.runs.append(run)
     result = list(groups.values())
     for task in {g.task for g in result}:
         same = [g for g in result if g.task == task]
@@ -144,26 +163,36 @@ def seed_section(task: str, groups: list[Group], thresholds: tuple[float, ...] |
     names = ["setting", "seeds", "test at best val", "best val", f"val at step {step:,}" if step else "val at step –"]
     names += [f"first step to {'≥' if mode == 'max' else '≤'} {t:g}" for t in thresholds]
     lines = [f"### {task}: seeds taken together", "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    baseline = task_baseline(groups[0].runs[0] if groups[0].runs else groups[0].left_out[0][0], metric)
     for group in groups:
         runs, points = group.runs, curves[id(group)]
+        seeds = ", ".join(map(str, group.seeds)) or "none counted"
+        if group.left_out:
+            seeds += " (left out: " + "; ".join(f"{r['dir'].name}, seed {r['config']['seed']}: {why}"
+                                                for r, why in group.left_out) + ")"
+        best = [r["summary"].get("best_val") for r in runs]
+        label = group.label + (" ✗ not above the baseline" if baseline is not None and best
+                               and not beats(statistics.fmean(best), baseline, mode) else "")
+        cells = [label, seeds, _mean_sd([r["summary"].get("test_at_best_val") for r in runs]), _mean_sd(best),
+                 _mean_sd([value_at(p, step) for p in points]) if step and runs else "–"]
         last = [p[-1][0] if p else 0 for p in points]
-        cells = [group.label, ", ".join(map(str, group.seeds)),
-                 _mean_sd([r["summary"].get("test_at_best_val") for r in runs]),
-                 _mean_sd([r["summary"].get("best_val") for r in runs]),
-                 _mean_sd([value_at(p, step) for p in points]) if step else "–"]
-        cells += [_reach_text([first_reach(p, t, mode) for p in points], last) for t in thresholds]
+        cells += [_reach_text([first_reach(p, t, mode) for p in points], last) if runs else "–" for t in thresholds]
+        lines.append("| " + " | ".join(cells) + " |")
+    if baseline is not None:
+        cells = ["input-blind baseline", "–", "–", f"{baseline:.4f}"] + ["–"] * (len(names) - 4)
         lines.append("| " + " | ".join(cells) + " |")
     common = _common_settings(groups)
     lines += ["", f"Validation {metric} ({'higher' if mode == 'max' else 'lower'} is better). Mean ± sample sd over "
-              f"seeds, n runs. *val at step S*: each run's last validation at or before step S, the last step "
+              f"seeds, n runs: finished runs only, each seed once (the seeds column names any run left out and "
+              f"why); ✗ marks a setting whose mean best validation does not beat the input-blind baseline. *val at step S*: each run's last validation at or before step S, the last step "
               f"every run of the task reached. First steps: the median over seeds (a seed that never reached "
               f"the threshold counts as later than any), the range of the seeds that reached it and how many did. "
               f"Shared settings: {common}.", ""]
-    figure = f"{task}_seeds.png"
+    figure = f"{safe_name(task)}_seeds.png"
     _plot_bands(task, groups, curves, metric, step, common, out / figure)
     lines += [f"![{task}: validation {metric}, mean and range over seeds]({figure})", ""]
     for model, keys in _heatmaps(groups):
-        name = f"{task}_{model}_heatmap.png"
+        name = f"{safe_name(task)}_{safe_name(model)}_heatmap.png"
         if step and _plot_heatmap(task, model, keys, [g for g in groups if g.model == model], curves, metric,
                                   step, common, out / name):
             lines += [f"![{task} {model}: validation {metric} at step {step:,} by {keys[0]} and {keys[1]}]({name})",
@@ -171,9 +200,32 @@ def seed_section(task: str, groups: list[Group], thresholds: tuple[float, ...] |
     return lines
 
 
+def task_baseline(run: dict, metric: str) -> float | None:
+    """The input-blind (trivial) baseline of ``run``'s task in ``metric``: chance accuracy,
+    the predict-the-mean MSE, the unigram perplexity; None where the task has none or its
+    data cannot be read. Cached by configuration (some tasks compute it from their data)."""
+    config = {k: v for k, v in run["config"].items() if k not in ("seed", "preset_notes")}
+    key = json.dumps(config, sort_keys=True, default=str)
+    if key not in _BASELINES:
+        task = TASKS.get(run["config"]["task"])
+        try:
+            _BASELINES[key] = task.baseline(run["config"]) if task else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            _BASELINES[key] = {}
+    return _BASELINES[key].get(metric)
+
+
+_BASELINES: dict[str, dict] = {}
+
+
+def beats(value: float, baseline: float, mode: str) -> bool:
+    """Whether ``value`` is better than ``baseline`` (``mode`` "max": higher is better)."""
+    return value > baseline if mode == "max" else value < baseline
+
+
 def _selection(groups: list[Group]) -> tuple[str, str]:
     for group in groups:
-        for run in group.runs:
+        for run in group.runs + [r for r, _ in group.left_out]:
             selection = run["summary"].get("selection")
             if selection:
                 return selection["metric"], selection["mode"]
@@ -201,6 +253,8 @@ def _plot_bands(task, groups, curves, metric, step, common, path) -> None:
     figure, axis = plt.subplots(figsize=(8.5, 4.8))
     for group in groups:
         points = curves[id(group)]
+        if not points:
+            continue
         steps = sorted({s for p in points for s, _ in p})
         grid = [s for s in steps if all(p and p[0][0] <= s <= p[-1][0] for p in points)]    # while all run
         values = [[value_at(p, s) for p in points] for s in grid]
@@ -231,14 +285,23 @@ def _heatmaps(groups: list[Group]) -> list[tuple[str, list[str]]]:
     return result
 
 
+def _unset_first(value) -> tuple:
+    """Sort key of a setting's values, where some runs may not have the setting (None)."""
+    return (value is not None, value if value is not None else 0)
+
+
+def _tick(value) -> str:
+    return "unset" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+
+
 def _plot_heatmap(task, model, keys, groups, curves, metric, step, common, path) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted({g.settings.get(keys[0]) for g in groups})
-    columns = sorted({g.settings.get(keys[1]) for g in groups})
+    rows = sorted({g.settings.get(keys[0]) for g in groups}, key=_unset_first)
+    columns = sorted({g.settings.get(keys[1]) for g in groups}, key=_unset_first)
     cells = {}
     for group in groups:
         values = [v for v in (value_at(p, step) for p in curves[id(group)]) if v is not None]
@@ -254,8 +317,8 @@ def _plot_heatmap(task, model, keys, groups, curves, metric, step, common, path)
             if (r, c) in cells:
                 mean, n = cells[r, c]
                 axis.text(j, i, f"{mean:.3g}\nn {n}", ha="center", va="center", color="white", fontsize=8)
-    axis.set_xticks(range(len(columns)), [f"{c:g}" if isinstance(c, float) else str(c) for c in columns])
-    axis.set_yticks(range(len(rows)), [f"{r:g}" if isinstance(r, float) else str(r) for r in rows])
+    axis.set_xticks(range(len(columns)), [_tick(c) for c in columns])
+    axis.set_yticks(range(len(rows)), [_tick(r) for r in rows])
     axis.set(xlabel=keys[1], ylabel=keys[0],
              title=f"{task} {model}: mean validation {metric} at step {step:,}\n{common}")
     figure.colorbar(image, ax=axis, label=f"validation {metric}")

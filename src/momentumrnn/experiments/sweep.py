@@ -28,6 +28,7 @@ any failed (its log's tail is shown), 130 when the sweep was stopped.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -42,9 +43,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .checkpoint import atomic_write_json, has_checkpoint
-from .config import ConfigError, parse_device, resolve_config
+from .config import MAX_SEED, ConfigError, identity, parse_device, resolve_config
 from .models import rule_hyperparameters
-from .rundir import RunError, hold_lock
+from .rundir import LockHeld, RunError, hold_lock
 
 __all__ = ["Point", "Sweep", "plan_sweep", "run_sweep", "run_directory", "parse_seeds", "parse_grid", "CONTROLS"]
 
@@ -52,6 +53,13 @@ __all__ = ["Point", "Sweep", "plan_sweep", "run_sweep", "run_directory", "parse_
 CONTROLS = ("mu0", "gain")
 #: Flags the sweep sets itself, refused among the train flags.
 _OWN_FLAGS = ("--task", "--model", "--out", "--resume", "--seed", "--device", "--quiet")
+#: Train flags the sweep sets for every run from its own options (a --grid of them would be overridden).
+_SET_BY_SWEEP = ("--threads",)
+#: The settings a control sets, which a train flag must not override.
+_CONTROL_KEYS = ("momentum", "step_size")
+#: At most this many seeds; a run name (a directory) at most this many bytes.
+MAX_SEEDS = 10_000
+MAX_NAME_BYTES = 255
 
 
 @dataclass
@@ -79,6 +87,7 @@ class Sweep:
     train_flags: list[str]
     preset: str | None
     points: list[Point] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def definition(self) -> dict:
         return {"task": self.task, "models": self.models, "seeds": self.seeds, "grid": self.grid,
@@ -87,25 +96,39 @@ class Sweep:
 
 # ----------------------------------------------------------------------------- parsing
 def parse_seeds(text: str) -> list[int]:
-    """``"0-2"`` -> [0, 1, 2]; ``"0,3,7"`` -> [0, 3, 7]; ranges and lists mix."""
+    """``"0-2"`` -> [0, 1, 2]; ``"0,3,7"`` -> [0, 3, 7]; ranges and lists mix. A backwards
+    range, a seed named twice, a seed outside [0, 2**32 - 1] and more than ``MAX_SEEDS``
+    seeds are refused."""
     seeds: list[int] = []
     try:
         for part in text.split(","):
             if "-" in part.strip()[1:]:
-                low, high = part.split("-", 1)
-                seeds += range(int(low), int(high) + 1)
+                low, high = (int(v) for v in part.split("-", 1))
+                if high < low:
+                    raise ConfigError(f"--seeds range {part.strip()!r} runs backwards; write {high}-{low}")
+                if high - low + 1 + len(seeds) > MAX_SEEDS:
+                    raise ConfigError(f"--seeds {text!r} names more than {MAX_SEEDS:,} seeds")
+                seeds += range(low, high + 1)
             else:
                 seeds.append(int(part))
-    except ValueError:
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
         raise ConfigError(f"--seeds takes integers and ranges like 0-2 or 0,3,7, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must name each seed once, got {text!r}")
+    outside = [seed for seed in seeds if not 0 <= seed <= MAX_SEED]
+    if outside:
+        raise ConfigError(f"--seeds must be integers in [0, 2**32 - 1], got {outside[0]}")
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"--seeds {text!r} names more than {MAX_SEEDS:,} seeds")
     return seeds
 
 
 def parse_grid(items: list[str], flag_types: dict) -> dict[str, list]:
     """``["momentum=0,0.3", "step-size=0.6"]`` -> ``{"momentum": [0.0, 0.3], "step_size": [0.6]}``
-    with each value parsed by its train flag's type."""
+    with each value parsed by its train flag's type. A key the sweep sets itself and a
+    value given twice are refused."""
     grid: dict[str, list] = {}
     for item in items:
         key, sep, values = item.partition("=")
@@ -114,15 +137,19 @@ def parse_grid(items: list[str], flag_types: dict) -> dict[str, list]:
             raise ConfigError(f"--grid takes KEY=V1,V2,..., got {item!r}")
         if flag not in flag_types:
             raise ConfigError(f"--grid {key}: not a train setting (see momentumrnn train --help)")
-        if flag in _OWN_FLAGS:
-            raise ConfigError(f"--grid {key}: the sweep sets {flag} itself")
+        if flag in _OWN_FLAGS or flag in _SET_BY_SWEEP:
+            raise ConfigError(f"--grid {key}: the sweep sets {flag} itself"
+                              + (" (use --devices and --jobs-per-device)" if flag in _SET_BY_SWEEP else ""))
         name = flag[2:].replace("-", "_")
         if name in grid:
             raise ConfigError(f"--grid {key} is given twice")
         try:
             grid[name] = [flag_types[flag](v.strip()) for v in values.split(",")]
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
             raise ConfigError(f"--grid {item!r}: {error}") from None
+        repeated = sorted({_format(v) for v in grid[name] if grid[name].count(v) > 1})
+        if repeated:
+            raise ConfigError(f"--grid {item!r} gives the value {', '.join(repeated)} twice")
     return grid
 
 
@@ -132,40 +159,69 @@ def run_directory(out, name: str) -> Path:
 
 
 def _format(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """The shortest text that reads back as ``value``: ``repr`` of a float without a
+    trailing ``.0`` (0.6 -> 0.6, 0.0 -> 0, 0.0010000001 -> 0.0010000001)."""
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
 
 
 def _point_name(model: str, settings: dict, seed: int) -> str:
     parts = [model] + [f"{k.replace('_', '-')}={_format(v)}" for k, v in sorted(settings.items())]
-    return "_".join(parts + [f"seed={seed}"])
+    name = "_".join(parts + [f"seed={seed}"])
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"the run name {name[:60]}... is {len(name.encode())} bytes, more than a file name may "
+                          f"have ({MAX_NAME_BYTES}); sweep fewer settings at once")
+    return name
 
 
 # ----------------------------------------------------------------------------- planning
 def plan_sweep(task: str, models: list[str], seeds: list[int], grid: dict[str, list], controls: list[str],
                train_flags: list[str], preset: str | None, overrides_of) -> Sweep:
     """The points of a sweep. ``overrides_of(flags)`` turns train flags into config overrides
-    (the command line's own parsing), so that every point is resolved, and checked, now."""
+    (the command line's own parsing), so that every point is resolved, and checked, now.
+
+    Refused: no model or a model named twice; a grid key that no model takes; a train flag
+    that sets a grid key, or a setting of a control (it would override them in every run).
+    A point that resolves to the configuration of an earlier one (a mu0 control equal to a
+    grid point of momentum 0) is run once; ``Sweep.notes`` says so."""
     unknown = sorted(set(controls) - set(CONTROLS))
     if unknown:
         raise ConfigError(f"--control takes {', '.join(CONTROLS)}, got {', '.join(unknown)}")
+    if not models:
+        raise ConfigError("--models names no model (e.g. --models lstm,momentum-lstm)")
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"--models names {', '.join(repeated)} twice")
     sweep = Sweep(task, models, seeds, grid, sorted(set(controls)), train_flags, preset)
     base = overrides_of(train_flags)
-    taken = set()
+    _refuse_collisions(base, grid, sweep.controls)
+    names: set[str] = set()
+    runs: dict[str, str] = {}                            # resolved identity -> the point that runs it
 
-    def add(point: Point) -> None:
-        if point.name not in taken:
-            taken.add(point.name)
-            sweep.points.append(point)
+    def add(point: Point, config: dict) -> None:
+        key = json.dumps(identity(config), sort_keys=True, default=str)
+        if key in runs:
+            sweep.notes.append(f"{point.name} is the same run as {runs[key]}: it runs once")
+            return
+        if point.name in names:                          # lossless names make this a bug, never a merge
+            raise ConfigError(f"two different runs would share the name {point.name}")
+        runs[key] = point.name
+        names.add(point.name)
+        sweep.points.append(point)
 
+    taken_keys: set[str] = set()
     for model in models:
         applies = resolve_config(task, model)           # the settings the model takes on this task
         keys = [k for k in grid if k in applies]
+        taken_keys.update(keys)
         for values in itertools.product(*(grid[k] for k in keys)):
             settings = dict(zip(keys, values))
             for seed in seeds:
                 config = resolve_config(task, model, {**base, **settings, "seed": seed}, preset)
                 point = Point(_point_name(model, settings, seed), model, seed, settings)
-                add(point)
+                add(point, config)
                 mu = config.get("momentum")
                 if not mu or "momentum" not in rule_hyperparameters(model):
                     continue
@@ -173,9 +229,29 @@ def plan_sweep(task: str, models: list[str], seeds: list[int], grid: dict[str, l
                 for control in sweep.controls:
                     step = s if control == "mu0" else float(f"{s / (1.0 - mu):.12g}")
                     changed = {**settings, "momentum": 0.0, "step_size": step}
-                    resolve_config(task, model, {**base, **changed, "seed": seed}, preset)
-                    add(Point(_point_name(model, changed, seed), model, seed, changed, control, point.name))
+                    resolved = resolve_config(task, model, {**base, **changed, "seed": seed}, preset)
+                    add(Point(_point_name(model, changed, seed), model, seed, changed, control, point.name), resolved)
+    unused = [k for k in grid if k not in taken_keys]
+    if unused:
+        flag = "--" + unused[0].replace("_", "-")
+        raise ConfigError(f"--grid {unused[0].replace('_', '-')}: none of the models ({', '.join(models)}) takes "
+                          f"{flag} on task {task!r}, so the grid would change nothing")
     return sweep
+
+
+def _refuse_collisions(base: dict, grid: dict, controls: list[str]) -> None:
+    """A train flag may not set what the grid or a control sets in each run: the flag,
+    passed to every run, would silently win over the point's own value."""
+    for key in sorted(set(base) & set(grid)):
+        flag = "--" + key.replace("_", "-")
+        raise ConfigError(f"{flag} is set twice: by the train flag {flag} {base[key]} and by --grid "
+                          f"{key.replace('_', '-')}={','.join(map(_format, grid[key]))}; give it in one place")
+    for key in _CONTROL_KEYS if controls else ():
+        if key in base:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} is set twice: by the train flag {flag} {base[key]} and by --control "
+                              f"{','.join(controls)}, which sets {flag} in its runs; give the value as --grid "
+                              f"{key.replace('_', '-')}={_format(base[key])}")
 
 
 def train_command(sweep: Sweep, point: Point, run_dir: Path) -> list[str]:
@@ -206,12 +282,14 @@ def _run_status(run_dir: Path) -> str:
 
 
 def _lock_is_free(run_dir: Path) -> bool:
-    if not (run_dir / ".lock").exists():
+    """Whether no process holds the run's lock. Raises ``RunError`` when the lock file
+    cannot be used at all (it is a directory, say): waiting would never end."""
+    if not os.path.lexists(run_dir / ".lock"):
         return True
     try:
         os.close(hold_lock(run_dir))
         return True
-    except RunError:
+    except LockHeld:
         return False
 
 
@@ -243,6 +321,7 @@ def run_sweep(sweep: Sweep, out: Path, *, devices: list[str], jobs_per_device: i
         if saved.get("definition") != sweep.definition():
             raise RunError(f"cannot resume {out} with a different sweep: it was defined as {saved.get('definition')}"
                            f"; now {sweep.definition()}")
+        _adopt_saved_names(sweep, saved.get("points") or [])
     elif resume:
         raise RunError(f"nothing to resume: {record_path} does not exist")
     elif out.exists() and any(out.iterdir()):
@@ -262,13 +341,31 @@ def run_sweep(sweep: Sweep, out: Path, *, devices: list[str], jobs_per_device: i
         os.close(lock)
 
 
+def _adopt_saved_names(sweep: Sweep, saved_points: list) -> None:
+    """Keep the run directories of a sweep recorded by an earlier version, whose names may
+    be spelt otherwise (6 significant digits): a point takes the recorded name of the
+    point with the same model, seed, settings and control."""
+    def key(model, seed, settings, control) -> str:
+        return json.dumps([model, seed, settings, control], sort_keys=True)
+
+    try:
+        recorded = {key(p["model"], p["seed"], p["settings"], p.get("control")): p["name"] for p in saved_points}
+    except (KeyError, TypeError):
+        return
+    renamed = {}
+    for point in sweep.points:
+        renamed[point.name] = recorded.get(key(point.model, point.seed, point.settings, point.control), point.name)
+    for point in sweep.points:
+        point.name, point.of = renamed[point.name], renamed.get(point.of, point.of)
+
+
 def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int, say) -> int:
     cpu_jobs = jobs_per_device * sum(1 for d in devices if d == "cpu")
     threads = None
     if cpu_jobs and "--threads" not in sweep.train_flags:
         threads = max(1, (os.cpu_count() or 1) // cpu_jobs)
     slots = [device for device in devices for _ in range(jobs_per_device)]
-    pending, running, done, failed = [], {}, [], []
+    pending, running, done, failed, unfinished = [], {}, [], [], []
     for point in sweep.points:
         status = _run_status(run_directory(out, point.name))
         if status == "finished":
@@ -287,6 +384,20 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
 
+    def next_point() -> Point | None:
+        """The first pending point whose run directory no exiting process still holds; a
+        point whose lock cannot be used fails with the reason."""
+        for point in list(pending):
+            try:
+                if _lock_is_free(run_directory(out, point.name)):
+                    pending.remove(point)
+                    return point
+            except RunError as error:
+                pending.remove(point)
+                failed.append(point.name)
+                say(f"FAILED {point.name}: {error}")
+        return None
+
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while pending or running:
@@ -294,10 +405,9 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
             for slot in free:
                 if stop["signal"] or not pending:
                     break
-                point = next((p for p in pending if _lock_is_free(run_directory(out, p.name))), None)
+                point = next_point()
                 if point is None:                       # the runs left are held by exiting processes
                     break
-                pending.remove(point)
                 running[slot] = _launch(sweep, point, out, slots[slot], threads) + (point,)
             time.sleep(0.1)
             for slot, (process, log, started, point) in list(running.items()):
@@ -306,16 +416,21 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
                 log.close()
                 del running[slot]
                 seconds = time.time() - started
-                if process.returncode == 0:
+                status = _run_status(run_directory(out, point.name))
+                if process.returncode == 0 and status == "finished":
                     done.append(point.name)
                     say(f"finished {point.name} ({seconds:.0f} s)")
-                elif process.returncode == 130 or stop["signal"]:
+                elif stop["signal"]:
                     say(f"stopped {point.name}: checkpoint saved")
+                elif process.returncode == 130:         # a signal from outside the sweep
+                    unfinished.append(point.name)
+                    say(f"STOPPED {point.name} from outside the sweep (exit status 130); its checkpoint is kept")
                 else:
                     failed.append(point.name)
-                    say(f"FAILED {point.name} (exit status {process.returncode}); the end of "
+                    say(f"FAILED {point.name} (exit status {process.returncode}, run {status}); the end of "
                         f"{out / 'logs' / (point.name + '.log')}:\n" + _tail(out / "logs" / (point.name + ".log")))
-                say(f"  {len(done)} finished, {len(running)} running, {len(failed)} failed, {len(pending)} waiting")
+                say(f"  {len(done)} finished, {len(running)} running, {len(failed)} failed, "
+                    f"{len(unfinished)} stopped, {len(pending)} waiting")
             if stop["signal"] and not running:
                 break
     finally:
@@ -324,8 +439,11 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
     if stop["signal"]:
         say(f"sweep stopped by {stop['signal']}: continue with momentumrnn sweep ... --out {out} --resume")
         return 130
-    if failed:
-        say(f"{len(failed)} of {len(sweep.points)} runs failed: {', '.join(failed)}")
+    if failed or unfinished:
+        parts = ([f"{len(failed)} failed ({', '.join(failed)})"] if failed else []) + \
+            ([f"{len(unfinished)} stopped from outside ({', '.join(unfinished)})"] if unfinished else [])
+        say(f"{len(done)} of {len(sweep.points)} runs finished; {'; '.join(parts)}"
+            + ("; continue them with momentumrnn sweep ... --resume" if unfinished else ""))
         return 1
     say(f"all {len(sweep.points)} runs finished; compare them with: momentumrnn report {out} --out REPORT_DIR")
     return 0

@@ -13,7 +13,9 @@ Read top to bottom, ``train`` is the whole story:
 5. stop at ``epochs``, ``max_steps`` or the time budget (then validate once more and
    evaluate test with the best-validation weights), or on Ctrl-C/SIGTERM (checkpoint
    and exit; ``--resume`` continues), or when the training loss or the weights stop being
-   finite (``Diverged``: no checkpoint of the bad weights, the last good one is kept).
+   finite (``Diverged``: no checkpoint of the bad weights, the last good one is kept),
+   or when a file of the run cannot be written, e.g. a full disk (``RunFailed``: the last
+   complete checkpoint is kept, and ``--resume`` continues from it).
 
 Run directory: ``config.json``, ``metrics.jsonl`` (one JSON object a line),
 ``summary.json``, ``checkpoints/`` (see ``checkpoint.py``), task files such as
@@ -37,23 +39,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from .. import __version__
+from .. import __version__, cpu_kernels
 from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, has_checkpoint, load_checkpoint,
                          save_checkpoint)
-from .config import RESUMABLE, ConfigError, check_config, fingerprint, identity, parse_device
+from .config import DEFAULTS, RESUMABLE, ConfigError, check_config, fingerprint, identity, parse_device
 from .data import data_root
 from .distributed import Ranks, from_environment
 from .models import build_model, count_parameters
 from .rundir import RunDirectory, RunError
 from .tasks import TASKS, generator
 
-__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "RunError", "Diverged"]
+__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "RunError", "Diverged",
+           "RunFailed"]
 
 
 class Diverged(RuntimeError):
     """The training loss or the weights stopped being finite; the run stopped at its last
     good checkpoint."""
+
+
+class RunFailed(RuntimeError):
+    """A started run stopped because a file of it could not be written (a full disk, say);
+    its last complete checkpoint is kept."""
+
+
+#: The one-time cost a summary names apart from the training time.
+_BUILD = "building the CPU step kernels"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -297,7 +310,7 @@ def resume_config(run_dir: Path, overrides: dict, task=None, model=None, preset=
     """The configuration of an existing run with the flags given now applied. Only budget
     and placement flags (``RESUMABLE``) may change; others must repeat the run's value."""
     saved = read_run_config(run_dir)["config"]
-    config = dict(saved)
+    config = {**{k: DEFAULTS[k] for k in RESUMABLE if k in DEFAULTS}, **saved}    # placement keys may be absent
     given = {"task": task, "model": model, **overrides}
     conflicts = []
     for key, value in given.items():
@@ -313,7 +326,11 @@ def resume_config(run_dir: Path, overrides: dict, task=None, model=None, preset=
         raise RunError(f"cannot resume {run_dir} with a different configuration: {'; '.join(conflicts)}. "
                        f"Only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))} may change; "
                        f"start a new --out directory for other settings.")
-    check_config(config)
+    try:
+        check_config(config)
+    except KeyError as error:
+        raise RunError(f"{Path(run_dir) / 'config.json'} has no setting {error.args[0]!r} (was it edited?): put it "
+                       f"back, or start a new --out directory") from None
     return config
 
 
@@ -355,12 +372,29 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
                               f"(each takes an equal part of every batch)")
         directory = RunDirectory(run_dir, resume=resume, command=command) if ranks.main else _Follower(run_dir)
         with directory:
-            summary = _train(config, directory, device, resume, quiet or not ranks.main, command, ranks)
+            try:
+                summary = _train(config, directory, device, resume, quiet or not ranks.main, command, ranks)
+            except (OSError, SafetensorError) as error:
+                raise RunFailed(_write_failure(Path(run_dir), error)) from error
     except BaseException:
         ranks.abandon()
         raise
     ranks.close()
     return summary
+
+
+def _write_failure(run_dir: Path, error: BaseException) -> str:
+    """What a run that could not write its files says: the cause and what is kept."""
+    cause = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.strerror else str(error)
+    try:
+        latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    except OSError:
+        latest = None
+    if latest is None:
+        return f"the run could not write its files ({cause}); nothing of it is resumable"
+    step = latest.split("-")[1].lstrip("0") or "0"
+    return (f"the run stopped: it could not write its files ({cause}). Its last complete checkpoint, at step "
+            f"{step}, is kept: make room, then continue with momentumrnn train --out {run_dir} --resume")
 
 
 class _Follower:
@@ -499,6 +533,14 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
             say(hint)
 
     session_start, time_before = time.perf_counter(), progress["train_time"]
+    # One-time costs inside the training time (building the CPU step kernels on first use),
+    # summed over sessions, so that a report can say so.
+    build_before, built_earlier = cpu_kernels.build_seconds(), (progress.get("one_time_s") or {}).get(_BUILD, 0.0)
+
+    def summarize(status: str, stop, test) -> dict:
+        built = built_earlier + cpu_kernels.build_seconds() - build_before
+        progress["one_time_s"] = {_BUILD: round(built, 2)} if built else {}
+        return _summary(config, task, parameters, progress, epochs_done(), elapsed(), status, stop, test)
 
     def elapsed() -> float:
         return time_before + time.perf_counter() - session_start
@@ -526,8 +568,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
     def diverged(what: str) -> None:
         """Stop: keep the last checkpoint (good weights), record the run as diverged."""
         log.close()
-        summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "diverged",
-                           f"{what} at step {progress['step']}", None)
+        summary = summarize("diverged", f"{what} at step {progress['step']}", None)
         if ranks.main:
             atomic_write_json(run_dir / "summary.json", summary)
         raise Diverged(f"training diverged: {what} at step {progress['step']} (epoch {epochs_done():.2f}). "
@@ -651,7 +692,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
         if stop == "interrupted":
             checkpoint()
             log.close()
-            summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "interrupted", stop, None)
+            summary = summarize("interrupted", stop, None)
             if ranks.main:
                 atomic_write_json(run_dir / "summary.json", summary)
             say(f"stopped by {signals.requested} at step {progress['step']}; checkpoint saved. Continue with: "
@@ -672,7 +713,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
         log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"], **test,
                    "time": round(elapsed(), 3)})
     log.close()
-    summary = _summary(config, task, parameters, progress, epochs_done(), elapsed(), "finished", stop, test)
+    summary = summarize("finished", stop, test)
     if ranks.main:
         atomic_write_json(run_dir / "summary.json", summary)
     if test is not None:
@@ -714,6 +755,7 @@ def _summary(config, task, parameters, progress, epochs, wall, status, stop, tes
         "test_at_best_val": test[metric] if test else None,
         "test_metrics": test,
         "epochs": epochs, "steps": progress["step"], "wall_time_s": round(wall, 2),
+        "one_time_s": progress.get("one_time_s") or {},
         "train_size": task.size("train"), "val_size": task.size("val"), "test_size": task.size("test"),
     }
 
