@@ -52,6 +52,9 @@ _CONFIG_FLAGS = [
     ("--orthogonal-init", str, "orthogonal models: skew-symmetric initialization, cayley (default) or henaff"),
     ("--trivialization", int, "orthogonal models: change of base every K optimizer steps, 0 = never (default 100)"),
     ("--lr-orth", float, "orthogonal models: RMSprop learning rate of the orthogonal parameters (default 1e-4)"),
+    ("--base-change-gradient", str, "orthogonal models: the gradient on the step after a change of base: clean "
+                                    "(at A = 0, default) or authors (at the absorbed A, as the authors' code; "
+                                    "paper preset)"),
     ("--impl", str, "momentumrnn models: computation path, auto (default), loop, triton-loop (CUDA), reference, ... "
                     "(every path gives the same numbers to rounding)"),
     ("--val-size", int, "validation examples (MNIST: held out of the training set, default 5000)"),

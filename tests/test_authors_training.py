@@ -1,0 +1,172 @@
+"""Training as the authors' scripts train, checked against plain re-implementations of
+their procedures written here (not the library's code): the DTRIV step after a change of
+base, the permuted-MNIST permutation, and the NT-ASGD switch and averaging.
+
+Everything runs in float64; tolerances are stated per test.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from momentumrnn.experiments.config import resolve_config
+from momentumrnn.experiments.models import build_model
+from momentumrnn.experiments.train import build_optimizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------ DTRIV: the change of base
+class AuthorsDTRIV:
+    """The authors' momentum-DTRIV training loop, step by step, from their description:
+
+    * ``B = base exp(S)``, ``S = triu(A, 1) - triu(A, 1)^T``, ``h_t = modReLU(v_t + h_{t-1} B)``
+      with ``v_t = mu v_{t-1} + s W x_t``; logits from the last ``h``;
+    * a counter k (0 at the start): at a forward with ``k == 0`` the base changes *after* B
+      is computed (``base <- B``, ``A <- 0`` in place), then ``k <- (k + 1) mod K`` (K = inf:
+      k becomes 1 and stays);
+    * the backward pass of that step sees the overwritten base but the skew matrix S of
+      the forward: ``dL/dS = dexp_S^*(base_new^T dL/dB)`` (``dexp^*`` the adjoint of the
+      derivative of ``exp`` at S), ``dL/dA = triu(dL/dS - dL/dS^T, 1)``;
+    * clip the norm of all gradients to ``clip``, then RMSprop(lr) on W, b and the head,
+      RMSprop(lr_orth) on A (torch's alpha 0.99).
+    """
+
+    def __init__(self, W, b, head_w, head_b, A0, mu, s, K, lr, lr_orth, clip):
+        leaf = lambda t: t.detach().clone().requires_grad_()   # noqa: E731
+        self.W, self.b, self.head_w, self.head_b = leaf(W), leaf(b), leaf(head_w), leaf(head_b)
+        self.A = leaf(A0)                                       # their A holds A_0 (skew) at the start
+        self.base = torch.eye(A0.size(0), dtype=A0.dtype)
+        self.mu, self.s, self.K, self.clip, self.k = mu, s, K, clip, 0
+        self.optimizer = torch.optim.RMSprop([self.W, self.b, self.head_w, self.head_b], lr=lr)
+        self.optimizer_orth = torch.optim.RMSprop([self.A], lr=lr_orth)
+
+    def skew(self):
+        upper = self.A.detach().triu(1)
+        return upper - upper.T
+
+    def B(self):
+        return self.base @ torch.linalg.matrix_exp(self.skew())
+
+    def loss(self, B, x, y):
+        h = v = x.new_zeros(x.size(0), B.size(0))
+        for t in range(x.size(1)):
+            v = self.mu * v + self.s * (x[:, t, None] @ self.W.T)
+            z = v + h @ B
+            h = torch.sign(z) * torch.relu(z.abs() + self.b)
+        return F.cross_entropy(h @ self.head_w.T + self.head_b, y)
+
+    def step(self, x, y):
+        S = self.skew()
+        B = (self.base @ torch.linalg.matrix_exp(S)).requires_grad_()
+        if self.k == 0:                                          # change of base inside the forward
+            self.base = B.detach().clone()
+            with torch.no_grad():
+                self.A.zero_()
+        self.k = 1 if self.K == math.inf else (self.k + 1) % self.K
+        for p in (self.W, self.b, self.head_w, self.head_b, self.A):
+            p.grad = None
+        self.loss(B, x, y).backward()
+        cotangent = self.base.T @ B.grad                         # the base as it is now
+        _, grad_S = torch.autograd.functional.vjp(torch.linalg.matrix_exp, S, cotangent)
+        self.A.grad = (grad_S - grad_S.T).triu(1)
+        params = [self.W, self.b, self.head_w, self.head_b, self.A]
+        total = torch.sqrt(sum(p.grad.pow(2).sum() for p in params))
+        for p in params:                                         # torch's clip_grad_norm_
+            p.grad.mul_(torch.clamp(self.clip / (total + 1e-6), max=1.0))
+        self.optimizer.step()
+        self.optimizer_orth.step()
+
+    def U(self):
+        return self.B().T
+
+
+def paper_dtriv(trivialization=None, hidden=6):
+    overrides = {"hidden_size": hidden, "trivialization": trivialization}
+    config = resolve_config("psmnist", "momentum-dtriv", overrides, preset="paper")
+    torch.manual_seed(0)
+    model = build_model(config, 1, 10, per_step=False).double()
+    torch.manual_seed(1)
+    model.rnn.reset_parameters()        # U_0 drawn again in float64 (build_model's is float32)
+    return config, model
+
+
+def library_step(model, optimizer, config, x, y):
+    """One step of the training loop (train.py): loss, backward, clip, step."""
+    loss = F.cross_entropy(model(x.unsqueeze(-1)), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
+    optimizer.step()
+
+
+@pytest.mark.parametrize("K, steps", [(0, 3), (1, 6), (100, 102)], ids=["K=inf", "K=1", "K=100"])
+def test_paper_preset_dtriv_steps_equal_the_authors(K, steps):
+    """Every step of ``--preset paper`` momentum-DTRIV moves U, W, b and the head as the
+    authors' loop does, to 1e-9 of the step (K = inf: the first step is at A_0; K = 1: every
+    step follows a change of base; K = 100: step 101 does)."""
+    config, model = paper_dtriv(None if K == 1 else K)
+    assert config["trivialization"] == K and config["base_change_gradient"] == "authors"
+    rnn = model.rnn
+    absorbed = rnn.absorbed_skew_l0.detach().clone()
+    reference = AuthorsDTRIV(rnn.weight_ih_l0.detach(), rnn.bias_modrelu_l0.detach(), model.head.weight.detach(),
+                             model.head.bias.detach(), absorbed, config["momentum"], config["step_size"],
+                             math.inf if K == 0 else K, config["lr"], config["lr_orth"], config["clip"])
+    torch.testing.assert_close(rnn.weight_hh_l0.detach(), reference.U(), atol=1e-14, rtol=0)
+    optimizer = build_optimizer(config, model)
+    generator = torch.Generator().manual_seed(2)
+    worst = 0.0
+    for step in range(1, steps + 1):
+        x = torch.rand(4, 5, generator=generator, dtype=torch.float64)
+        y = torch.randint(0, 10, (4,), generator=generator)
+        before = reference.U().detach()
+        reference.step(x, y)
+        library_step(model, optimizer, config, x, y)
+        want, got = reference.U().detach(), rnn.weight_hh_l0.detach()
+        moved = (want - before).abs().max()
+        assert moved > 1e-6
+        worst = max(worst, float((got - want).abs().max() / moved))
+        for mine, theirs in ((rnn.weight_ih_l0, reference.W), (rnn.bias_modrelu_l0, reference.b),
+                             (model.head.weight, reference.head_w), (model.head.bias, reference.head_b)):
+            torch.testing.assert_close(mine.detach(), theirs.detach(), atol=1e-12, rtol=1e-12)
+    assert worst < 1e-9
+
+
+def test_the_clean_gradient_differs_from_the_authors_on_a_change_of_base():
+    """The two semantics give the same U before the step and different steps after it."""
+    config, model = paper_dtriv()
+    clean_config = {**config, "base_change_gradient": "clean"}
+    torch.manual_seed(0)
+    clean = build_model(clean_config, 1, 10, per_step=False).double()
+    clean.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith(("rnn.absorbed_skew", "rnn.base_change_pending"))})
+    x, y = torch.rand(4, 5, dtype=torch.float64), torch.tensor([1, 2, 3, 4])
+    torch.testing.assert_close(model(x.unsqueeze(-1)), clean(x.unsqueeze(-1)), atol=0, rtol=0)
+    start = model.rnn.weight_hh_l0.detach().clone()
+    library_step(model, build_optimizer(config, model), config, x, y)
+    library_step(clean, build_optimizer(clean_config, clean), clean_config, x, y)
+    step = (model.rnn.weight_hh_l0.detach() - start).abs().max()
+    assert (model.rnn.weight_hh_l0 - clean.rnn.weight_hh_l0).abs().max() > 0.01 * step
+
+
+def test_base_change_gradient_is_an_option_and_the_default_is_clean():
+    from momentumrnn.experiments.config import ConfigError
+
+    assert resolve_config("psmnist", "dtriv")["base_change_gradient"] == "clean"
+    assert resolve_config("timit", "dtriv", preset="paper")["base_change_gradient"] == "authors"
+    assert resolve_config("psmnist", "dtriv", {"base_change_gradient": "clean"},
+                          preset="paper")["base_change_gradient"] == "clean"
+    with pytest.raises(ConfigError, match="base_change_gradient must be one of"):
+        resolve_config("psmnist", "dtriv", {"base_change_gradient": "theirs"})
+    with pytest.raises(ConfigError, match="applies to the orthogonal models"):
+        resolve_config("psmnist", "lstm", {"base_change_gradient": "authors"})
+
