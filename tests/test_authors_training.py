@@ -5,6 +5,7 @@ base, the permuted-MNIST permutation, and the NT-ASGD switch and averaging.
 Everything runs in float64; tolerances are stated per test.
 """
 
+import json
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from momentumrnn.experiments.config import resolve_config
 from momentumrnn.experiments.models import build_model
 from momentumrnn.experiments.train import build_optimizer
+from toolkit_helpers import HAVE_MNIST, SHARED_DATA, cli
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -170,3 +172,52 @@ def test_base_change_gradient_is_an_option_and_the_default_is_clean():
     with pytest.raises(ConfigError, match="applies to the orthogonal models"):
         resolve_config("psmnist", "lstm", {"base_change_gradient": "authors"})
 
+
+# ------------------------------------------------------- the permuted-MNIST permutation
+def authors_permutation(seed):
+    """Their script: ``np.random.RandomState(manualSeed).permutation(784)``, applied as
+    ``inputs[:, permutation]``."""
+    return np.random.RandomState(seed).permutation(784).tolist()
+
+
+@pytest.mark.parametrize("model", ["lstm", "momentum-dtriv"])
+def test_paper_preset_draws_the_authors_permutation_from_the_run_seed(model):
+    from momentumrnn.experiments.tasks import draw_permutation
+
+    for seed in (0, 3):
+        config = resolve_config("psmnist", model, {"seed": seed}, preset="paper")
+        assert config["permutation"] == "authors" and config["permutation_seed"] is None
+        assert draw_permutation(config).tolist() == authors_permutation(seed)
+    config = resolve_config("psmnist", model, {"seed": 3, "permutation_seed": 5}, preset="paper")
+    assert draw_permutation(config).tolist() == authors_permutation(5)
+
+
+def test_the_library_permutation_stays_the_default():
+    from momentumrnn.experiments.tasks import draw_permutation, generator
+
+    config = resolve_config("psmnist", "lstm")
+    assert config["permutation"] == "library" and config["permutation_seed"] == 0
+    want = torch.randperm(784, generator=generator(0, 2)).tolist()
+    assert draw_permutation(config).tolist() == want != authors_permutation(0)
+    # a run recorded before the option existed has no "permutation" key: the library's
+    del config["permutation"]
+    assert draw_permutation(config).tolist() == want
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="needs ../shared/data/mnist")
+def test_psmnist_paper_preset_writes_the_authors_permutation(tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--task", "psmnist", "--model", "lstm", "--preset", "paper", "--seed", 0, "--data-dir",
+               SHARED_DATA, "--train-subset", 8, "--val-subset", 4, "--test-subset", 4, "--batch-size", 4,
+               "--hidden-size", 4, "--max-steps", 1, "--out", run) == 0
+    assert json.loads((run / "permutation.json").read_text()) == authors_permutation(0)
+    assert cli("train", "--out", run, "--resume", "--max-steps", 2) == 0
+
+
+def test_permutation_option_is_checked():
+    from momentumrnn.experiments.config import ConfigError
+
+    with pytest.raises(ConfigError, match="permutation must be one of"):
+        resolve_config("psmnist", "lstm", {"permutation": "numpy"})
+    with pytest.raises(ConfigError, match="does not apply to task 'smnist'"):
+        resolve_config("smnist", "lstm", {"permutation": "authors"})

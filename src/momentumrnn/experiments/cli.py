@@ -62,7 +62,9 @@ _CONFIG_FLAGS = [
     ("--test-size", int, "test examples of a synthetic task (default 2000)"),
     ("--delay", int, "copy task: blank steps between the symbols and their recall (default 100)"),
     ("--length", int, "adding task: sequence length (default 200)"),
-    ("--permutation-seed", int, "psmnist: seed of the pixel permutation (default 0)"),
+    ("--permutation-seed", int, "psmnist: seed of the pixel permutation (default 0; paper preset: the run's --seed)"),
+    ("--permutation", str, "psmnist: how the permutation is drawn: library (torch.randperm, default) or authors "
+                           "(numpy.random.RandomState(seed).permutation(784), as their script; paper preset)"),
     ("--eval-every", int, "validate every N steps as well as at the end of each epoch"),
     ("--log-every", int, "write a training row to metrics.jsonl every N steps (default 50)"),
     ("--checkpoint-every", int, "checkpoint every N steps as well as every epoch, 0 = epochs only (default 100)"),
