@@ -221,3 +221,116 @@ def test_permutation_option_is_checked():
         resolve_config("psmnist", "lstm", {"permutation": "numpy"})
     with pytest.raises(ConfigError, match="does not apply to task 'smnist'"):
         resolve_config("smnist", "lstm", {"permutation": "authors"})
+
+
+# ------------------------------------------------------------------- NT-ASGD
+#: A recorded validation curve: validation loss of results/adding-sweep (lstm, seed 0), its
+#: first ten validations.
+RECORDED_VALIDATION = [0.167571, 0.167676, 0.167574, 0.168843, 0.167644, 0.172519, 0.169789, 0.171113, 0.167842,
+                       0.168983]
+
+
+def authors_switch(values, nonmono):
+    """The AWD-LSTM loop: after each validation, switch when ``len(best_val_loss) > nonmono
+    and val_loss > min(best_val_loss[:-nonmono])``, then append ``val_loss``."""
+    best_val_loss = []
+    for epoch, val_loss in enumerate(values, 1):
+        if len(best_val_loss) > nonmono and val_loss > min(best_val_loss[:-nonmono]):
+            return epoch
+        best_val_loss.append(val_loss)
+    return None
+
+
+def test_ntasgd_switches_at_the_authors_epoch_on_a_recorded_curve():
+    from momentumrnn.experiments.optim import NTASGD
+
+    want = authors_switch(RECORDED_VALIDATION, 5)
+    assert want == 7
+    opt = NTASGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, nonmono=5)
+    switched = [epoch for epoch, value in enumerate(RECORDED_VALIDATION, 1) if opt.observe(value)]
+    assert switched == [want] and opt.averaging
+
+
+def test_ntasgd_averages_as_torch_asgd_with_the_rate_one_step_late():
+    """After the switch: ``p_k = p_{k-1} - eta_k (g_k + wd p_{k-1})`` with ``eta_1`` the rate at
+    the first step and ``eta_k`` the rate at step k - 1; the average restarts at ``p_2``:
+    ``a_1 = p_1``, ``a_k = a_{k-1} + (p_k - a_{k-1}) / (k - 1)``, the mean of ``p_2 .. p_k``.
+    The rate changes every step, as the AWD-LSTM's variable bptt scales it. Torch's ASGD
+    keeps ``eta`` and ``1 / (k - 1)`` as float32 scalars; so does this reference."""
+    from momentumrnn.experiments.optim import NTASGD
+
+    f32 = lambda value: float(torch.tensor(value, dtype=torch.float32))   # noqa: E731
+    generator = torch.Generator().manual_seed(3)
+    start = torch.randn(4, generator=generator, dtype=torch.float64)
+    w = torch.nn.Parameter(start.clone())
+    opt = NTASGD([w], lr=0.3, weight_decay=0.01, nonmono=1)
+    for value in (3.0, 2.0, 3.5):
+        opt.observe(value)
+    assert opt.averaging and isinstance(opt.inner, torch.optim.ASGD)
+    rates = [0.3 * s for s in (1.0, 0.7, 1.3, 0.9, 1.1)]
+    grads = [torch.randn(4, generator=generator, dtype=torch.float64) for _ in rates]
+    p, iterates, previous, average = start.clone(), [], None, None
+    for k, (rate, grad) in enumerate(zip(rates, grads), 1):
+        eta = f32(rate if previous is None else previous)
+        p = p - eta * (grad + 0.01 * p)
+        iterates.append(p)
+        average = p if k <= 2 else average + (p - average) * f32(1.0 / (k - 1))
+        previous = rate
+        w.grad = grad.clone()
+        opt.param_groups[0]["lr"] = rate
+        opt.step()
+        opt.param_groups[0]["lr"] = 0.3
+        torch.testing.assert_close(w.detach(), p, atol=1e-15, rtol=1e-14)
+        trained = w.detach().clone()
+        restore = opt.swap_in_average()
+        torch.testing.assert_close(w.detach(), average, atol=1e-15, rtol=1e-14)
+        mean = iterates[0] if k == 1 else torch.stack(iterates[1:]).mean(0)
+        torch.testing.assert_close(w.detach(), mean, atol=0, rtol=1e-7)
+        restore()
+        assert torch.equal(w.detach(), trained)
+
+
+def test_ntasgd_state_round_trips_and_reads_the_former_format():
+    from momentumrnn.experiments.optim import NTASGD
+
+    w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    former = {"state": {0: {"average": torch.tensor([1.0, 2.0], dtype=torch.float64)}},
+              "param_groups": [{"lr": 0.5, "weight_decay": 0.0, "nonmono": 2, "history": [3.0, 2.0, 4.0],
+                                "averaging": True, "averaged_steps": 3, "params": [0]}]}
+    opt = NTASGD([w], lr=0.5, nonmono=2)
+    opt.load_state_dict(former)
+    assert opt.averaging and opt.history == [3.0, 2.0, 4.0]
+    w.grad = torch.tensor([-2.0, 4.0], dtype=torch.float64)
+    opt.step()                                                    # w = (1, -2): the mean of 3 + 1 iterates
+    restore = opt.swap_in_average()
+    torch.testing.assert_close(w.detach(), torch.tensor([(3 * 1.0 + 1.0) / 4, (3 * 2.0 - 2.0) / 4],
+                                                         dtype=torch.float64), atol=1e-15, rtol=0)
+    restore()
+    again = NTASGD([torch.nn.Parameter(w.detach().clone())], lr=0.5, nonmono=2)
+    again.load_state_dict(opt.state_dict())
+    assert again.averaging and again.history == opt.history
+    torch.testing.assert_close(again.state[again.params[0]]["ax"], opt.state[w]["ax"], atol=0, rtol=0)
+    fresh = NTASGD([torch.nn.Parameter(torch.zeros(2))], lr=0.5)
+    fresh.load_state_dict({"state": {}, "param_groups": [{"lr": 0.5, "weight_decay": 0.0, "nonmono": 5,
+                                                          "history": [1.0], "averaging": False,
+                                                          "averaged_steps": 0, "params": [0]}]})
+    assert not fresh.averaging and fresh.history == [1.0]
+
+
+def test_paper_preset_ptb_chunks_have_no_cap(monkeypatch):
+    """AWD-LSTM caps a chunk at bptt + 40 tokens, the authors' script does not. Gaussian
+    noise of sd 5 reaches the cap 8 sd above the mean only: the draw is forced to +10 sd."""
+    from momentumrnn.experiments.ptb import PTB
+
+    config = resolve_config("ptb", "lstm", preset="paper")
+    assert config["bptt_cap"] is False and resolve_config("ptb", "lstm")["bptt_cap"] is True
+    monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: torch.tensor(10.0))
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.tensor(0.0))     # bptt, not bptt / 2
+    lengths = {}
+    for cap in (True, False):
+        task = PTB.__new__(PTB)
+        task.config = {**config, "bptt_cap": cap, "batch_size": 2}
+        task.splits, task._columns = {"train": (torch.arange(2000),)}, {}
+        task.plan_epoch(0)
+        lengths[cap] = {n for _, n in task.plan[:-1]}
+    assert lengths == {True: {110}, False: {120}}

@@ -74,6 +74,8 @@ _CONFIG_FLAGS = [
     # ptb
     ("--bptt", int, "ptb: truncated-BPTT chunk length (default 35; paper preset 70)"),
     ("--variable-bptt", lambda text: _yes_no(text), "ptb: AWD-LSTM's random chunk lengths, yes/no (default no)"),
+    ("--bptt-cap", lambda text: _yes_no(text), "ptb with --variable-bptt: chunks of at most bptt + 40 tokens, yes/no "
+                                                "(default yes, AWD-LSTM's; paper preset no, as the authors' script)"),
     ("--emb-size", int, "ptb: word embedding size (default 200; paper preset 400)"),
     ("--tied", lambda text: _yes_no(text), "ptb: tie the decoder to the embedding, yes/no (default no)"),
     ("--dropout", float, "ptb: locked dropout on the last layer's output (default 0)"),
