@@ -348,13 +348,15 @@ def _gradients(args) -> int:
 
 def _list(preset: str | None) -> int:
     from .models import MODELS
-    from .presets import NAMED_PRESETS, recipe_table
+    from .presets import NAMED_PRESETS, recipe_table, remaining_differences
     from .tasks import TASKS
 
     if preset == "paper":
         print("--preset paper: the authors' recipes (experiment, model, hidden sizes, settings); "
               "trivialization 0 = never change the base")
         print("\n".join(recipe_table()))
+        print("where a --preset paper run still differs from the authors' scripts, and why:")
+        print("\n".join(remaining_differences()))
         return 0
     if preset is not None:
         for (task, name), (settings, experiment, text) in NAMED_PRESETS.items():
