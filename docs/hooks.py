@@ -25,7 +25,7 @@ def on_files(files, config):
         uri = path.relative_to(root).as_posix()
         if uri == "results/README.md":
             uri = "results/index.md"
-        elif not (path.suffix in _KEEP or path.name in ("report.md", "README.md", "aggregate.md")
+        elif not (path.suffix in _KEEP or path.name in ("report.md", "README.md", "aggregate.md", "PROVENANCE.md")
                   or uri.startswith("results/smnist-h200/make_run_dirs.py")):
             continue
         files.append(File.generated(config, uri, abs_src_path=str(path)))
