@@ -173,6 +173,34 @@ def test_base_change_gradient_is_an_option_and_the_default_is_clean():
         resolve_config("psmnist", "lstm", {"base_change_gradient": "authors"})
 
 
+
+def test_the_absorbed_matrix_travels_with_the_state_dict():
+    """A checkpoint taken after a change of base resumes with the authors' gradient pending:
+    the restored layer's next gradient equals the original's."""
+    import momentumrnn as mrnn
+
+    torch.manual_seed(0)
+    layer = mrnn.MomentumOrthogonalRNN(2, 5, trivialization=1, base_change_gradient="authors", dtype=torch.float64)
+    optimizer = torch.optim.RMSprop(layer.orthogonal_parameters(), lr=0.01)
+    mrnn.register_trivialization(optimizer, layer)
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    layer(x)[0].sum().backward()
+    optimizer.step()                                                 # K = 1: the base changes
+    assert int(layer.base_change_pending) == 1 and layer.absorbed_skew_l0.abs().max() > 0
+    torch.manual_seed(1)
+    restored = mrnn.MomentumOrthogonalRNN(2, 5, trivialization=1, base_change_gradient="authors",
+                                          dtype=torch.float64)
+    restored.load_state_dict(layer.state_dict())
+    for module in (layer, restored):
+        module.zero_grad()
+        module(x)[0].pow(2).sum().backward()
+    torch.testing.assert_close(restored.orthogonal_parameters()[0].grad, layer.orthogonal_parameters()[0].grad,
+                               atol=0, rtol=0)
+    clean = mrnn.MomentumOrthogonalRNN(2, 5, trivialization=1, dtype=torch.float64)
+    assert "absorbed_skew_l0" not in clean.state_dict() and "base_change_pending" not in clean.state_dict()
+    with pytest.raises(ValueError, match="base_change_gradient must be one of"):
+        mrnn.OrthogonalRNN(2, 5, base_change_gradient="theirs")
+
 # ------------------------------------------------------- the permuted-MNIST permutation
 def authors_permutation(seed):
     """Their script: ``np.random.RandomState(manualSeed).permutation(784)``, applied as
