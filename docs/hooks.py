@@ -4,7 +4,8 @@ when the site is built, so that the docs quote what the project holds, never a c
 * ``on_files``: ``results/README.md`` becomes the page ``results/index.md``, with every
   ``report.md``, figure and script it links to;
 * ``on_page_markdown``: ``<!-- recipes -->`` becomes the table of
-  ``momentumrnn.experiments.presets.RECIPES``.
+  ``momentumrnn.experiments.presets.RECIPES``, ``<!-- differences -->`` that of
+  ``REMAINING_DIFFERENCES``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def on_files(files, config):
         uri = path.relative_to(root).as_posix()
         if uri == "results/README.md":
             uri = "results/index.md"
-        elif not (path.suffix in _KEEP or path.name in ("report.md", "README.md", "aggregate.md")
+        elif not (path.suffix in _KEEP or path.name in ("report.md", "README.md", "aggregate.md", "PROVENANCE.md")
                   or uri.startswith("results/smnist-h200/make_run_dirs.py")):
             continue
         files.append(File.generated(config, uri, abs_src_path=str(path)))
@@ -32,6 +33,12 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
+    if "<!-- differences -->" in markdown:
+        from momentumrnn.experiments.presets import REMAINING_DIFFERENCES
+
+        rows = ["| where it differs | why it is kept |", "|---|---|"]
+        rows += [f"| {what} | {why} |" for what, why in REMAINING_DIFFERENCES]
+        markdown = markdown.replace("<!-- differences -->", "\n".join(rows))
     if "<!-- recipes -->" not in markdown:
         return markdown
     from momentumrnn.experiments.presets import RECIPES

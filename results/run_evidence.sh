@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The pixel-MNIST and adding evidence runs in results/, run one after the other from the repository root:
-#   nohup bash results/run_evidence.sh > results/evidence.log 2>&1 &
+#   DATA=/path/to/data nohup bash results/run_evidence.sh > results/evidence.log 2>&1 &
 # Models are compared at the same number of optimizer steps (same data, batch and seed),
 # not the same wall-clock time: on this branch the momentum layers run a per-step Python
 # loop and are slower than torch's fused nn.LSTM.
 set -euo pipefail
+DATA="${DATA:-${MOMENTUMRNN_DATA:?set DATA or MOMENTUMRNN_DATA to the data root (mnist/, ptb/, fsdd/)}}"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src          # this checkout's momentumrnn (python -m momentumrnn == the console script)
 MODELS="lstm momentum-lstm adam-lstm"
@@ -16,7 +17,7 @@ MODELS="lstm momentum-lstm adam-lstm"
 # with the best-validation weights.
 for model in $MODELS; do
   python -m momentumrnn train --task smnist --model "$model" --preset paper --hidden-size 128 \
-    --data-dir ../shared/data --seed 0 --max-steps 200 --eval-every 50 --val-subset 1000 \
+    --data-dir "$DATA" --seed 0 --max-steps 200 --eval-every 50 --val-subset 1000 \
     --threads 1 --quiet --out "results/smnist/$model-seed0"
 done
 python -m momentumrnn report results/smnist/*-seed0 --out results/smnist

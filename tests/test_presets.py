@@ -18,14 +18,16 @@ from momentumrnn.experiments.ptb import LanguageModel
 
 MNIST = dict(optimizer="rmsprop", lr=1e-3, alpha=0.9, batch_size=128, epochs=150, clip=1.0, init="paper",
              forget_bias=1.0)
-PMNIST_DTRIV = dict(optimizer="rmsprop", alpha=0.99, batch_size=128, epochs=150, clip=1.0, orthogonal_init="cayley")
+PMNIST_DTRIV = dict(optimizer="rmsprop", alpha=0.99, batch_size=128, epochs=150, clip=1.0, orthogonal_init="cayley",
+                    base_change_gradient="authors", permutation="authors", permutation_seed=None)
 TIMIT = dict(optimizer="adam", lr=1e-4, batch_size=32, epochs=700, clip=0.0, init="paper", forget_bias=-4.0)
 TIMIT_DTRIV = dict(optimizer="adam", lr=1e-3, lr_orth=2e-4, alpha=0.99, batch_size=128, epochs=700, clip=1.0,
-                   orthogonal_init="henaff", trivialization=0)
+                   orthogonal_init="henaff", trivialization=0, base_change_gradient="authors")
 PTB = dict(optimizer="ntasgd", lr=30.0, nonmono=5, batch_size=20, epochs=500, clip=0.25, weight_decay=1.2e-6,
            num_layers=3, emb_size=400, hidden_size=1150, tied=True, bptt=70, variable_bptt=True, dropout=0.4,
            dropouth=0.25, dropouti=0.4, dropoute=0.1, wdrop=0.5, ar=2.0, tar=1.0, eval_batch_size=10,
-           test_batch_size=1, restart_counter="reset")
+           test_batch_size=1, restart_counter="reset", bptt_cap=False)
+PMNIST = {**MNIST, "permutation": "authors", "permutation_seed": None}
 
 #: (task, model, hidden size, every setting of that run of the authors)
 AUTHORS_RUNS = [
@@ -34,11 +36,11 @@ AUTHORS_RUNS = [
     ("smnist", "adam-lstm", 256, {**MNIST, "momentum": 0.6, "step_size": 0.6, "beta": 0.1}),
     ("smnist", "rmsprop-lstm", 256, {**MNIST, "step_size": 0.6, "beta": 0.9}),
     ("smnist", "nesterov-lstm", 256, {**MNIST, "step_size": 1.0, "restart": 2}),
-    *[("psmnist", "lstm", h, MNIST) for h in (128, 256)],
-    *[("psmnist", "momentum-lstm", h, {**MNIST, "momentum": 0.6, "step_size": 1.0}) for h in (128, 256)],
-    ("psmnist", "adam-lstm", 256, {**MNIST, "momentum": 0.6, "step_size": 1.0, "beta": 0.01}),
-    ("psmnist", "rmsprop-lstm", 256, {**MNIST, "step_size": 1.0, "beta": 0.01}),
-    ("psmnist", "nesterov-lstm", 256, {**MNIST, "step_size": 0.9, "restart": 40}),
+    *[("psmnist", "lstm", h, PMNIST) for h in (128, 256)],
+    *[("psmnist", "momentum-lstm", h, {**PMNIST, "momentum": 0.6, "step_size": 1.0}) for h in (128, 256)],
+    ("psmnist", "adam-lstm", 256, {**PMNIST, "momentum": 0.6, "step_size": 1.0, "beta": 0.01}),
+    ("psmnist", "rmsprop-lstm", 256, {**PMNIST, "step_size": 1.0, "beta": 0.01}),
+    ("psmnist", "nesterov-lstm", 256, {**PMNIST, "step_size": 0.9, "restart": 40}),
     ("psmnist", "dtriv", 170, {**PMNIST_DTRIV, "trivialization": 1, "lr": 7e-4, "lr_orth": 2e-4}),
     ("psmnist", "dtriv", 360, {**PMNIST_DTRIV, "trivialization": 0, "lr": 7e-4, "lr_orth": 5e-5}),
     ("psmnist", "dtriv", 512, {**PMNIST_DTRIV, "trivialization": 0, "lr": 3e-4, "lr_orth": 7e-5}),
@@ -113,10 +115,16 @@ def test_explicit_overrides_are_recorded():
     ("smnist", "momentum-gru", {**MNIST, "momentum": 0.6, "step_size": 0.6}, "applied to the GRU"),
     ("smnist", "gru", MNIST, "the plain rule on mnist with the LSTM only"),
     ("psmnist", "restart-lstm", {**MNIST, "step_size": 0.9, "restart": 40}, "SRLSTM (nesterov-lstm) row"),
-    ("psmnist", "adam-dtriv", {**PMNIST_DTRIV, "lr": 7e-4, "lr_orth": 2e-4, "hidden_size": 170},
-     "did not run adam-dtriv"),
-    ("smnist", "dtriv", {**PMNIST_DTRIV, "trivialization": 1}, "orthogonal models on permuted MNIST and TIMIT"),
-    ("ptb", "restart-lstm", {"step_size": 0.6, "restart": 2, "restart_counter": "reset"}, "authors' logs"),
+    ("psmnist", "adam-dtriv", {**PMNIST_DTRIV, "lr": 7e-4, "lr_orth": 2e-4, "hidden_size": 170, "momentum": 0.3,
+                               "step_size": 0.3, "beta": 0.8}, "their logged runs (mu 0.3, s 0.3, beta 0.8)"),
+    ("psmnist", "rmsprop-dtriv", {**PMNIST_DTRIV, "step_size": 0.3, "beta": 0.9}, "their logged runs (s 0.3, beta 0.9)"),
+    ("psmnist", "restart-dtriv", {**PMNIST_DTRIV, "step_size": 0.3, "restart": 2}, "their logged runs (s 0.3, r 2)"),
+    ("timit", "adam-dtriv", {**TIMIT_DTRIV, "momentum": 0.6, "step_size": 0.6, "beta": 0.1},
+     "the library's adam settings (no logged run"),
+    ("smnist", "dtriv", {**{k: v for k, v in PMNIST_DTRIV.items() if not k.startswith("permutation")},
+                         "trivialization": 1}, "orthogonal models on permuted MNIST and TIMIT"),
+    ("ptb", "restart-lstm", {"step_size": 0.6, "restart": 2, "restart_counter": "reset"},
+     "the authors' logged runs (s 0.6, r 2)"),
     ("ptb", "adam-lstm", {"momentum": 0.9, "step_size": 0.1, "beta": 0.999}, "script defaults to"),
 ])
 def test_models_they_did_not_run_take_the_nearest_recipe_with_a_note(task, model, expected, note):
@@ -189,3 +197,13 @@ def test_ptb_counter_option_is_checked():
         resolve_config("ptb", "restart-lstm", {"restart_counter": "sometimes"})
     assert resolve_config("ptb", "restart-lstm")["restart_counter"] == "carry"
     assert math.isclose(resolve_config("ptb", "lstm", preset="paper")["weight_decay"], 1.2e-6)
+
+
+def test_list_paper_shows_the_remaining_differences_with_their_reasons(capsys):
+    from momentumrnn.experiments.cli import main
+    from momentumrnn.experiments.presets import REMAINING_DIFFERENCES
+
+    assert main(["list", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert REMAINING_DIFFERENCES and all(what in out and why in out for what, why in REMAINING_DIFFERENCES)
+    assert "base_change_gradient=authors" in out and "permutation=authors" in out and "bptt_cap=False" in out

@@ -20,6 +20,18 @@ The layer cannot see optimizer steps, so the user tells it::
 
 ``U`` is computed once per forward call (per layer and direction), not once per time step.
 
+The gradient on a change-of-base step (``base_change_gradient``). ``"clean"`` (the
+default): after a change of base ``A = 0``, so the next step's gradient with respect to
+``A`` is the derivative of ``exp`` at 0, ``base^T dL/dB`` made skew. ``"authors"``: the
+authors' ``Parametrization`` changes its base inside the forward pass, after the graph of
+``B = base exp(A)`` is built, by overwriting ``base`` and zeroing ``A`` in place; their
+backward pass then uses the new base but the skew matrix ``A_old`` that the base just
+absorbed, i.e. ``d exp`` at ``A_old`` applied to ``base_new^T dL/dB``. Their first forward
+always changes the base (from ``base = I``, ``A = A_0``), so with ``"authors"`` the first
+step's gradient is taken at ``A_0``, and every step that follows a change of base (every
+step at K = 1, step K + 1, 2K + 1, ... otherwise) at the absorbed ``A``. U itself is the
+same either way; only the direction of the step on ``A`` differs.
+
 A state_dict of the former parametrization ``U = base exp(A)`` has the same keys but no
 ``orthogonal_form`` buffer; loading converts it (``is_former_orthogonal_state``).
 """
@@ -51,8 +63,12 @@ __all__ = [
     "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN",
     "RestartOrthogonalRNN", "ORTHOGONAL_LAYERS", "SKEW_INITS", "ModReLURecurrence", "modrelu",
     "skew_symmetric_init", "ParameterGroups", "split_orthogonal_parameters", "trivialization_step",
-    "register_trivialization", "is_former_orthogonal_state", "ORTHOGONAL_FORM",
+    "register_trivialization", "is_former_orthogonal_state", "ORTHOGONAL_FORM", "BASE_CHANGE_GRADIENTS",
 ]
+
+#: The gradient on the step after a change of base: "clean" (at A = 0) or "authors" (at the
+#: absorbed A, with the new base, as the authors' in-place change of base gives it).
+BASE_CHANGE_GRADIENTS = ("clean", "authors")
 
 #: Skew-symmetric initializations of the recurrent matrix (the authors' ``--init``).
 SKEW_INITS = ("cayley", "henaff")
@@ -126,6 +142,13 @@ def _reorthogonalize(matrix: Tensor) -> Tensor:
     return q * torch.sgn(r.diagonal()).unsqueeze(-2)
 
 
+def _exp_with_gradient_at(skew: Tensor, absorbed: Tensor) -> Tensor:
+    """``exp(skew)`` whose gradient is that of ``exp`` at ``skew + absorbed``: the value of the
+    current ``A``, the derivative the authors' change of base leaves to the backward pass."""
+    shifted = torch.linalg.matrix_exp(skew + absorbed)
+    return torch.linalg.matrix_exp(skew.detach()) + (shifted - shifted.detach())
+
+
 class _Transpose(nn.Module):
     """``U = B^T``: the layer's matrix from the authors' ``B`` (they compute ``h_{t-1} B``)."""
 
@@ -189,7 +212,10 @@ class OrthogonalRNN(RecurrentLayer):
     ``trivialization`` K (positive int or ``math.inf``, default ``math.inf``: never change
     the base); ``init`` ("cayley", default, or "henaff": the skew-symmetric ``A_0``, with
     ``base = exp(A_0)`` and ``A = 0``, so ``U_0 = exp(A_0)^T``; ``W`` is Kaiming-normal for relu,
-    ``b ~ U(-0.01, 0.01)``, as the authors); ``learnable`` and the rule's hyperparameters as
+    ``b ~ U(-0.01, 0.01)``, as the authors); ``base_change_gradient`` ("clean", default, or
+    "authors": the gradient on the step after each change of base, and on the first step,
+    as the authors' in-place change of base gives it; see the module docstring);
+    ``learnable`` and the rule's hyperparameters as
     the other layers; ``impl``: "auto" (the per-step reference, on every device),
     "reference", or "triton-loop" (CUDA: one GEMM and one Triton kernel a step, replayed as
     CUDA graphs; ``momentumrnn.triton_loop``). Second derivatives and batched gradients work
@@ -221,11 +247,16 @@ class OrthogonalRNN(RecurrentLayer):
                  dropout: float = 0.0, bidirectional: bool = False,
                  device: torch.device | str | int | None = None, dtype: torch.dtype | None = None,
                  trivialization: int | float = math.inf, init: str = "cayley", learnable: bool = False,
-                 impl: str = "auto", **hyperparameters: float):
+                 impl: str = "auto", base_change_gradient: str = "clean", **hyperparameters: float):
         if self.rule_type.couples_to_hidden:
             raise TypeError(f"{type(self).__name__}: the orthogonal layers take input-only rules, "
                             f"not {self.rule_type.__name__}")
         trivialization = _check_trivialization(trivialization)
+        if base_change_gradient not in BASE_CHANGE_GRADIENTS:
+            raise ValueError(f"base_change_gradient must be one of {BASE_CHANGE_GRADIENTS}, "
+                             f"got {base_change_gradient!r}")
+        # read by reset_parameters, which the base class's constructor calls
+        self.__dict__["base_change_gradient"] = base_change_gradient
         super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
                          device, dtype, learnable=learnable, init=init, impl=impl,
                          **{**self.orthogonal_defaults, **hyperparameters})
@@ -243,13 +274,26 @@ class OrthogonalRNN(RecurrentLayer):
 
     def _weights(self, suffix: str):
         """``(W, U, None, b)``: ``U`` is computed here, once per forward and direction."""
-        return (getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix), None,
+        return (getattr(self, "weight_ih" + suffix), self._recurrent(suffix), None,
                 getattr(self, "bias_modrelu" + suffix))
+
+    def _recurrent(self, suffix: str) -> Tensor:
+        """``U``; on a step after a change of base with ``base_change_gradient="authors"``, the
+        same value with the gradient of ``exp`` taken at the absorbed skew matrix."""
+        if not (self.base_change_gradient == "authors" and int(self.base_change_pending)
+                and torch.is_grad_enabled()):
+            return getattr(self, "weight_hh" + suffix)
+        parametrization = self.parametrizations["weight_hh" + suffix]
+        lower = parametrization.original.tril()                       # as torch's orthogonal parametrization
+        skew = lower - lower.mT
+        absorbed = getattr(self, "absorbed_skew" + suffix)
+        return (parametrization[0].base @ _exp_with_gradient_at(skew, absorbed.to(skew.dtype))).mT
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Re-draw ``W``, ``A_0`` (``base = exp(A_0)``, ``A = 0``: ``U_0 = exp(A_0)^T``) and
         ``b``; learnable hyperparameters back to the constructor's values."""
+        authors = self.base_change_gradient == "authors"
         for suffix in self._suffixes:
             weight_ih = getattr(self, "weight_ih" + suffix)
             nn.init.kaiming_normal_(weight_ih, nonlinearity="relu")
@@ -259,6 +303,10 @@ class OrthogonalRNN(RecurrentLayer):
             initial = torch.linalg.matrix_exp(skew).mT.to(device=weight_ih.device, dtype=weight_ih.dtype)
             setattr(self, "weight_hh" + suffix, initial.contiguous())
             getattr(self, "bias_modrelu" + suffix).uniform_(-0.01, 0.01)
+            if authors:            # their first forward changes the base from (I, A_0): A_0 is absorbed
+                self._set_buffer("absorbed_skew" + suffix, skew.to(device=weight_ih.device, dtype=weight_ih.dtype))
+        if authors:
+            self._set_buffer("base_change_pending", torch.ones((), dtype=torch.long, device=self.weight_ih_l0.device))
         reset_hyperparameters(self, self.rule_type, self._suffixes)
         # Buffers, so that state_dict (and a resumed training run) keeps the change-of-base schedule.
         for name in ("steps_since_base_change", "base_changes"):
@@ -266,6 +314,12 @@ class OrthogonalRNN(RecurrentLayer):
                 self._buffers[name].zero_()
             else:
                 self.register_buffer(name, torch.zeros((), dtype=torch.long, device=self.weight_ih_l0.device))
+
+    def _set_buffer(self, name: str, value: Tensor) -> None:
+        if name in self._buffers:
+            self._buffers[name].copy_(value)
+        else:
+            self.register_buffer(name, value)
 
     def orthogonal_parameters(self) -> list[nn.Parameter]:
         """The trained tensors behind every ``U`` (one per layer and direction)."""
@@ -279,8 +333,12 @@ class OrthogonalRNN(RecurrentLayer):
         The new base is re-orthogonalized (QR) first, so rounding errors of ``exp(A)`` never
         accumulate over many changes of base (the authors project every 100 changes).
         """
+        authors = self.base_change_gradient == "authors"
         for suffix in self._suffixes:
             parametrization = self.parametrizations["weight_hh" + suffix]
+            if authors:                      # the A that the base absorbs: the next step's gradient is taken at it
+                lower = parametrization.original.tril()
+                getattr(self, "absorbed_skew" + suffix).copy_(lower - lower.mT)
             base = _reorthogonalize(getattr(self, "weight_hh" + suffix).mT)            # B = U^T
             # in place, not through the parametrization's right inverse (which replaces the trained
             # tensor's storage and with it the gradient hooks that DistributedDataParallel holds)
@@ -288,11 +346,15 @@ class OrthogonalRNN(RecurrentLayer):
             parametrization.original.zero_()                                         # A = 0
         self.steps_since_base_change.zero_()
         self.base_changes += 1
+        if authors:
+            self.base_change_pending.fill_(1)
 
     def trivialization_step(self) -> bool:
         """Count one optimizer step; change the base when K steps have passed since the
         last change. Call it after every ``optimizer.step()`` (or use
         ``register_trivialization``). Returns whether the base changed."""
+        if self.base_change_gradient == "authors":
+            self.base_change_pending.zero_()          # the step after the change of base is done
         self.steps_since_base_change += 1
         if int(self.steps_since_base_change) >= self.trivialization:
             self.change_base()
@@ -371,6 +433,8 @@ class OrthogonalRNN(RecurrentLayer):
                 s += f", {name}={getattr(self, name)}"
         if self.impl != "auto":
             s += f", impl={self.impl!r}"
+        if self.base_change_gradient != "clean":
+            s += f", base_change_gradient={self.base_change_gradient!r}"
         return ", ".join(part for part in (s, f"trivialization={self.trivialization}", self._rule_repr().lstrip(", "))
                          if part)
 

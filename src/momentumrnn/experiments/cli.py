@@ -52,6 +52,9 @@ _CONFIG_FLAGS = [
     ("--orthogonal-init", str, "orthogonal models: skew-symmetric initialization, cayley (default) or henaff"),
     ("--trivialization", int, "orthogonal models: change of base every K optimizer steps, 0 = never (default 100)"),
     ("--lr-orth", float, "orthogonal models: RMSprop learning rate of the orthogonal parameters (default 1e-4)"),
+    ("--base-change-gradient", str, "orthogonal models: the gradient on the step after a change of base: clean "
+                                    "(at A = 0, default) or authors (at the absorbed A, as the authors' code; "
+                                    "paper preset)"),
     ("--impl", str, "momentumrnn models: computation path, auto (default), loop, triton-loop (CUDA), reference, ... "
                     "(every path gives the same numbers to rounding)"),
     ("--val-size", int, "validation examples (MNIST: held out of the training set, default 5000)"),
@@ -59,7 +62,9 @@ _CONFIG_FLAGS = [
     ("--test-size", int, "test examples of a synthetic task (default 2000)"),
     ("--delay", int, "copy task: blank steps between the symbols and their recall (default 100)"),
     ("--length", int, "adding task: sequence length (default 200)"),
-    ("--permutation-seed", int, "psmnist: seed of the pixel permutation (default 0)"),
+    ("--permutation-seed", int, "psmnist: seed of the pixel permutation (default 0; paper preset: the run's --seed)"),
+    ("--permutation", str, "psmnist: how the permutation is drawn: library (torch.randperm, default) or authors "
+                           "(numpy.random.RandomState(seed).permutation(784), as their script; paper preset)"),
     ("--eval-every", int, "validate every N steps as well as at the end of each epoch"),
     ("--log-every", int, "write a training row to metrics.jsonl every N steps (default 50)"),
     ("--checkpoint-every", int, "checkpoint every N steps as well as every epoch, 0 = epochs only (default 100)"),
@@ -69,6 +74,8 @@ _CONFIG_FLAGS = [
     # ptb
     ("--bptt", int, "ptb: truncated-BPTT chunk length (default 35; paper preset 70)"),
     ("--variable-bptt", lambda text: _yes_no(text), "ptb: AWD-LSTM's random chunk lengths, yes/no (default no)"),
+    ("--bptt-cap", lambda text: _yes_no(text), "ptb with --variable-bptt: chunks of at most bptt + 40 tokens, yes/no "
+                                                "(default yes, AWD-LSTM's; paper preset no, as the authors' script)"),
     ("--emb-size", int, "ptb: word embedding size (default 200; paper preset 400)"),
     ("--tied", lambda text: _yes_no(text), "ptb: tie the decoder to the embedding, yes/no (default no)"),
     ("--dropout", float, "ptb: locked dropout on the last layer's output (default 0)"),
@@ -369,13 +376,15 @@ def _gradients(args) -> int:
 
 def _list(preset: str | None) -> int:
     from .models import MODELS
-    from .presets import NAMED_PRESETS, recipe_table
+    from .presets import NAMED_PRESETS, recipe_table, remaining_differences
     from .tasks import TASKS
 
     if preset == "paper":
         print("--preset paper: the authors' recipes (experiment, model, hidden sizes, settings); "
               "trivialization 0 = never change the base")
         print("\n".join(recipe_table()))
+        print("where a --preset paper run still differs from the authors' scripts, and why:")
+        print("\n".join(remaining_differences()))
         return 0
     if preset is not None:
         for (task, name), (settings, experiment, text) in NAMED_PRESETS.items():

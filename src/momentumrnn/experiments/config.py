@@ -131,7 +131,7 @@ def _not_applicable(key: str, task: str, model: str, task_type, hyperparameters:
         return f"{flag} does not apply to model {model!r}, which takes {takes}"
     if key in ("init", "forget_bias") and model_spec(model)[0] == "orthogonal":
         return f"{flag} does not apply to the orthogonal model {model!r}: use --orthogonal-init cayley|henaff"
-    if key in ("orthogonal_init", "trivialization", "lr_orth"):
+    if key in ("orthogonal_init", "trivialization", "lr_orth", "base_change_gradient"):
         return f"{flag} applies to the orthogonal models (dtriv, momentum-dtriv, ...), not {model!r}"
     if key == "impl":
         return f"{flag} does not apply to model {model!r}: torch's layers have one path; momentumrnn's models take it"
@@ -201,6 +201,10 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"trivialization must be an integer K >= 1, or 0 for never, got {trivialization!r}")
         if not (isinstance(config["lr_orth"], numbers.Real) and config["lr_orth"] > 0):
             raise ConfigError(f"lr_orth must be a number > 0, got {config['lr_orth']!r}")
+        from ..orthogonal import BASE_CHANGE_GRADIENTS
+        if config.get("base_change_gradient", "clean") not in BASE_CHANGE_GRADIENTS:
+            raise ConfigError(f"base_change_gradient must be one of {BASE_CHANGE_GRADIENTS}, "
+                              f"got {config['base_change_gradient']!r}")
     elif rule is not None:
         from .. import LAYERS
         rule_type = LAYERS[recurrence, rule].rule_type

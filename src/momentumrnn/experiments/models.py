@@ -29,9 +29,12 @@ MODELS: dict[str, tuple[str, str | None]] = {
 }
 
 #: Settings of the orthogonal models only: initialization of the skew-symmetric matrix,
-#: change of base every K optimizer steps (0 = never, expRNN), and the learning rate of
-#: the RMSprop optimizer for the orthogonal parameters (the two-optimizer recipe).
-ORTHOGONAL_OPTIONS = {"orthogonal_init": "cayley", "trivialization": 100, "lr_orth": 1e-4}
+#: change of base every K optimizer steps (0 = never, expRNN), the learning rate of the
+#: RMSprop optimizer for the orthogonal parameters (the two-optimizer recipe), and the
+#: gradient on the step after a change of base ("clean" at A = 0, or "authors": at the
+#: absorbed A, as the authors' in-place change of base gives it; ``OrthogonalRNN``).
+ORTHOGONAL_OPTIONS = {"orthogonal_init": "cayley", "trivialization": 100, "lr_orth": 1e-4,
+                      "base_change_gradient": "clean"}
 #: Settings of every momentumrnn model (not torch's layers): the computation path
 #: (``momentumrnn.paths``; every path gives the same numbers to rounding).
 LAYER_OPTIONS = {"impl": "auto"}
@@ -96,6 +99,8 @@ def build_model(config: dict, input_size: int, output_size: int, per_step: bool)
         hp = {k: config[k] for k in rule_hyperparameters(config["model"])}
         rnn = ORTHOGONAL_LAYERS[rule](input_size, hidden, layers, batch_first=True, init=config["orthogonal_init"],
                                       trivialization=config["trivialization"] or math.inf,
+                                      # runs recorded before the option existed took the clean gradient
+                                      base_change_gradient=config.get("base_change_gradient", "clean"),
                                       impl=config.get("impl", "auto"), **hp)
     else:
         hp = {k: config[k] for k in rule_hyperparameters(config["model"])}

@@ -1,13 +1,20 @@
-"""NT-ASGD: SGD that starts averaging its iterates when validation stops improving.
+"""NT-ASGD: SGD that switches to averaged SGD when validation stops improving.
 
-Merity, Keskar and Socher (2018), *Regularizing and Optimizing LSTM Language Models*:
-train with plain SGD; after each validation, if the value is worse than the best of all
-values except the last ``nonmono`` ones, switch (once, for good) to averaged SGD: the
-same SGD steps, plus a running mean of the parameters over every step since the switch.
-Validation, the kept best weights and test use that mean. This is the averaging of
-``torch.optim.ASGD`` with ``t0 = 0, lambd = 0`` (a constant step size), written out so
-that the switch, the history and the averages live in the optimizer's ``state_dict``
-(a resumed run continues exactly).
+Merity, Keskar and Socher (2018), *Regularizing and Optimizing LSTM Language Models*, as
+the AWD-LSTM scripts (and the MomentumRNN authors' copy of them) run it: train with
+``torch.optim.SGD``; after each validation, if the value is worse than the best of the
+earlier values except the last ``nonmono`` of them (the current value is compared, not
+counted: ``len(earlier) > nonmono and value > min(earlier[:-nonmono])``), switch, once and
+for good, to ``torch.optim.ASGD(lr, t0=0, lambd=0, weight_decay)``. That is torch's ASGD
+itself, with its own conventions: its running average ``ax`` restarts at the second step
+after the switch (it is the mean of the iterates from the second on), and each step uses
+the learning rate the group had at the previous step (``eta``), which matters where the
+rate changes from step to step (the AWD-LSTM's variable bptt scales it). Validation, the
+kept best weights and test use the average.
+
+The switch, the history of validation values and the inner optimizer's state live in
+``state_dict`` (a resumed run continues exactly); the state of the former NT-ASGD (SGD
+with the average kept in the optimizer, ``averaged_steps``) still loads.
 """
 
 from __future__ import annotations
@@ -19,70 +26,65 @@ import torch
 __all__ = ["NTASGD"]
 
 
-class NTASGD(torch.optim.Optimizer):
+class NTASGD:
     """SGD (``lr``, ``weight_decay``) with the non-monotonically triggered switch to
-    averaging. Call ``observe(value)`` after each validation (lower is better);
+    ``torch.optim.ASGD``. Call ``observe(value)`` after each validation (lower is better);
     ``swap_in_average()`` puts the averaged weights into the parameters and returns a
-    function that puts the trained ones back (None before the switch)."""
+    function that puts the trained ones back (None before the switch). ``param_groups``,
+    ``state``, ``step`` and ``zero_grad`` are those of the optimizer in use."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5):
         if lr <= 0 or weight_decay < 0 or nonmono < 1:
             raise ValueError(f"NTASGD needs lr > 0, weight_decay >= 0 and nonmono >= 1; got {lr}, {weight_decay}, "
                              f"{nonmono}")
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
-        # Kept in the first group so that state_dict() carries them.
-        self.param_groups[0].update(nonmono=int(nonmono), history=[], averaging=False, averaged_steps=0)
+        self.params = list(params)
+        self.weight_decay = weight_decay
+        self.nonmono = int(nonmono)
+        self.history: list[float] = []
+        self.inner: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=lr, weight_decay=weight_decay)
 
     @property
     def averaging(self) -> bool:
-        return bool(self.param_groups[0]["averaging"])
+        return isinstance(self.inner, torch.optim.ASGD)
 
-    @torch.no_grad()
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        control = self.param_groups[0]
-        if control["averaging"]:
-            control["averaged_steps"] += 1
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = p.grad
-                if group["weight_decay"]:
-                    update = update.add(p, alpha=group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
-                if control["averaging"]:
-                    state = self.state[p]
-                    if "average" not in state or control["averaged_steps"] == 1:
-                        state["average"] = p.detach().clone()
-                    else:
-                        state["average"].add_(p - state["average"], alpha=1.0 / control["averaged_steps"])
-        return loss
+        return self.inner.step(closure)
+
+    def _switch(self) -> None:
+        lr = self.inner.param_groups[0]["lr"]
+        self.inner = torch.optim.ASGD(self.params, lr=lr, t0=0, lambd=0.0, weight_decay=self.weight_decay)
 
     def observe(self, value: float) -> bool:
         """Record a validation value (lower is better); return True when this one starts averaging."""
-        control = self.param_groups[0]
-        history = control["history"]
-        history.append(float(value))
-        n = control["nonmono"]
-        if not control["averaging"] and len(history) > n and history[-1] > min(history[:-n]):
-            control["averaging"], control["averaged_steps"] = True, 0
-            return True
-        return False
+        earlier, n = self.history, self.nonmono
+        switch = not self.averaging and len(earlier) > n and value > min(earlier[:-n])
+        self.history.append(float(value))
+        if switch:
+            self._switch()
+        return switch
 
     @torch.no_grad()
     def swap_in_average(self) -> Callable[[], None] | None:
-        if not self.averaging or not self.param_groups[0]["averaged_steps"]:
+        if not self.averaging:
             return None
         saved = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if "average" in self.state[p]:
-                    saved.append((p, p.detach().clone()))
-                    p.copy_(self.state[p]["average"])
+        for p in self.params:
+            if "ax" in self.inner.state[p]:
+                saved.append((p, p.detach().clone()))
+                p.copy_(self.inner.state[p]["ax"])
+        if not saved:                                    # switched, no averaged step yet
+            return None
 
         @torch.no_grad()
         def restore() -> None:
@@ -90,3 +92,51 @@ class NTASGD(torch.optim.Optimizer):
                 p.copy_(value)
 
         return restore
+
+    def state_dict(self) -> dict:
+        return {"nonmono": self.nonmono, "history": list(self.history), "averaging": self.averaging,
+                "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        former = "inner" not in state
+        if former:
+            state = _from_former(state)
+        if state["averaging"] and not self.averaging:
+            self._switch()
+        elif not state["averaging"] and self.averaging:
+            self.inner = torch.optim.SGD(self.params, lr=self.inner.param_groups[0]["lr"],
+                                         weight_decay=self.weight_decay)
+        inner = state["inner"]
+        if former:                     # the group settings of a fresh optimizer, with the saved rates
+            fresh = self.inner.state_dict()
+            for group, saved in zip(fresh["param_groups"], inner["param_groups"]):
+                group.update(lr=saved["lr"], weight_decay=saved["weight_decay"])
+            inner = {"state": inner["state"], "param_groups": fresh["param_groups"]}
+        self.inner.load_state_dict(inner)
+        self.nonmono, self.history = int(state["nonmono"]), [float(v) for v in state["history"]]
+
+
+def _from_former(state: dict) -> dict:
+    """The state of the former NT-ASGD (one torch.optim.Optimizer state: the switch, the
+    history and ``averaged_steps`` in its first group, the running mean ``average`` per
+    parameter) as this one's. Averaging continues as a mean over the iterates averaged so
+    far and those to come."""
+    try:
+        groups = state["param_groups"]
+        control = groups[0]
+        averaging, history, nonmono = bool(control["averaging"]), control["history"], control["nonmono"]
+        count = int(control["averaged_steps"])
+        rates = [{"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in groups]
+    except (KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"not an NT-ASGD optimizer state: {error}") from None
+    per_param: dict = {}
+    if averaging:
+        for group in groups:
+            for index in group["params"]:
+                average = state["state"].get(index, {}).get("average")
+                if average is not None:      # ASGD weighs its next iterate by mu = 1 / (step - t0)
+                    per_param[index] = {"step": torch.tensor(float(count + 1)),
+                                        "eta": torch.tensor(float(group["lr"])),
+                                        "mu": torch.tensor(1.0 / max(1, count + 1)), "ax": average.clone()}
+    return {"nonmono": nonmono, "history": history, "averaging": averaging,
+            "inner": {"state": per_param, "param_groups": rates}}

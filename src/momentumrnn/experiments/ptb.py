@@ -19,14 +19,15 @@ is one chunk of ``bptt`` tokens of every column (truncated backpropagation throu
 The hidden state and, for ``momentumrnn`` layers, the rule state (momentum velocity, ...)
 carry from chunk to chunk, detached, and start at zero at every epoch. With
 ``variable_bptt`` the chunk length is drawn as in AWD-LSTM (``bptt``, or ``bptt / 2``
-with probability 0.05, plus Gaussian noise of sd 5, at least 5, at most ``bptt + 40``)
+with probability 0.05, plus Gaussian noise of sd 5, at least 5; with ``bptt_cap`` (the
+default, AWD-LSTM's) at most ``bptt + 40``, without it no cap, as the authors' script)
 from a generator seeded by (seed, epoch), and the learning rate of that step is scaled by
 ``length / bptt``. Validation and test run the same way over ``eval_batch_size`` columns
 in chunks of ``bptt``; the metric is perplexity, ``exp`` of the mean negative
 log-likelihood per token. ``lr_anneal`` divides the learning rate by that factor after a
 validation that does not improve on the best; ``--optimizer ntasgd`` is NT-ASGD
-(``optim.NTASGD``, switching to averaging after ``nonmono`` validations without
-progress).
+(``optim.NTASGD``: SGD, then ``torch.optim.ASGD`` once a validation is worse than the best
+of the earlier ones but the last ``nonmono``).
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ class PTB(Task):
     needs_data = True
     options = {"bptt": 35, "variable_bptt": False, "emb_size": 200, "tied": False, "dropout": 0.0, "dropouth": 0.0,
                "dropouti": 0.0, "dropoute": 0.0, "wdrop": 0.0, "ar": 0.0, "tar": 0.0, "lr_anneal": 1.0,
-               "nonmono": 5, "test_batch_size": None, "restart_counter": "carry"}
+               "nonmono": 5, "test_batch_size": None, "restart_counter": "carry", "bptt_cap": True}
 
     @classmethod
     def check_options(cls, config: dict) -> None:
@@ -250,8 +251,8 @@ class PTB(Task):
                 raise ValueError(f"{key} must be >= 0, got {config[key]!r}")
         if not config["lr_anneal"] >= 1:
             raise ValueError(f"lr_anneal must be >= 1 (1 = off), got {config['lr_anneal']!r}")
-        for key in ("tied", "variable_bptt"):
-            if not isinstance(config[key], bool):
+        for key in ("tied", "variable_bptt", "bptt_cap"):
+            if not isinstance(config.get(key, True), bool):     # bptt_cap: runs recorded before it had the cap
                 raise ValueError(f"{key} must be true or false, got {config[key]!r}")
         if config["restart_counter"] not in ("carry", "reset"):
             raise ValueError(f"restart_counter must be 'carry' (the step counter carries over from chunk to chunk, "
@@ -315,7 +316,9 @@ class PTB(Task):
             length = bptt
             if self.config["variable_bptt"]:
                 base = bptt if torch.rand((), generator=g).item() < 0.95 else bptt / 2
-                length = min(max(5, int(base + 5 * torch.randn((), generator=g).item())), bptt + 40)
+                length = max(5, int(base + 5 * torch.randn((), generator=g).item()))
+                if self.config.get("bptt_cap", True):           # runs recorded before the option had it
+                    length = min(length, bptt + 40)
             length = min(length, last - start)
             plan.append((start, length))
             start += length

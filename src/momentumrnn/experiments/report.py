@@ -111,7 +111,7 @@ def table(runs: list[dict]) -> str:
         baseline = task_baseline(run, metric) if metric else None
         baseline_text = "–" if baseline is None else _format(metric, baseline) + (
             "" if s.get("best_val") is None or beats(s["best_val"], baseline, mode) else " ✗ not beaten")
-        paper = published(c["task"], c["model"], c["hidden_size"])
+        paper = published(c["task"], c["model"], c["hidden_size"], c)
         paper_text = f"{paper['value']} ({paper['metric']}; {paper['note']})" if paper else "–"
         best_at = (f"{s['best_val_step']} ({s['best_val_epoch']:.2f})" if s.get("best_val_step") is not None else "–")
         lines.append(
@@ -262,7 +262,7 @@ def _notes(runs: list[dict]) -> list[str]:
         "loss: lower is better); *test at best val*: the test metric of the weights with the best validation "
         "metric (never selected on test).",
     ]
-    if any(published(r["config"]["task"], r["config"]["model"], r["config"]["hidden_size"]) for r in runs):
+    if any(published(r["config"]["task"], r["config"]["model"], r["config"]["hidden_size"], r["config"]) for r in runs):
         notes.append("- *paper*: the figure the authors published, after full training and selected on the test "
                      "set; it is not comparable to a short run.")
     for task in sorted({r["config"]["task"] for r in runs}):

@@ -234,14 +234,24 @@ def _selection(groups: list[Group]) -> tuple[str, str]:
 
 
 def _common_settings(groups: list[Group]) -> str:
-    """The main settings (and budgets) every run shares, in a few words."""
-    configs = [r["config"] for g in groups for r in g.runs]
+    """The main settings (and budgets) every run shares, in a few words. The epoch budget
+    is shown only where every run trained all of it; otherwise the epochs the runs did train."""
+    runs = [r for g in groups for r in g.runs]
+    configs = [r["config"] for r in runs]
     first = configs[0]
     shared = [k for k in ("hidden_size", "optimizer", "lr", "batch_size", "epochs", "max_steps", "time_budget")
               if all(c.get(k) == first.get(k) for c in configs) and first.get(k) is not None]
     words = {"hidden_size": "H", "optimizer": "", "lr": "lr", "batch_size": "batch", "epochs": "epochs",
              "max_steps": "max steps", "time_budget": "time budget (s)"}
-    return ", ".join(f"{words[k]} {first[k]}".strip() for k in shared) or "none of note"
+    parts = [f"{words[k]} {first[k]}".strip() for k in shared if k != "epochs"]
+    trained = [r["summary"].get("epochs") for r in runs]
+    if "epochs" in shared and all(t is not None and t >= first["epochs"] for t in trained):
+        parts.insert(shared.index("epochs"), f"epochs {first['epochs']}")
+    elif all(t is not None for t in trained):
+        low, high = min(trained), max(trained)
+        parts.append(f"{low:.0f} epochs trained" if round(low) == round(high) else
+                     f"{low:.0f}-{high:.0f} epochs trained")
+    return ", ".join(parts) or "none of note"
 
 
 def _plot_bands(task, groups, curves, metric, step, common, path) -> None:

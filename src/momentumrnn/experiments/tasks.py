@@ -6,8 +6,11 @@ metrics, and the validation metric used for model selection (``selection``).
 
 * ``smnist``: pixel MNIST, 784 steps of one pixel in [0, 1], classify from the last step.
   5,000 training images (chosen with ``data_seed``) are held out for validation.
-* ``psmnist``: the same with the pixels in one fixed random permutation
-  (``permutation_seed``), saved with the run.
+* ``psmnist``: the same with the pixels in one fixed random permutation, saved with the
+  run: ``permutation`` "library" (``torch.randperm`` from the library's generator of
+  ``permutation_seed``) or "authors" (``numpy.random.RandomState(seed).permutation(784)``,
+  as the authors' script draws it; ``permutation_seed``, or the run's ``seed`` when it is
+  None, as their script uses its one seed).
 * ``copy``: copying memory. Ten symbols from {1..8}, ``delay`` blanks (the last one a
   marker), ten blanks; reproduce the ten symbols after the marker. Per-step prediction.
 * ``adding``: the adding problem of length ``length``: two channels, values in [0, 1] and
@@ -28,7 +31,7 @@ from torch import Tensor
 
 from .data import load_mnist
 
-__all__ = ["Task", "TASKS", "SMNIST", "PSMNIST", "Copy", "Adding", "generator"]
+__all__ = ["Task", "TASKS", "SMNIST", "PSMNIST", "Copy", "Adding", "generator", "draw_permutation", "PERMUTATIONS"]
 
 
 def generator(seed: int, stream: int = 0) -> torch.Generator:
@@ -146,10 +149,32 @@ class SMNIST(Task):
         return super().to(device)
 
 
+#: How ``psmnist`` draws its permutation (``PSMNIST``).
+PERMUTATIONS = ("library", "authors")
+
+
+def draw_permutation(config: dict) -> Tensor:
+    """The pixel permutation of a new ``psmnist`` run (a resumed run reads its saved one)."""
+    seed = config["permutation_seed"]
+    if seed is None:
+        seed = config["seed"]
+    if config.get("permutation", "library") == "authors":
+        import numpy as np
+        return torch.from_numpy(np.random.RandomState(seed).permutation(784)).long()
+    return torch.randperm(784, generator=generator(seed, 2))
+
+
 class PSMNIST(SMNIST):
     name = "psmnist"
     description = "permuted pixel MNIST: the 784 pixels in one fixed random permutation"
-    options = {"val_size": 5000, "permutation_seed": 0}
+    options = {"val_size": 5000, "permutation_seed": 0, "permutation": "library"}
+
+    @classmethod
+    def check_options(cls, config):
+        super().check_options(config)
+        # runs recorded before the option existed drew the library's permutation
+        if config.get("permutation", "library") not in PERMUTATIONS:
+            raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {config['permutation']!r}")
 
     def _build(self, artifacts):
         super()._build(artifacts)
@@ -160,7 +185,7 @@ class PSMNIST(SMNIST):
                 raise ValueError("the run's permutation.json is not a permutation of 0..783")
             permutation = torch.tensor(saved, dtype=torch.long)
         else:
-            permutation = torch.randperm(784, generator=generator(self.config["permutation_seed"], 2))
+            permutation = draw_permutation(self.config)
         self.permutation = permutation
 
     def artifacts(self):
