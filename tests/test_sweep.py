@@ -402,3 +402,96 @@ def test_file_names_from_records_stay_in_their_folder():
         name = safe_name(text)
         assert "/" not in name and not name.startswith(".") and name
     assert safe_name("momentum-lstm_lr=0.001_seed=0") == "momentum-lstm_lr=0.001_seed=0"
+
+
+# ----------------------------------------------------------------------------- submitit launchers
+ON_ONE_MACHINE = SWEEP[:SWEEP.index("--jobs-per-device")] + SWEEP[SWEEP.index("--jobs-per-device") + 2:]
+
+
+def test_a_submitit_sweep_with_a_run_killed_mid_way_resumes(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    out = tmp_path / "sweep"
+    args = [*ON_ONE_MACHINE, "--launcher", "local-submitit", "--points-per-job", "3", "--out", out]
+    killed = {}
+
+    def kill_one_run():                                 # a run dies mid-way, as on a lost node: no checkpoint
+        deadline = time.time() + 200
+        while time.time() < deadline and not killed:
+            for name in NAMES:
+                run = out / name
+                try:
+                    if (run / "checkpoints" / "latest").exists() and not (run / "summary.json").exists():
+                        os.kill(json.loads((run / ".lock").read_text())["pid"], signal.SIGKILL)
+                        killed["name"] = name
+                        return
+                except (OSError, ValueError, KeyError):
+                    pass
+            time.sleep(0.02)
+
+    import threading
+    killer = threading.Thread(target=kill_one_run)
+    killer.start()
+    status = sweep(*args)
+    killer.join()
+    assert killed, "no run was caught mid-way"
+    jobs = json.loads((out / "jobs.json").read_text())
+    assert [len(job["points"]) for job in jobs] == [3, 3] and all(j["launcher"] == "local-submitit" for j in jobs)
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["launcher"]["name"] == "local-submitit" and record["launcher"]["points_per_job"] == 3
+    assert status == 1                                  # one run did not finish: the sweep says so
+    assert not (out / killed["name"] / "summary.json").exists()
+    assert sweep(*args, "--resume") == 0                 # submitted again, resumed from its checkpoint
+    assert len(json.loads((out / "jobs.json").read_text())) == 3
+    for name in NAMES:
+        assert json.loads((out / name / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((out / killed["name"] / "config.json").read_text())["resumed"]
+
+
+def test_resume_follows_queued_jobs_and_submits_lost_ones_again(finished, tmp_path, capsys, monkeypatch):
+    from momentumrnn.experiments import submitit_launcher
+
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    (out / NAMES[1] / "summary.json").unlink()         # its job is still running, says the scheduler
+    record = json.loads((out / "sweep.json").read_text())
+    (out / "sweep.json").write_text(json.dumps({**record, "launcher": {"name": "slurm"}}))
+    (out / "jobs.json").write_text(json.dumps([{"job_id": "4242", "launcher": "slurm", "points": [NAMES[1]]}]))
+    state = {"4242": "RUNNING"}
+    monkeypatch.setattr(submitit_launcher, "job_state", lambda out, job: state[job["job_id"]])
+    assert sweep(*ON_ONE_MACHINE, "--out", out, "--resume") == 2                 # local now would run it twice
+    assert "whose jobs 4242 are still queued or running" in capsys.readouterr().err
+    assert main(["sweep", *map(str, ON_ONE_MACHINE), "--out", str(out), "--resume", "--launcher", "slurm",
+                 "--no-wait"]) == 0
+    err = capsys.readouterr().err
+    assert "5 finished, 0 failed before, 1 in jobs still queued or running, 0 to submit" in err
+    state["4242"] = "NODE_FAIL"                          # lost with its node: the local launcher may take it
+    assert sweep(*ON_ONE_MACHINE, "--out", out, "--resume") == 0
+    assert json.loads((out / NAMES[1] / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_job_of_several_gpus_runs_each_point_as_torchrun(tmp_path, monkeypatch):
+    from momentumrnn.experiments import submitit_launcher
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "sweep.json").write_text(json.dumps({"commands": {"a": "momentumrnn train --task adding "
+                                                                       "--model lstm --out " + str(tmp_path / "a")}}))
+    calls = []
+    monkeypatch.setattr(submitit_launcher.subprocess, "run",
+                        lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0))
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert submitit_launcher.run_points(str(tmp_path), ["a"], gpus=4) == {"a": 0}
+    assert calls[0][1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"]
+    assert calls[0][6:9] == ["momentumrnn", "train", "--task"] and calls[0][-3:] == ["--quiet", "--threads", "6"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--slurm-partition", "gpu"], "--slurm-partition: not a setting of --launcher local"),
+    (["--launcher", "slurm", "--devices", "cpu"], "--devices: not a setting of --launcher slurm"),
+    (["--launcher", "local-submitit", "--slurm-setup", "module load cuda"],
+     "--slurm-setup: not a setting of --launcher local-submitit"),
+    (["--launcher", "slurm", "--points-per-job", "0"], "--points-per-job must be >= 1"),
+])
+def test_launcher_flags_of_another_launcher_are_refused(tmp_path, capsys, args, message):
+    assert main(["sweep", "--task", "adding", "--models", "lstm", "--out", str(tmp_path / "s"), "--dry-run",
+                 *args]) == 2
+    assert message in capsys.readouterr().err

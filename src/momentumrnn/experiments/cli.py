@@ -165,12 +165,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="for every point with momentum mu > 0: mu0 adds mu = 0 with the same s; gain adds "
                        "mu = 0 with s / (1 - mu), the same steady-state input gain (repeatable)")
     sweep.add_argument("--out", required=True, metavar="SWEEP_DIR")
-    sweep.add_argument("--devices", default="cpu", metavar="cpu|cuda:0,cuda:1",
-                       help="where the runs go (default cpu)")
-    sweep.add_argument("--jobs-per-device", type=int, default=1, metavar="N",
-                       help="runs at a time on each device (default 1; small RNNs share a GPU well)")
+    sweep.add_argument("--devices", metavar="cpu|cuda:0,cuda:1",
+                       help="local launcher: where the runs go (default cpu)")
+    sweep.add_argument("--jobs-per-device", type=int, metavar="N",
+                       help="local launcher: runs at a time on each device (default 1; small RNNs share a GPU well)")
     sweep.add_argument("--preset", choices=["paper", "small"], help="as for train")
     sweep.add_argument("--resume", action="store_true", help="continue the sweep in SWEEP_DIR")
+    launching = sweep.add_argument_group(
+        "launcher", "where the runs go: this machine's processes (local, default), Slurm jobs through submitit "
+        "(slurm; pip install momentumrnn[slurm]), or submitit's local executor (local-submitit, to try a cluster "
+        "sweep on this machine)")
+    launching.add_argument("--launcher", choices=["local", "slurm", "local-submitit"], default="local",
+                           help="local (default), slurm or local-submitit")
+    launching.add_argument("--points-per-job", type=int, metavar="N",
+                           help="slurm, local-submitit: runs per job, one after another (default 1)")
+    launching.add_argument("--slurm-partition", metavar="NAME", help="slurm: the partition of the jobs")
+    launching.add_argument("--slurm-time", type=_duration, metavar="TIME",
+                           help="slurm, local-submitit: time limit of a job; 90m, 12h, ... (default: the cluster's)")
+    launching.add_argument("--slurm-gpus-per-job", type=int, metavar="N",
+                           help="slurm, local-submitit: GPUs of a job (default 0); above 1 a run is one torchrun "
+                           "over them")
+    launching.add_argument("--slurm-cpus-per-job", type=int, metavar="N", help="slurm, local-submitit: CPU cores "
+                           "of a job")
+    launching.add_argument("--slurm-setup", action="append", metavar="LINE",
+                           help="slurm: a shell line run before the job, e.g. 'module load cuda' (repeatable)")
+    launching.add_argument("--no-wait", action="store_true",
+                           help="slurm, local-submitit: submit, print and exit; --resume follows the jobs later")
     sweep.add_argument("--dry-run", action="store_true",
                        help="print each run's momentumrnn train command, one a line, and run nothing")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -300,8 +320,7 @@ def _sweep(args, command) -> int:
     import shlex
 
     from .config import ConfigError
-    from .sweep import (check_devices, parse_devices, parse_grid, parse_seeds, plan_sweep, run_directory,
-                        run_sweep, train_command)
+    from .sweep import check_devices, parse_grid, parse_seeds, plan_sweep, run_directory, run_sweep, train_command
 
     train_parser = build_parser()
     unset = train_parser.parse_args(["train", "--out", "-"])
@@ -323,9 +342,7 @@ def _sweep(args, command) -> int:
     models = [m.strip() for m in args.models.split(",")]
     if any(not m for m in models):
         raise ConfigError(f"--models takes model names separated by commas, got {args.models!r}")
-    if args.jobs_per_device < 1:
-        raise ConfigError(f"--jobs-per-device must be >= 1, got {args.jobs_per_device}")
-    devices = parse_devices(args.devices)
+    launcher = _launcher(args)
     sweep = plan_sweep(args.task, models, parse_seeds(args.seeds), parse_grid(args.grid, flag_types),
                        args.control, args.train_flags, args.preset, overrides_of)
     for note in sweep.notes if not args.quiet else ():
@@ -334,9 +351,35 @@ def _sweep(args, command) -> int:
         for point in sweep.points:
             print(shlex.join(train_command(sweep, point, run_directory(args.out, point.name))))
         return 0
-    check_devices(devices)
-    return run_sweep(sweep, args.out, devices=devices, jobs_per_device=args.jobs_per_device, resume=args.resume,
-                     command=command, quiet=args.quiet)
+    if launcher.name == "local":
+        check_devices(launcher.devices)
+    return run_sweep(sweep, args.out, launcher=launcher, resume=args.resume, command=command, quiet=args.quiet)
+
+
+def _launcher(args):
+    """The sweep's launcher from its flags; a flag of another launcher is refused."""
+    from .config import ConfigError
+    from .sweep import LocalLauncher, parse_devices
+    from .submitit_launcher import SubmititLauncher
+
+    def given(*flags: str) -> list[str]:
+        return [f for f in flags if getattr(args, f[2:].replace("-", "_")) not in (None, False)]
+
+    local, slurm = ("--devices", "--jobs-per-device"), ("--slurm-partition", "--slurm-setup")
+    submitit = ("--points-per-job", "--slurm-time", "--slurm-gpus-per-job", "--slurm-cpus-per-job", "--no-wait")
+    wrong = {"local": given(*submitit, *slurm), "slurm": given(*local),
+             "local-submitit": given(*local, *slurm)}[args.launcher]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: not a setting of --launcher {args.launcher}")
+    if args.launcher == "local":
+        return LocalLauncher(parse_devices(args.devices or "cpu"), 1 if args.jobs_per_device is None
+                             else args.jobs_per_device)
+    minutes = None if args.slurm_time is None else max(1, math.ceil(args.slurm_time / 60))
+    return SubmititLauncher("slurm" if args.launcher == "slurm" else "local", partition=args.slurm_partition,
+                            time_min=minutes, gpus_per_job=args.slurm_gpus_per_job or 0,
+                            cpus_per_job=args.slurm_cpus_per_job, setup=args.slurm_setup,
+                            points_per_job=1 if args.points_per_job is None else args.points_per_job,
+                            wait=not args.no_wait)
 
 
 def _train(args, parser, command) -> int:

@@ -47,7 +47,8 @@ from .config import MAX_SEED, ConfigError, identity, parse_device, resolve_confi
 from .models import rule_hyperparameters
 from .rundir import LockHeld, RunError, hold_lock
 
-__all__ = ["Point", "Sweep", "plan_sweep", "run_sweep", "run_directory", "parse_seeds", "parse_grid", "CONTROLS"]
+__all__ = ["Point", "Sweep", "LocalLauncher", "plan_sweep", "run_sweep", "start_command", "run_directory",
+           "parse_seeds", "parse_grid", "CONTROLS"]
 
 #: The controls ``--control`` adds for every momentum point.
 CONTROLS = ("mu0", "gain")
@@ -303,9 +304,27 @@ def _die_with_parent() -> None:                         # in the child, before e
         pass
 
 
-def run_sweep(sweep: Sweep, out: Path, *, devices: list[str], jobs_per_device: int, resume: bool,
-              command: list[str], quiet: bool = False) -> int:
-    """Run the sweep's points into ``out``; return the exit status (module docstring)."""
+class LocalLauncher:
+    """Runs the points as ``momentumrnn train`` subprocesses of this process,
+    ``jobs_per_device`` at a time on each of ``devices`` (module docstring)."""
+
+    name = "local"
+
+    def __init__(self, devices: list[str], jobs_per_device: int):
+        if jobs_per_device < 1:
+            raise ConfigError(f"--jobs-per-device must be >= 1, got {jobs_per_device}")
+        self.devices, self.jobs_per_device = devices, jobs_per_device
+
+    def record(self) -> dict:
+        return {"name": self.name, "devices": self.devices, "jobs_per_device": self.jobs_per_device}
+
+    def run(self, sweep: Sweep, out: Path, say) -> int:
+        return _schedule(sweep, out, self.devices, self.jobs_per_device, say)
+
+
+def run_sweep(sweep: Sweep, out: Path, *, launcher, resume: bool, command: list[str], quiet: bool = False) -> int:
+    """Run the sweep's points into ``out`` with ``launcher`` (``LocalLauncher`` or
+    ``submitit_launcher.SubmititLauncher``); return the exit status (module docstring)."""
     out = Path(out)
     say = _say(quiet)
     record_path = out / "sweep.json"
@@ -322,6 +341,7 @@ def run_sweep(sweep: Sweep, out: Path, *, devices: list[str], jobs_per_device: i
             raise RunError(f"cannot resume {out} with a different sweep: it was defined as {saved.get('definition')}"
                            f"; now {sweep.definition()}")
         _adopt_saved_names(sweep, saved.get("points") or [])
+        _refuse_a_second_launcher(out, saved.get("launcher") or {"name": "local"}, launcher)
     elif resume:
         raise RunError(f"nothing to resume: {record_path} does not exist")
     elif out.exists() and any(out.iterdir()):
@@ -330,15 +350,31 @@ def run_sweep(sweep: Sweep, out: Path, *, devices: list[str], jobs_per_device: i
     lock = hold_lock(out, resume=resume, command=command)
     try:
         (out / "logs").mkdir(exist_ok=True)
-        record = {"definition": sweep.definition(), "points": [asdict(p) for p in sweep.points],
-                  "commands": {p.name: shlex.join(train_command(sweep, p, run_directory(out, p.name)))
-                               for p in sweep.points},
-                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        if not record_path.exists():
-            atomic_write_json(record_path, record)
-        return _schedule(sweep, out, devices, jobs_per_device, say)
+        if record_path.exists():                         # resumed: the launcher of this session
+            record = {**json.loads(record_path.read_text()), "launcher": launcher.record()}
+        else:
+            record = {"definition": sweep.definition(), "points": [asdict(p) for p in sweep.points],
+                      "commands": {p.name: shlex.join(train_command(sweep, p, run_directory(out, p.name)))
+                                   for p in sweep.points},
+                      "launcher": launcher.record(),
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_json(record_path, record)
+        return launcher.run(sweep, out, say)
     finally:
         os.close(lock)
+
+
+def _refuse_a_second_launcher(out: Path, saved: dict, launcher) -> None:
+    """A sweep resumed with another launcher while jobs of the first are queued or running
+    would run their points twice."""
+    if saved.get("name") == launcher.name or not (out / "jobs.json").exists():
+        return
+    from .submitit_launcher import alive_jobs
+
+    alive = alive_jobs(out)
+    if alive:
+        raise RunError(f"{out} was launched with --launcher {saved.get('name')}, whose jobs {', '.join(alive)} are "
+                       f"still queued or running; resume it with --launcher {saved.get('name')}, or cancel them")
 
 
 def _adopt_saved_names(sweep: Sweep, saved_points: list) -> None:
@@ -449,15 +485,23 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
     return 0
 
 
-def _launch(sweep: Sweep, point: Point, out: Path, device: str, threads: int | None):
-    run_dir = run_directory(out, point.name)
+def start_command(run_dir: Path, fresh: list[str]) -> list[str] | None:
+    """The ``momentumrnn train`` command that brings a point's run on (without placement
+    flags): None when it finished or diverged, ``--resume`` when it has a checkpoint, else
+    ``fresh``, after removing what a start that died before its first checkpoint left."""
     status = _run_status(run_dir)
+    if status in ("finished", "diverged"):
+        return None
     if status == "stale":                                # a start that died before its first checkpoint
         shutil.rmtree(run_dir)
     if status == "resume":
-        command = ["momentumrnn", "train", "--out", str(run_dir), "--resume"]
-    else:
-        command = train_command(sweep, point, run_dir)
+        return ["momentumrnn", "train", "--out", str(run_dir), "--resume"]
+    return list(fresh)
+
+
+def _launch(sweep: Sweep, point: Point, out: Path, device: str, threads: int | None):
+    run_dir = run_directory(out, point.name)
+    command = start_command(run_dir, train_command(sweep, point, run_dir)) or train_command(sweep, point, run_dir)
     command += ["--device", device, "--quiet"] + (["--threads", str(threads)] if threads and device == "cpu" else [])
     log = open(out / "logs" / f"{point.name}.log", "a")
     log.write(f"$ {shlex.join(command)}\n")
