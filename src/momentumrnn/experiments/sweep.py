@@ -22,8 +22,17 @@ child runs in its own session and gets SIGTERM when the sweep is stopped (Ctrl-C
 or dies (Linux): it finishes its step, checkpoints and exits. ``sweep --resume`` on the same
 ``SWEEP_DIR`` skips finished runs, resumes interrupted ones from their checkpoints and
 starts the rest. ``--dry-run`` prints each point's ``momentumrnn train`` command instead,
-one a line, for a cluster scheduler. The exit status is 0 when every run finished, 1 when
-any failed (its log's tail is shown), 130 when the sweep was stopped.
+one a line. The exit status is 0 when every run finished, 1 when any failed (its log's tail
+is shown) or was stopped from outside the sweep, 130 when the sweep was stopped.
+
+Where the runs go is the launcher's business: ``LocalLauncher`` here (the subprocesses
+above), or ``submitit_launcher.SubmititLauncher`` (Slurm jobs, or submitit's local
+executor). Both bring a point on by ``start_command``.
+
+Refused before anything runs (``ConfigError``, one line): a train flag that sets a grid key
+or a control's setting, a repeated grid value, a grid key no model takes or that the sweep
+sets itself, a backwards or oversized seed range, an empty or repeated model list, a run
+name longer than a file name may be.
 """
 
 from __future__ import annotations
