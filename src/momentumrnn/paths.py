@@ -24,7 +24,9 @@ passes, in-place buffers and Triton kernels are opaque to those tools, which wou
 record constants. Under one ``torch.func.grad`` or one ``vmap`` alone the layer runs below
 the transform (``momentumrnn.transforms``), where its path is chosen here as always.
 
-``impl="auto"`` looks the path up in ``AUTO`` by device and rule, as measured with
+``impl="auto"`` looks the path up in ``AUTO`` by device and rule (a rule or recurrence the
+table does not name gets the fastest path its declared capabilities allow,
+``allowed_paths``; a recurrence outside ``KERNEL_RECURRENCES`` the reference), as measured with
 ``benchmarks/layers.py``: on the CPU the loops beat the identity GEMMs of ``"fused-drive"``
 (AdamLSTM at PTB small 1.58x ``nn.LSTM`` against 2.82x); on CUDA a Python loop launches
 kernels at every step (the Nesterov loop: 44-50x cuDNN at pixel MNIST) while cuDNN runs the
@@ -53,7 +55,7 @@ import threading
 import torch
 
 __all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "LOOP_ENGINES",
-           "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
+           "KERNEL_RECURRENCES", "allowed_paths", "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
            "loop_engine", "loop_engine_override"]
 
 #: Every value of a layer's ``impl``.
@@ -81,6 +83,26 @@ ORTHOGONAL_IMPLS = ("auto", "triton-loop", "reference")
 AUTO_ORTHOGONAL = "reference"
 
 
+#: The recurrences (by name) that torch's fused kernels and the library's loops implement;
+#: a recurrence written outside the library runs on the reference path.
+KERNEL_RECURRENCES = ("rnn", "lstm", "gru")
+
+
+def allowed_paths(rule_type, projections: bool = False, recurrence: str = "lstm") -> list[str]:
+    """The paths a rule (by its declared capabilities) and a recurrence (by name) can take,
+    fastest kinds first; ``"auto"`` is not among them."""
+    if recurrence == "modrelu":
+        return [p for p in ORTHOGONAL_IMPLS if p != "auto"]
+    if recurrence not in KERNEL_RECURRENCES:
+        return ["reference"]
+    allowed = ["fused"] if rule_type.commutes_with_input_weights else []
+    if not rule_type.couples_to_hidden:
+        allowed.append("fused-drive")
+    if not projections:
+        allowed += ["loop"] + (["triton-loop"] if rule_type.couples_to_hidden else [])
+    return allowed + ["reference"]
+
+
 def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False, recurrence: str = "") -> None:
     """Refuse an ``impl`` the layer's rule (and ``recurrence``, by name) cannot take, naming
     the ones it can."""
@@ -90,16 +112,13 @@ def check_impl(impl: str, rule_type, layer_name: str, projections: bool = False,
         if impl not in ORTHOGONAL_IMPLS:
             raise ValueError(f"{layer_name} takes impl in {ORTHOGONAL_IMPLS}, got {impl!r}")
         return
+    if recurrence and recurrence not in KERNEL_RECURRENCES and impl not in ("auto", "reference"):
+        raise ValueError(f"impl={impl!r} runs the recurrences {', '.join(KERNEL_RECURRENCES)} only; {layer_name}'s "
+                         f"recurrence {recurrence!r} takes 'auto' or 'reference'")
     if projections and impl in ("loop", "triton-loop"):
         raise ValueError(f"impl={impl!r} has no LSTM projections; with proj_size > 0 {layer_name} takes 'auto', "
                          f"'reference'" + ("" if rule_type.couples_to_hidden else " or a fused path"))
-    allowed = ["auto", "loop", "reference"]
-    if rule_type.couples_to_hidden:
-        allowed.insert(2, "triton-loop")
-    else:
-        allowed.insert(1, "fused-drive")
-    if rule_type.commutes_with_input_weights:
-        allowed.insert(1, "fused")
+    allowed = ["auto"] + allowed_paths(rule_type, False, recurrence or "lstm")
     if impl == "fused" and impl not in allowed:
         raise ValueError(f"impl='fused' needs a rule that commutes with the input weights (momentum, restart); "
                          f"{layer_name} takes {', '.join(map(repr, allowed))}, got {impl!r}")
@@ -148,10 +167,24 @@ def choose_path(impl: str, rule_type, device: torch.device | str, projections: b
         return impl
     if recurrence == "modrelu":
         return AUTO_ORTHOGONAL
-    if projections:
-        return AUTO_WITH_PROJECTIONS[rule_type.name]
-    kind = torch.device(device).type
-    return AUTO["cuda" if kind == "cuda" else "cpu"][rule_type.name]
+    allowed = allowed_paths(rule_type, projections, recurrence or "lstm")
+    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    measured = (AUTO_WITH_PROJECTIONS if projections else AUTO[kind]).get(rule_type.name)
+    if measured in allowed:
+        return measured
+    return _fastest_declared(allowed, kind)
+
+
+def _fastest_declared(allowed: list[str], kind: str) -> str:
+    """``impl="auto"`` for a rule or recurrence the tables do not name (one written outside
+    the library): the path its declared capabilities allow that the tables prefer for such
+    rules: torch's kernel for a rule that commutes with the input weights; for another
+    input-only rule the loop on the CPU and torch's kernel on CUDA; the loop for a rule
+    coupled to h; the reference where nothing else applies."""
+    if "fused" in allowed:
+        return "fused"
+    preference = ("fused-drive", "loop") if kind == "cuda" else ("loop", "fused-drive")
+    return next((path for path in preference if path in allowed), "reference")
 
 
 _override: list[str] = []
