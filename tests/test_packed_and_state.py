@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import momentumrnn as mrnn
 from conftest import ACTIVE, LAYER_KEYS, layer_id
@@ -82,6 +82,20 @@ def test_packed_chunks_with_carried_state(key):
     torch.testing.assert_close(padded_out[:4, 0], out0[3:, 0], **TOL)
     torch.testing.assert_close(padded_out[:5, 1], out1[2:, 0], **TOL)
     assert rs2.steps.tolist() == [7, 7]
+
+
+TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
+@pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)
+def test_packed_input_without_steps_raises_as_torch(key):
+    """Empty ``batch_sizes`` (no steps): torch's layers raise ``IndexError``; ours too, in words."""
+    sequence = PackedSequence(torch.randn(0, 3), torch.tensor([], dtype=torch.long))
+    with pytest.raises(IndexError):
+        TORCH_LAYERS[key[0]](3, 4)(sequence)
+    for kind in (IndexError, mrnn.InputError):
+        with pytest.raises(kind, match="PackedSequence.batch_sizes is empty: the packed input has no time steps"):
+            mrnn.LAYERS[key](3, 4)(sequence)
 
 
 @pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)
