@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import momentumrnn as mrnn
-from conftest import LAYER_IMPLS, layer_impl_id
+from conftest import CELL_KEYS, LAYER_IMPLS, LAYER_KEYS, layer_id, layer_impl_id
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -22,6 +22,36 @@ from conftest import LAYER_IMPLS, layer_impl_id
 def test_momentum_hyperparameters(kwargs, error, match):
     with pytest.raises(error, match=match):
         mrnn.MomentumLSTM(2, 3, **kwargs)
+
+
+FINITE_IN_FLOAT16 = r"step_size must be a number in \(0, 6.55e\+04\] \(finite in float16\), got 70000.0"
+
+
+@pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)
+def test_step_size_must_be_finite_in_the_layers_dtype(key):
+    """7e4 is inf in float16 (every output nan): refused at construction in float16, and at the
+    call once ``.half()`` has made the parameters float16; finite in bfloat16 and float32."""
+    cls = mrnn.LAYERS[key]
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        cls(3, 4, step_size=7e4, dtype=torch.float16)
+    layer = cls(3, 4, step_size=7e4).half()
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        layer(torch.randn(5, 2, 3, dtype=torch.float16))
+    layer.to(torch.bfloat16)(torch.randn(5, 2, 3, dtype=torch.bfloat16))
+    wide = cls(3, 4, step_size=1e300, dtype=torch.float64)                 # finite in float64, not in float32
+    wide(torch.randn(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\(finite in float32\), got 1e\+300"):
+        wide.float()(torch.randn(5, 2, 3))
+
+
+@pytest.mark.parametrize("key", CELL_KEYS, ids=lambda key: mrnn.CELLS[key].__name__)
+def test_cells_step_size_must_be_finite_in_their_dtype(key):
+    cls = mrnn.CELLS[key]
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        cls(3, 4, step_size=7e4, dtype=torch.float16)
+    cell = cls(3, 4, step_size=7e4).half()
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        cell(torch.randn(2, 3, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("cls,kwargs,error,match", [

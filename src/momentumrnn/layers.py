@@ -199,6 +199,7 @@ class RecurrentLayer(RuleModule):
 
     @autocast_boundary
     def _forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
+        self.rule_type.check_dtype(self.hyperparameter_values, self.weight_ih_l0.dtype)    # after .half(), .to()
         x, lengths, packed, unbatched = self._time_major(input)
         steps_in_call, batch = x.size(0), x.size(1)
         stacks = self.num_layers * self.num_directions
