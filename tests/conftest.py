@@ -26,6 +26,28 @@ def layer_id(key):
     return mrnn.LAYERS[key].__name__
 
 
+def cpu_impls(cls):
+    """The values of ``impl`` that layer class ``cls`` takes on the CPU (all but "triton-loop")."""
+    impls = []
+    for impl in mrnn.paths.IMPLS:
+        try:
+            mrnn.paths.check_impl(impl, cls.rule_type, cls.__name__, recurrence=cls.recurrence_type.name)
+        except ValueError:
+            continue
+        if impl != "triton-loop":
+            impls.append(impl)
+    return impls
+
+
+#: Every layer with every ``impl`` it takes on the CPU, as ``(key, impl)``.
+LAYER_IMPLS = [(key, impl) for key in LAYER_KEYS for impl in cpu_impls(mrnn.LAYERS[key])]
+
+
+def layer_impl_id(case):
+    key, impl = case
+    return f"{layer_id(key)}-{impl}"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

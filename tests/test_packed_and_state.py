@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import momentumrnn as mrnn
-from conftest import ACTIVE, LAYER_KEYS, layer_id
+from conftest import ACTIVE, LAYER_IMPLS, LAYER_KEYS, layer_id, layer_impl_id
 
 TOL = dict(atol=1e-12, rtol=1e-10)
 
@@ -82,6 +82,41 @@ def test_packed_chunks_with_carried_state(key):
     torch.testing.assert_close(padded_out[:4, 0], out0[3:, 0], **TOL)
     torch.testing.assert_close(padded_out[:5, 1], out1[2:, 0], **TOL)
     assert rs2.steps.tolist() == [7, 7]
+
+
+TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
+@pytest.mark.parametrize("case", LAYER_IMPLS, ids=layer_impl_id)
+def test_packed_batch_of_no_sequences_as_torch(case):
+    """``batch_sizes`` all zero (steps of no sequences): empty output, hidden and rule state on
+    every path, with the shapes and ``batch_sizes`` of ``torch.nn.LSTM``'s (the fused paths
+    used to refuse to pack it)."""
+    key, impl = case
+    layer = mrnn.LAYERS[key](3, 4, 2, bidirectional=True, impl=impl, **ACTIVE[key[1]])
+    theirs = TORCH_LAYERS[key[0]](3, 4, 2, bidirectional=True)
+    sequence = PackedSequence(torch.randn(0, 3), torch.tensor([0, 0]))
+    out, hidden, rs = layer(sequence, return_rule_state=True)
+    want_out, want_hidden = theirs(sequence)
+    assert out.data.shape == want_out.data.shape == (0, 8)
+    assert torch.equal(out.batch_sizes, want_out.batch_sizes)
+    assert out.sorted_indices is want_out.sorted_indices is None
+    for got, want in zip(hidden_list(hidden), hidden_list(want_hidden)):
+        assert got.shape == want.shape == (4, 0, 4)
+    assert rs.velocity.shape == (4, 0, layer.recurrence.gates * 4) and rs.steps.shape == (0,)
+    (out.data.sum() + sum(h.sum() for h in hidden_list(hidden))).backward()
+    assert layer(sequence, hidden, rule_state=rs)[0].data.shape == (0, 8)
+
+
+@pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)
+def test_packed_input_without_steps_raises_as_torch(key):
+    """Empty ``batch_sizes`` (no steps): torch's layers raise ``IndexError``; ours too, in words."""
+    sequence = PackedSequence(torch.randn(0, 3), torch.tensor([], dtype=torch.long))
+    with pytest.raises(IndexError):
+        TORCH_LAYERS[key[0]](3, 4)(sequence)
+    for kind in (IndexError, mrnn.InputError):
+        with pytest.raises(kind, match="PackedSequence.batch_sizes is empty: the packed input has no time steps"):
+            mrnn.LAYERS[key](3, 4)(sequence)
 
 
 @pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)

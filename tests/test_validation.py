@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 import momentumrnn as mrnn
+from conftest import CELL_KEYS, LAYER_IMPLS, LAYER_KEYS, layer_id, layer_impl_id
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -20,6 +22,36 @@ import momentumrnn as mrnn
 def test_momentum_hyperparameters(kwargs, error, match):
     with pytest.raises(error, match=match):
         mrnn.MomentumLSTM(2, 3, **kwargs)
+
+
+FINITE_IN_FLOAT16 = r"step_size must be a number in \(0, 6.55e\+04\] \(finite in float16\), got 70000.0"
+
+
+@pytest.mark.parametrize("key", LAYER_KEYS, ids=layer_id)
+def test_step_size_must_be_finite_in_the_layers_dtype(key):
+    """7e4 is inf in float16 (every output nan): refused at construction in float16, and at the
+    call once ``.half()`` has made the parameters float16; finite in bfloat16 and float32."""
+    cls = mrnn.LAYERS[key]
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        cls(3, 4, step_size=7e4, dtype=torch.float16)
+    layer = cls(3, 4, step_size=7e4).half()
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        layer(torch.randn(5, 2, 3, dtype=torch.float16))
+    layer.to(torch.bfloat16)(torch.randn(5, 2, 3, dtype=torch.bfloat16))
+    wide = cls(3, 4, step_size=1e300, dtype=torch.float64)                 # finite in float64, not in float32
+    wide(torch.randn(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\(finite in float32\), got 1e\+300"):
+        wide.float()(torch.randn(5, 2, 3))
+
+
+@pytest.mark.parametrize("key", CELL_KEYS, ids=lambda key: mrnn.CELLS[key].__name__)
+def test_cells_step_size_must_be_finite_in_their_dtype(key):
+    cls = mrnn.CELLS[key]
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        cls(3, 4, step_size=7e4, dtype=torch.float16)
+    cell = cls(3, 4, step_size=7e4).half()
+    with pytest.raises(ValueError, match=FINITE_IN_FLOAT16):
+        cell(torch.randn(2, 3, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("cls,kwargs,error,match", [
@@ -173,3 +205,58 @@ def test_the_package_declares_its_types():
     from importlib.resources import files
 
     assert files("momentumrnn").joinpath("py.typed").is_file()
+
+
+def packed(batch_sizes, rows=None, sorted_indices=None, unsorted_indices=None, dtype=torch.long):
+    """A hand-made ``PackedSequence`` of 3 features (``rows``: ``data``'s rows, else the sum)."""
+    batch_sizes = torch.tensor(batch_sizes, dtype=dtype)
+    data = torch.randn(int(batch_sizes.sum()) if rows is None else rows, 3)
+    indices = [None if i is None else torch.tensor(i) for i in (sorted_indices, unsorted_indices)]
+    return PackedSequence._make((data, batch_sizes, *indices))
+
+
+MALFORMED_PACKED = {
+    "a zero step": (packed([2, 0, 1]), r"batch_sizes must be positive .*got batch_sizes\[1\] = 0"),
+    "a trailing zero": (packed([2, 1, 0]), r"batch_sizes must be positive .*got batch_sizes\[2\] = 0"),
+    "a negative size": (packed([2, -1, 2]), r"batch_sizes must be positive .*got batch_sizes\[1\] = -1"),
+    "an increase": (packed([1, 2]), r"batch_sizes must be non-increasing .*got batch_sizes\[0\] = 1 < "
+                                    r"batch_sizes\[1\] = 2"),
+    "too few rows": (packed([2, 2], rows=3), r"batch_sizes must sum to data.size\(0\) = 3 .*got 4"),
+    "too many rows": (packed([2, 1], rows=5), r"batch_sizes must sum to data.size\(0\) = 5 .*got 3"),
+    "int32 sizes": (packed([2, 1], dtype=torch.int32), "batch_sizes must be a 1-D CPU int64 tensor, got a 1-D cpu "
+                                                       "torch.int32 tensor"),
+    "2-D sizes": (PackedSequence._make((torch.randn(3, 3), torch.tensor([[2, 1]]), None, None)),
+                  "batch_sizes must be a 1-D CPU int64 tensor, got a 2-D"),
+    "3-D data": (PackedSequence._make((torch.randn(3, 1, 3), torch.tensor([2, 1]), None, None)),
+                 r"PackedSequence.data must be 2-D .*got shape \(3, 1, 3\)"),
+    "an index out of range": (packed([2, 1], sorted_indices=[0, 5], unsorted_indices=[0, 1]),
+                              r"sorted_indices must be a permutation of range\(2\) and unsorted_indices its "
+                              r"inverse, got \[0, 5\] and \[0, 1\]"),
+    "indices not inverse": (packed([2, 1], sorted_indices=[1, 0], unsorted_indices=[1, 1]),
+                            r"permutation of range\(2\) .*got \[1, 0\] and \[1, 1\]"),
+    "indices of another batch": (packed([2, 1], sorted_indices=[0, 1, 2], unsorted_indices=[0, 1, 2]),
+                                 r"sorted_indices must be an int64 tensor of shape \(2,\) .*shape \(3,\)"),
+    "one index tensor": (packed([2, 1], sorted_indices=[1, 0]),
+                         "sorted_indices and unsorted_indices must be both None or both tensors, got Tensor and "
+                         "NoneType"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_PACKED)
+def test_malformed_packed_sequences_are_named(case):
+    """Hand-made packed input that ``pack_padded_sequence`` never makes is refused before torch
+    unpacks it (a zero or negative batch size made its unpacking write out of bounds: a heap error)."""
+    sequence, message = MALFORMED_PACKED[case]
+    for kind in (ValueError, RuntimeError, mrnn.InputError):
+        with pytest.raises(kind, match=message):
+            mrnn.MomentumLSTM(3, 4)(sequence)
+
+
+@pytest.mark.parametrize("case", LAYER_IMPLS, ids=layer_impl_id)
+def test_malformed_packed_sequences_are_refused_on_every_path(case):
+    key, impl = case
+    layer = mrnn.LAYERS[key](3, 4, 2, bidirectional=True, impl=impl)
+    for name in ("a zero step", "a negative size", "indices not inverse"):
+        sequence, message = MALFORMED_PACKED[name]
+        with pytest.raises(mrnn.InputError, match=message):
+            layer(sequence)

@@ -86,7 +86,7 @@ class RuleModule(nn.Module):
         self.init = init
         self.forget_bias = float(forget_bias)
         self._suffixes = list(suffixes)
-        values = self.rule_type.validate(hyperparameters)
+        values = self.rule_type.validate(hyperparameters, dtype or torch.get_default_dtype())
         add_hyperparameters(self, self.rule_type, values, learnable, self._suffixes, device, dtype)
 
     def _weights(self, suffix: str):

@@ -69,6 +69,7 @@ class RecurrentCell(RuleModule):
                 return_rule_state: bool = False):
         """One step: ``hx`` as torch's cell returns it (``h`` or ``(h, c)``), and with
         ``return_rule_state=True`` also the rule state after the step, ``(hx, rule_state)``."""
+        self.rule_type.check_dtype(self.hyperparameter_values, self.weight_ih.dtype)       # after .half(), .to()
         expect_tensor("input", input)
         if input.dim() not in (1, 2):            # torch's words, and the shape
             raise InputError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead "

@@ -9,9 +9,9 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["InputError", "InputDtypeError", "expect_tensor", "expect_shape", "expect_like", "expect_positive_int",
+__all__ = ["InputError", "InputDtypeError", "EmptyPackedSequenceError", "expect_tensor", "expect_shape", "expect_like", "expect_positive_int",
            "expect_size", "expect_input", "zero_rule_state", "check_hidden", "check_cell_hidden",
-           "check_rule_state", "cell_bias", "stacklevel_outside"]
+           "check_rule_state", "check_packed_sequence", "cell_bias", "stacklevel_outside"]
 
 
 class InputError(ValueError, RuntimeError):
@@ -25,6 +25,11 @@ class InputError(ValueError, RuntimeError):
 class InputDtypeError(TypeError, InputError):
     """A call argument whose dtype differs from the module's parameters (torch's RNNs raise
     ``ValueError`` here; this is also a ``TypeError``, a ``RuntimeError`` and an ``InputError``)."""
+
+
+class EmptyPackedSequenceError(IndexError, InputError):
+    """A ``PackedSequence`` without time steps (empty ``batch_sizes``): torch's RNNs raise
+    ``IndexError`` there; this is also an ``InputError``."""
 
 
 def expect_tensor(name: str, value) -> Tensor:
@@ -178,3 +183,74 @@ def check_rule_state(rule_state, fields: tuple[str, ...], shape: tuple[int, ...]
     if steps.device != like.device:
         raise InputError(f"rule_state.steps must be on device {like.device}, got {steps.device}")
     return state, steps
+
+
+def check_packed_sequence(packed) -> None:
+    """A ``PackedSequence`` as ``pack_padded_sequence`` makes it, checked before anything
+    unpacks it (a malformed one makes torch's unpacking write out of bounds): ``data`` 2-D;
+    ``batch_sizes`` a non-empty 1-D CPU int64 tensor, positive (all zero only for a batch of
+    no sequences), non-increasing and summing to ``data.size(0)``; ``sorted_indices`` and
+    ``unsorted_indices`` both None, or inverse permutations of the batch on ``data``'s device.
+    A fixed number of tensor ops, whatever the lengths."""
+    data = expect_tensor("PackedSequence.data", packed.data)
+    batch_sizes = expect_tensor("PackedSequence.batch_sizes", packed.batch_sizes)
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.long or batch_sizes.device.type != "cpu":
+        raise InputError(f"PackedSequence.batch_sizes must be a 1-D CPU int64 tensor, got a {batch_sizes.dim()}-D "
+                         f"{batch_sizes.device.type} {batch_sizes.dtype} tensor")
+    if batch_sizes.numel() == 0:
+        raise EmptyPackedSequenceError("PackedSequence.batch_sizes is empty: the packed input has no time steps")
+    if data.dim() != 2:
+        raise InputError(f"PackedSequence.data must be 2-D (the steps of all sequences, input_size), got shape "
+                         f"{tuple(data.shape)}")
+    first, last = int(batch_sizes[0]), int(batch_sizes[-1])
+    increases = bool((batch_sizes[1:] > batch_sizes[:-1]).any())
+    if increases or last < 0 or (last == 0 and first != 0):          # all zero: a batch of no sequences
+        _explain_batch_sizes(batch_sizes)
+    total = int(batch_sizes.sum())
+    if total != data.size(0):
+        raise InputError(f"PackedSequence.batch_sizes must sum to data.size(0) = {data.size(0)} (one row per step "
+                         f"of each sequence), got {total}")
+    _check_packed_indices(packed.sorted_indices, packed.unsorted_indices, first, data.device)
+
+
+def _explain_batch_sizes(batch_sizes: Tensor) -> None:
+    """Raise the error that names what is wrong with ``batch_sizes``: an entry that is not
+    positive (unless all are zero), else the first increase."""
+    not_positive = batch_sizes <= 0 if int(batch_sizes[0]) > 0 else batch_sizes != 0
+    if bool(not_positive.any()):
+        step = int(not_positive.nonzero()[0])
+        raise InputError(f"PackedSequence.batch_sizes must be positive (all zero only for a batch of no sequences), "
+                         f"got batch_sizes[{step}] = {int(batch_sizes[step])}")
+    step = int((batch_sizes[1:] > batch_sizes[:-1]).nonzero()[0])
+    raise InputError(f"PackedSequence.batch_sizes must be non-increasing (the sequences sorted by decreasing length), "
+                     f"got batch_sizes[{step}] = {int(batch_sizes[step])} < batch_sizes[{step + 1}] = "
+                     f"{int(batch_sizes[step + 1])}")
+
+
+def _check_packed_indices(sorted_indices, unsorted_indices, batch: int, device: torch.device) -> None:
+    """``sorted_indices`` and ``unsorted_indices`` of a ``PackedSequence`` of ``batch``
+    sequences: both None, or 1-D int64 tensors on ``device``, a permutation and its inverse."""
+    if sorted_indices is None and unsorted_indices is None:
+        return
+    if sorted_indices is None or unsorted_indices is None:
+        raise InputError(f"PackedSequence.sorted_indices and unsorted_indices must be both None or both tensors, "
+                         f"got {type(sorted_indices).__name__} and {type(unsorted_indices).__name__}")
+    for name, indices in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
+        expect_tensor(f"PackedSequence.{name}", indices)
+        if indices.shape != (batch,) or indices.dtype != torch.long or indices.device != device:
+            raise InputError(f"PackedSequence.{name} must be an int64 tensor of shape ({batch},) (batch_sizes[0] "
+                             f"sequences) on {device} (data's device), got a {indices.dtype} tensor of shape "
+                             f"{tuple(indices.shape)} on {indices.device}")
+    if batch == 0:
+        return
+    low, high = torch.aminmax(sorted_indices)
+    if not (0 <= int(low) and int(high) < batch and torch.equal(unsorted_indices.index_select(0, sorted_indices),
+                                                                torch.arange(batch, device=device))):
+        raise InputError(f"PackedSequence.sorted_indices must be a permutation of range({batch}) and "
+                         f"unsorted_indices its inverse, got {_preview(sorted_indices)} and {_preview(unsorted_indices)}")
+
+
+def _preview(tensor: Tensor, count: int = 8) -> str:
+    """The first ``count`` values of a 1-D tensor, for a message."""
+    values = ", ".join(str(v) for v in tensor[:count].tolist())
+    return f"[{values}{', ...' if tensor.numel() > count else ''}]"

@@ -86,6 +86,8 @@ def fused_kernel(recurrence: Recurrence, x: Tensor, hidden: tuple[Tensor, ...], 
     train = torch.is_grad_enabled()          # keeps what the backward needs (cuDNN's reserve)
     time = x.size(0)
     sorted_indices = unsorted_indices = None
+    if x.size(1) == 0:          # no sequences: nothing to pack (torch refuses to), the dense call is empty too
+        lengths = None
     if lengths is not None:
         packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         sorted_indices, unsorted_indices = packed.sorted_indices, packed.unsorted_indices

@@ -27,8 +27,8 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .autocast import autocast_boundary
 from .base import RuleModule
-from .checks import (InputError, check_hidden, check_rule_state, expect_input, expect_positive_int, expect_tensor,
-                     zero_rule_state)
+from .checks import (InputError, check_hidden, check_packed_sequence, check_rule_state, expect_input,
+                     expect_positive_int, expect_tensor, zero_rule_state)
 from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
 from .paths import check_impl, choose_path, is_exporting
@@ -199,6 +199,7 @@ class RecurrentLayer(RuleModule):
 
     @autocast_boundary
     def _forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
+        self.rule_type.check_dtype(self.hyperparameter_values, self.weight_ih_l0.dtype)    # after .half(), .to()
         x, lengths, packed, unbatched = self._time_major(input)
         steps_in_call, batch = x.size(0), x.size(1)
         stacks = self.num_layers * self.num_directions
@@ -304,6 +305,7 @@ class RecurrentLayer(RuleModule):
     def _time_major(self, input):
         """Return ``(x, lengths, packed, unbatched)`` with x shaped (time, batch, features)."""
         if isinstance(input, PackedSequence):
+            check_packed_sequence(input)                           # before torch unpacks it
             x, lengths = pad_packed_sequence(input)                # original batch order
             expect_input(x, self.input_size, self.weight_ih_l0)
             return x, lengths, input, False

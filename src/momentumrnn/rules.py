@@ -45,8 +45,12 @@ __all__ = [
 ADAM_EPS = 1e-16
 #: The largest restart period: the step counters are int64.
 MAX_RESTART = 2**63 - 1
-#: The largest step size: the largest finite float32 (a larger one is inf in a float32 layer).
-MAX_STEP_SIZE = float(torch.finfo(torch.float32).max)
+
+
+def largest_step_size(dtype: torch.dtype) -> float:
+    """The largest step size of a module computing in ``dtype``: the dtype's largest finite
+    value (3.4e38 in float32, 65504 in float16); a larger one is inf there, and the outputs nan."""
+    return float(torch.finfo(dtype).max)
 
 
 def restart_coefficient(k: Tensor, restart: int, dtype: torch.dtype) -> Tensor:
@@ -160,8 +164,9 @@ class Rule:
         raise NotImplementedError
 
     @classmethod
-    def validate(cls, hyperparameters: dict) -> dict:
-        """Check names and ranges; return the full set with defaults filled in."""
+    def validate(cls, hyperparameters: dict, dtype: torch.dtype = torch.float32) -> dict:
+        """Check names and ranges (for a module computing in ``dtype``); return the full set
+        with defaults filled in."""
         unknown = sorted(set(hyperparameters) - set(cls.defaults))
         if unknown:
             raise TypeError(
@@ -169,11 +174,29 @@ class Rule:
             )
         values = {**cls.defaults, **hyperparameters}
         for name, value in values.items():
-            values[name] = _check_hyperparameter(name, value)
+            values[name] = _check_hyperparameter(name, value, dtype)
         return values
 
+    @classmethod
+    def check_dtype(cls, values: dict, dtype: torch.dtype) -> None:
+        """``values`` (validated) must be finite in ``dtype``, the dtype the module computes in
+        now (``.half()`` or ``.to()`` may have changed it since). Only the step size's range
+        depends on the dtype: momentum and beta lie in [0, 1), the restart period is an int."""
+        if "step_size" in values:
+            _check_step_size(values["step_size"], dtype)
 
-def _check_hyperparameter(name: str, value):
+
+def _check_step_size(value: float, dtype: torch.dtype) -> None:
+    """A step size in (0, largest finite value of ``dtype``]."""
+    if not (dtype.is_floating_point or dtype.is_complex):      # no such parameters: torch refuses integer ones
+        return
+    largest = largest_step_size(dtype)
+    if not 0.0 < value <= largest:
+        raise ValueError(f"step_size must be a number in (0, {largest:.4g}] (finite in "
+                         f"{str(dtype).removeprefix('torch.')}), got {value}")
+
+
+def _check_hyperparameter(name: str, value, dtype: torch.dtype):
     if name == "restart":
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"restart must be a non-negative int (0 = never restart), got {value!r}")
@@ -188,8 +211,8 @@ def _check_hyperparameter(name: str, value):
         raise ValueError(f"{name} must be a number, got nan")
     if name in ("momentum", "beta") and not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if name == "step_size" and not 0.0 < value <= MAX_STEP_SIZE:
-        raise ValueError(f"step_size must be a number in (0, {MAX_STEP_SIZE:.4g}] (finite in float32), got {value}")
+    if name == "step_size":
+        _check_step_size(value, dtype)
     return value
 
 
