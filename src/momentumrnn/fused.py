@@ -53,7 +53,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .recurrences import Recurrence
 from .paths import scan_backend
 from .rules import Rule
-from .scan import default_block, first_order, scan_, unmaterialized
+from .custom_backward import first_order, unmaterialized
+from .scan import default_block, scan_
 
 __all__ = ["fused_direction", "fused_kernel", "drive_kernel"]
 

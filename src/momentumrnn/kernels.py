@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .scan import first_order, unmaterialized
+from .custom_backward import first_order, unmaterialized
 
 __all__ = ["linear_scan", "scan_", "adam_drive", "adam_drive_of_inputs"]
 

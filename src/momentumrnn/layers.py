@@ -35,10 +35,10 @@ from .paths import check_impl, choose_path, is_exporting
 from .projection import input_drive
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
-from .scan import step_indices
+from .scan import masked, step_indices
 from .second_order import differentiable_twice
 from .state import RuleState
-from .step import cell_step, masked, over_time
+from .step import cell_step, over_time
 from .triton_loop import check_device, nesterov_lstm, nesterov_rnn
 
 __all__ = [

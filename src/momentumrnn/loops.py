@@ -44,7 +44,8 @@ from torch import Tensor
 
 from . import cpu_kernels
 from .paths import loop_engine
-from .scan import AdamChunks, _time_chunks, adam_arguments, first_order, unmaterialized
+from .custom_backward import first_order, unmaterialized
+from .scan import AdamChunks, _time_chunks, adam_arguments
 
 __all__ = ["lstm_loop", "rnn_loop", "gru_loop", "adam_loop"]
 

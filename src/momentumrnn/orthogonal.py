@@ -56,8 +56,8 @@ from .paths import plain_ops_required
 from .triton_loop import check_device, modrelu_rnn
 from .recurrences import Recurrence
 from .rules import AdamRule, MomentumRule, PlainRule, RestartRule, RMSPropRule
-from .scan import step_indices
-from .step import masked, over_time
+from .scan import masked, step_indices
+from .step import over_time
 
 __all__ = [
     "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan import first_order, unmaterialized
+from .custom_backward import first_order, unmaterialized
 
 __all__ = ["input_drive"]
 

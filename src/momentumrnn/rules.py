@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .paths import scan_backend
-from .scan import adam_scan, linear_scan, step_indices
+from .scan import adam_scan, linear_scan, masked, step_indices
 
 __all__ = [
     "Rule",
@@ -134,8 +134,6 @@ class Rule:
                         mask: Tensor | None = None):
         """``drives`` one step at a time with ``drive`` (the reference the parallel version
         is tested against; ``impl="reference"`` layers use it)."""
-        from .step import masked
-
         out = []
         # unbind, not u[t]: the backward of T selects zero-fills T full-size tensors (O(T^2))
         for t, u_t in enumerate(u.unbind(0)):

@@ -31,7 +31,6 @@ otherwise.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 
@@ -39,9 +38,10 @@ import torch
 from torch import Tensor
 
 from . import cpu_kernels
+from .custom_backward import first_order, unmaterialized
 from .paths import loop_engine
 
-__all__ = ["linear_scan", "step_indices", "adam_scan", "SCAN_METHODS", "first_order", "unmaterialized"]
+__all__ = ["linear_scan", "step_indices", "masked", "adam_scan", "SCAN_METHODS"]
 
 SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential", "triton")
 
@@ -49,57 +49,6 @@ SCAN_METHODS = ("auto", "matmul", "chunked", "loop", "sequential", "triton")
 MATMUL_BLOCK = 64
 #: On the CPU "auto" uses "loop" above this many features per sequence, else "chunked".
 LOOP_MIN_FEATURES = 32
-
-
-def unmaterialized(forward):
-    """Decorate the ``forward`` of a Function whose backward is ``first_order``: the backward
-    learns which outputs received no gradient (None instead of zeros), so that a backward
-    that reaches it with none at all, as second derivatives do through
-    ``momentumrnn.second_order``, returns at once. ``first_order`` gives the backward zeros
-    for the others, as autograd would."""
-    @functools.wraps(forward)
-    def recorded(ctx, *args):
-        ctx.set_materialize_grads(False)
-        outputs = forward(ctx, *args)
-        listed = outputs if isinstance(outputs, tuple) else (outputs,)
-        ctx.first_order = (len(args), [(o.shape, o.dtype, o.device) if isinstance(o, Tensor) else None for o in listed])
-        return outputs
-    return recorded
-
-
-def first_order(backward):
-    """Decorate a hand-written ``backward``: refuse double backward (``create_graph=True``)
-    instead of returning gradients that silently carry no graph, and batched gradients
-    (``is_grads_batched=True``), which these in-place backward passes cannot run, naming what
-    supports them. The layers never ask them for either: they recompute such calls in plain
-    ops (``momentumrnn.second_order``). The backward runs with autocast off (see
-    ``momentumrnn.autocast``)."""
-    @functools.wraps(backward)
-    def checked(ctx, *grads):
-        inputs, outputs = ctx.first_order
-        if all(g is None for g in grads):
-            return (None,) * inputs
-        grads = tuple(torch.zeros(o[0], dtype=o[1], device=o[2]) if g is None and o is not None else g
-                      for g, o in zip(grads, outputs))
-        if torch.is_grad_enabled():
-            raise RuntimeError("momentumrnn's fast paths and parallel scans compute first derivatives only: "
-                               "double backward (create_graph=True) is not supported. " + _REFERENCE_HINT)
-        device_type = next((g.device.type for g in grads if isinstance(g, Tensor)), "cpu")
-        try:
-            # in the forward's dtype, whatever autocast region the backward is called from
-            with torch.autocast(device_type, enabled=False):
-                return backward(ctx, *grads)
-        except RuntimeError as error:
-            if "Batching rule not implemented" not in str(error):
-                raise
-            raise RuntimeError("momentumrnn's fast paths and parallel scans cannot compute batched gradients "
-                               "(torch.autograd.grad with is_grads_batched=True). " + _REFERENCE_HINT) from error
-    return checked
-
-
-_REFERENCE_HINT = ("The layers support it on every path (they recompute the call in plain torch ops for "
-                   "it); called directly, linear_scan supports it with method='sequential' or 'matmul', which "
-                   "run in plain torch ops")
 
 
 def step_indices(steps: Tensor, time: int, mask: Tensor | None = None, per_sequence: bool = False) -> Tensor:
@@ -119,6 +68,19 @@ def step_indices(steps: Tensor, time: int, mask: Tensor | None = None, per_seque
     if steps.numel() == 0 or bool((steps == steps[:1]).all()):
         return t + steps[:1][None, :] if steps.numel() else t
     return t + steps[None, :]
+
+
+def masked(keep: Tensor | None, new, old):
+    """Where ``keep`` (batch,) is False keep ``old``: padded steps of packed sequences
+    change no state. ``new``/``old`` are tensors, tuples of tensors or dicts of tensors."""
+    if keep is None:
+        return new
+    keep = keep.unsqueeze(-1)
+    if isinstance(new, dict):
+        return {k: torch.where(keep, new[k], old[k]) for k in new}
+    if isinstance(new, tuple):
+        return tuple(torch.where(keep, n, o) for n, o in zip(new, old))
+    return torch.where(keep, new, old)
 
 
 def _is_zero(coefficient) -> bool:

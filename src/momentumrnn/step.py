@@ -11,7 +11,7 @@ from .paths import is_exporting
 from .recurrences import Recurrence
 from .rules import Rule
 
-__all__ = ["cell_step", "masked", "over_time"]
+__all__ = ["cell_step", "over_time"]
 
 
 def cell_step(recurrence: Recurrence, rule: Rule, hp: dict, u: Tensor, state: tuple[Tensor, ...],
@@ -30,19 +30,6 @@ def cell_step(recurrence: Recurrence, rule: Rule, hp: dict, u: Tensor, state: tu
         return recurrence.activate(pre, state), rule_state
     drive, rule_state = rule.drive(u, rule_state, hp, k)
     return recurrence.step(drive, recurrent, state), rule_state
-
-
-def masked(keep: Tensor | None, new, old):
-    """Where ``keep`` (batch,) is False keep ``old``: padded steps of packed sequences
-    change no state. ``new``/``old`` are tensors, tuples of tensors or dicts of tensors."""
-    if keep is None:
-        return new
-    keep = keep.unsqueeze(-1)
-    if isinstance(new, dict):
-        return {k: torch.where(keep, new[k], old[k]) for k in new}
-    if isinstance(new, tuple):
-        return tuple(torch.where(keep, n, o) for n, o in zip(new, old))
-    return torch.where(keep, new, old)
 
 
 def over_time(step, carry: tuple[Tensor, ...], inputs: tuple[Tensor, ...]):

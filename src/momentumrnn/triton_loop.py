@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .checks import InputError
 from .cuda_graphs import Programs
-from .scan import first_order, unmaterialized
+from .custom_backward import first_order, unmaterialized
 
 __all__ = ["nesterov_lstm", "nesterov_rnn", "modrelu_rnn", "check_device", "clear_windows", "cached_bytes",
            "use_engine", "chosen_engine", "ENGINES", "WINDOW_STEPS", "MAX_WINDOWS"]

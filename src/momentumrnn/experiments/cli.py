@@ -320,7 +320,8 @@ def _sweep(args, command) -> int:
     import shlex
 
     from .config import ConfigError
-    from .sweep import check_devices, parse_grid, parse_seeds, plan_sweep, run_directory, run_sweep, train_command
+    from .sweep import check_devices, parse_grid, parse_seeds, plan_sweep, run_sweep, train_command
+    from .sweep_runs import run_directory
 
     train_parser = build_parser()
     unset = train_parser.parse_args(["train", "--out", "-"])

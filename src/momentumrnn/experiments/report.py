@@ -178,7 +178,7 @@ def _expand(paths) -> tuple[list[Path], dict[Path, str], list[str]]:
     """Run directories: a sweep directory stands for the runs of its points, in order; the
     control each sweep run is (``mu0``, ``gain``); and notes on directories reached twice
     (a repeated argument, a symbolic link, a sweep and one of its runs), counted once."""
-    from .sweep import run_directory
+    from .sweep_runs import run_directory
 
     result, controls, notes, seen = [], {}, [], {}
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from .checkpoint import atomic_write_json
 from .config import ConfigError
 from .rundir import RunError
+from .sweep_runs import die_with_parent, run_directory, run_status, start_command
 
 __all__ = ["SubmititLauncher", "run_points", "job_state", "alive_jobs", "LAUNCHERS", "ALIVE"]
 
@@ -49,8 +50,6 @@ def run_points(out: str, names: list[str], gpus: int = 0, threads: int | None = 
     point's exit status. With ``gpus`` > 1 a point runs as ``torchrun`` over them. CPU
     threads: ``threads``, else the job's cores on Slurm, unless the train flags set them."""
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
-    from .sweep import run_directory, start_command
-
     record = json.loads((Path(out) / "sweep.json").read_text())
     statuses = {}
     for name in names:
@@ -67,14 +66,8 @@ def run_points(out: str, names: list[str], gpus: int = 0, threads: int | None = 
             log.write(f"$ {shlex.join(command)}\n")
             log.flush()
             statuses[name] = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            preexec_fn=_die_with_job if os.name == "posix" else None).returncode
+                                            preexec_fn=die_with_parent if os.name == "posix" else None).returncode
     return statuses
-
-
-def _die_with_job() -> None:
-    from .sweep import _die_with_parent
-
-    _die_with_parent()
 
 
 class SubmititLauncher:
@@ -108,13 +101,11 @@ class SubmititLauncher:
     # -------------------------------------------------------------------------- running
     def run(self, sweep, out: Path, say) -> int:
         """Submit the points that need a job, then follow every job of the sweep."""
-        from .sweep import _run_status, run_directory
-
         jobs = _read_jobs(out)
         alive = self._alive_points(out, jobs)
         done, failed, to_submit = [], [], []
         for point in sweep.points:
-            status = _run_status(run_directory(out, point.name))
+            status = run_status(run_directory(out, point.name))
             if status == "finished":
                 done.append(point.name)
             elif status == "diverged":
@@ -141,8 +132,6 @@ class SubmititLauncher:
         return self._follow(sweep, out, jobs, say)
 
     def _follow(self, sweep, out: Path, jobs: list[dict], say) -> int:
-        from .sweep import _run_status, run_directory
-
         stop = {"signal": None}
 
         def request_stop(signum, frame):
@@ -170,7 +159,7 @@ class SubmititLauncher:
             say(f"sweep stopped by {stop['signal']}; its jobs were not cancelled: follow them with "
                 f"momentumrnn sweep ... --out {out} --resume")
             return 130
-        statuses = {p.name: _run_status(run_directory(out, p.name)) for p in sweep.points}
+        statuses = {p.name: run_status(run_directory(out, p.name)) for p in sweep.points}
         done = [n for n, s in statuses.items() if s == "finished"]
         failed = [n for n, s in statuses.items() if s == "diverged"]
         lost = [n for n, s in statuses.items() if s not in ("finished", "diverged")]

@@ -42,7 +42,6 @@ import itertools
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,13 +50,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .checkpoint import atomic_write_json, has_checkpoint
+from .checkpoint import atomic_write_json
 from .config import MAX_SEED, ConfigError, identity, parse_device, resolve_config
 from .models import rule_hyperparameters
 from .rundir import LockHeld, RunError, hold_lock
+from .sweep_runs import die_with_parent, run_directory, run_status, start_command
 
-__all__ = ["Point", "Sweep", "LocalLauncher", "plan_sweep", "run_sweep", "start_command", "run_directory",
-           "parse_seeds", "parse_grid", "CONTROLS"]
+__all__ = ["Point", "Sweep", "LocalLauncher", "plan_sweep", "run_sweep", "parse_seeds", "parse_grid", "CONTROLS"]
 
 #: The controls ``--control`` adds for every momentum point.
 CONTROLS = ("mu0", "gain")
@@ -161,11 +160,6 @@ def parse_grid(items: list[str], flag_types: dict) -> dict[str, list]:
         if repeated:
             raise ConfigError(f"--grid {item!r} gives the value {', '.join(repeated)} twice")
     return grid
-
-
-def run_directory(out, name: str) -> Path:
-    """The run directory of point ``name`` in sweep directory ``out``."""
-    return Path(out) / name
 
 
 def _format(value) -> str:
@@ -275,22 +269,6 @@ def train_command(sweep: Sweep, point: Point, run_dir: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- running
-def _run_status(run_dir: Path) -> str:
-    """``finished``, ``diverged``, ``resume`` (a checkpoint to continue), ``stale`` (a run
-    directory without a checkpoint: a start that died) or ``new``."""
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        try:
-            status = json.loads(summary.read_text()).get("status")
-        except ValueError:
-            status = None
-        if status in ("finished", "diverged"):
-            return status
-    if has_checkpoint(run_dir):
-        return "resume"
-    return "stale" if run_dir.exists() else "new"
-
-
 def _lock_is_free(run_dir: Path) -> bool:
     """Whether no process holds the run's lock. Raises ``RunError`` when the lock file
     cannot be used at all (it is a directory, say): waiting would never end."""
@@ -301,16 +279,6 @@ def _lock_is_free(run_dir: Path) -> bool:
         return True
     except LockHeld:
         return False
-
-
-def _die_with_parent() -> None:                         # in the child, before exec (Linux)
-    os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)    # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class LocalLauncher:
@@ -412,7 +380,7 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
     slots = [device for device in devices for _ in range(jobs_per_device)]
     pending, running, done, failed, unfinished = [], {}, [], [], []
     for point in sweep.points:
-        status = _run_status(run_directory(out, point.name))
+        status = run_status(run_directory(out, point.name))
         if status == "finished":
             done.append(point.name)
         elif status == "diverged":
@@ -461,7 +429,7 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
                 log.close()
                 del running[slot]
                 seconds = time.time() - started
-                status = _run_status(run_directory(out, point.name))
+                status = run_status(run_directory(out, point.name))
                 if process.returncode == 0 and status == "finished":
                     done.append(point.name)
                     say(f"finished {point.name} ({seconds:.0f} s)")
@@ -494,20 +462,6 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
     return 0
 
 
-def start_command(run_dir: Path, fresh: list[str]) -> list[str] | None:
-    """The ``momentumrnn train`` command that brings a point's run on (without placement
-    flags): None when it finished or diverged, ``--resume`` when it has a checkpoint, else
-    ``fresh``, after removing what a start that died before its first checkpoint left."""
-    status = _run_status(run_dir)
-    if status in ("finished", "diverged"):
-        return None
-    if status == "stale":                                # a start that died before its first checkpoint
-        shutil.rmtree(run_dir)
-    if status == "resume":
-        return ["momentumrnn", "train", "--out", str(run_dir), "--resume"]
-    return list(fresh)
-
-
 def _launch(sweep: Sweep, point: Point, out: Path, device: str, threads: int | None):
     run_dir = run_directory(out, point.name)
     command = start_command(run_dir, train_command(sweep, point, run_dir)) or train_command(sweep, point, run_dir)
@@ -517,7 +471,7 @@ def _launch(sweep: Sweep, point: Point, out: Path, device: str, threads: int | N
     log.flush()
     argv = [sys.executable, "-m", "momentumrnn"] + command[1:]
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               preexec_fn=_die_with_parent if os.name == "posix" else None)
+                               preexec_fn=die_with_parent if os.name == "posix" else None)
     return process, log, time.time()
 
 
