@@ -1,6 +1,8 @@
 """A rule and a recurrence written outside the library, as a user writes them, run on
 ``impl="auto"`` with the layer's features, equal to a per-step reference written here."""
 
+import re
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -115,3 +117,58 @@ def test_a_user_rule_and_recurrence_run_on_auto_as_their_equations(layer_type, p
 def test_paths_a_user_recurrence_cannot_take_are_refused():
     with pytest.raises(ValueError, match="recurrence 'mingru' takes 'auto' or 'reference'"):
         MomentumMinGRU(3, 4, impl="fused")
+
+
+# ----------------------------------------------------------------------------- check_rule
+from momentumrnn.rules import AdamRule, NesterovRule, PlainRule, RestartRule, RMSPropRule  # noqa: E402
+from momentumrnn.testing import check_rule  # noqa: E402
+
+
+@pytest.mark.parametrize("rule", [MomentumRule, AdamRule, RMSPropRule, NesterovRule, RestartRule, PlainRule,
+                                  DampedRule], ids=lambda r: r.__name__)
+def test_the_library_rules_and_a_user_rule_keep_the_contract(rule):
+    check_rule(rule)
+
+
+class WrongParallelForm(MomentumRule):
+    name = "wrong-parallel"
+
+    def state_inputs(self, u, hp):                       # forgets the step size
+        return {"velocity": u}
+
+
+class WrongShape(DampedRule):
+    name = "wrong-shape"
+
+    def drive(self, u, state, hp, k):
+        d, state = super().drive(u, state, hp, k)
+        return d[..., :1], state
+
+
+class OwnField(DampedRule):
+    name = "own-field"
+    state_fields = ("trace",)
+
+
+class LearnsGamma(DampedRule):
+    name = "learns-gamma"
+    defaults = {**DampedRule.defaults, "gamma": 0.5}
+    learnable = ("gamma",)
+
+
+class NoStep(Rule):
+    name = "no-step"
+    defaults = {}
+    learnable = ()
+
+
+@pytest.mark.parametrize("rule, message", [
+    (WrongParallelForm, "parallel form (state_coefficients, state_inputs, drive_from_state) disagrees with its step"),
+    (WrongShape, "WrongShape.drive must return a drive shaped and typed as u"),
+    (OwnField, "a layer's RuleState carries only ('velocity', 'second_moment')"),
+    (LearnsGamma, "LearnsGamma.learnable names ['gamma']: only momentum and step_size can be learnable"),
+    (NoStep, "NoStep implements neither drive() nor couples_to_hidden = True"),
+], ids=lambda value: value.__name__ if isinstance(value, type) else "")
+def test_check_rule_names_the_broken_promise(rule, message):
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        check_rule(rule)

@@ -13,6 +13,7 @@ from .checks import InputDtypeError, InputError
 from .layers import (AdamGRU, AdamLSTM, AdamRNN, MomentumGRU, MomentumLSTM, MomentumRNN, NesterovLSTM, NesterovRNN,
                      RecurrentLayer, RestartGRU, RestartLSTM, RestartRNN, RMSPropGRU, RMSPropLSTM, RMSPropRNN)
 from .gradients import GradientNorms, gradient_norms
+from .recurrences import GRURecurrence, LSTMRecurrence, Recurrence, RNNRecurrence
 from .orthogonal import (ORTHOGONAL_LAYERS, AdamOrthogonalRNN, MomentumOrthogonalRNN, OrthogonalRNN,
                          ParameterGroups, RestartOrthogonalRNN, RMSPropOrthogonalRNN, is_former_orthogonal_state,
                          register_trivialization, split_orthogonal_parameters, trivialization_step)
@@ -35,7 +36,7 @@ CELLS = {(c.recurrence_type.name, c.rule_type.name): c for c in _CELL_CLASSES}
 
 __all__ = [c.__name__ for c in _LAYER_CLASSES + _CELL_CLASSES] + [
     "LAYERS", "CELLS", "gradient_norms", "GradientNorms", "RecurrentLayer", "RecurrentCell", "RuleState",
-    "Rule", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule", "PlainRule",
+    "Rule", "Recurrence", "RNNRecurrence", "LSTMRecurrence", "GRURecurrence", "MomentumRule", "AdamRule", "RMSPropRule", "NesterovRule", "RestartRule", "PlainRule",
     "OrthogonalRNN", "MomentumOrthogonalRNN", "AdamOrthogonalRNN", "RMSPropOrthogonalRNN", "RestartOrthogonalRNN",
     "ORTHOGONAL_LAYERS", "ParameterGroups", "split_orthogonal_parameters", "trivialization_step",
     "register_trivialization", "is_former_orthogonal_state", "InputError", "InputDtypeError",
