@@ -169,3 +169,50 @@ def test_orthogonal_layer_with_the_scans_on_the_kernels(kernels):
     want = tensors(layer(x, return_rule_state=True))
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
+_COMPILE_DEFAULT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from momentumrnn import kernels
+
+cases = []
+for dtype in ("fp32", "fp64"):
+    for reverse in (False, True):
+        for has_init in (False, True):
+            cases.append((kernels._scan_kernel, dtype, {"REVERSE": reverse, "HAS_INIT": has_init}))
+    for lengths in (False, True):
+        cases.append((kernels._adam_forward_kernel, dtype, {"HAS_LENGTHS": lengths, "FP32": dtype == "fp32"}))
+        for mu in (False, True):
+            for s in (False, True):
+                cases.append((kernels._adam_backward_kernel, dtype,
+                              {"HAS_LENGTHS": lengths, "NEED_MU": mu, "NEED_S": s, "FP32": dtype == "fp32"}))
+for capability in (80, 90):
+    for kernel, dtype, values in cases:
+        names = list(kernel.arg_names)
+        values = {**values, "BT": kernels.TILE_STEPS, "BC": kernels.TILE_CHANNELS}
+        signature = {n: "constexpr" if n in values else ("*i64" if n == "len_ptr" else f"*{dtype}")
+                     if n.endswith("_ptr") else "i32" for n in names}
+        source = ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in values.items()})
+        assert "cubin" in triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm, (kernel, values)
+print("compiled", len(cases) * 2)
+"""
+
+
+def test_the_default_cuda_kernels_compile_for_sm80_and_sm90(tmp_path):
+    """The Triton kernels of the default CUDA paths (momentum's scans, Adam's and RMSProp's
+    states) compile to cubins for A100 (sm_80) and H100/H200 (sm_90), every variant, with no
+    GPU needed: a change that no longer compiles fails here, not first on a GPU."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import triton
+    if not (pathlib.Path(triton.__file__).parent / "backends" / "nvidia").is_dir():
+        pytest.skip("Triton has no NVIDIA backend here")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _COMPILE_DEFAULT], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "compiled 56" in result.stdout, result.stderr[-3000:]
