@@ -48,11 +48,12 @@ from .config import DEFAULTS, RESUMABLE, ConfigError, check_config, fingerprint,
 from .data import data_root
 from .distributed import Ranks, from_environment
 from .models import build_model, count_parameters
+from .optim import build_optimizer
 from .rundir import RunDirectory, RunError
 from .tasks import TASKS, generator
 
-__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "RunError", "Diverged",
-           "RunFailed"]
+__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "build_optimizer", "RunError",
+           "Diverged", "RunFailed"]
 
 
 class Diverged(RuntimeError):
@@ -102,59 +103,6 @@ def set_rng_state(state: dict) -> None:
 def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
     """The order in which epoch ``epoch`` (0-based) visits the ``n`` training examples."""
     return torch.randperm(n, generator=generator(seed, 1000 + epoch)).to(device)
-
-
-class OrthogonalRecipe:
-    """The two-optimizer recipe of the orthogonal models: ``main`` for every parameter but
-    the orthogonal ones, RMSprop at ``lr_orth`` for those, and the change of base every K
-    steps (``trivialization_step``) after each step. Quacks like one optimizer."""
-
-    def __init__(self, main: torch.optim.Optimizer, orthogonal: torch.optim.Optimizer, model):
-        self.main, self.orthogonal, self.model = main, orthogonal, model
-        self.param_groups = main.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.main.zero_grad(set_to_none=set_to_none)
-        self.orthogonal.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        from ..orthogonal import trivialization_step
-
-        self.main.step()
-        self.orthogonal.step()
-        trivialization_step(self.model)
-
-    def state_dict(self) -> dict:
-        return {"main": self.main.state_dict(), "orthogonal": self.orthogonal.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != {"main", "orthogonal"}:
-            raise ValueError(f"expected the states of two optimizers (main, orthogonal), got keys {sorted(state)}")
-        self.main.load_state_dict(state["main"])
-        self.orthogonal.load_state_dict(state["orthogonal"])
-
-
-def build_optimizer(config: dict, model) -> torch.optim.Optimizer | OrthogonalRecipe:
-    """The configured optimizer over ``model``'s parameters (two for orthogonal models)."""
-    if "lr_orth" in config:
-        from ..orthogonal import split_orthogonal_parameters
-
-        orthogonal, other = split_orthogonal_parameters(model)
-        return OrthogonalRecipe(_optimizer(config, other),
-                                torch.optim.RMSprop(orthogonal, lr=config["lr_orth"], alpha=config["alpha"]), model)
-    return _optimizer(config, model.parameters())
-
-
-def _optimizer(config: dict, parameters) -> torch.optim.Optimizer:
-    name, lr, decay = config["optimizer"], config["lr"], config["weight_decay"]
-    if name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr, alpha=config["alpha"], weight_decay=decay)
-    if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
-    if name == "ntasgd":
-        from .optim import NTASGD
-        return NTASGD(parameters, lr=lr, weight_decay=decay, nonmono=config.get("nonmono", 5))
-    return torch.optim.SGD(parameters, lr=lr, weight_decay=decay)
 
 
 @torch.no_grad()
