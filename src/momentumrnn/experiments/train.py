@@ -47,10 +47,10 @@ from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, 
 from .config import DEFAULTS, RESUMABLE, ConfigError, check_config, fingerprint, identity, parse_device
 from .data import data_root
 from .distributed import Ranks, from_environment
-from .models import build_model, count_parameters
+from .models import count_parameters
 from .optim import build_optimizer
 from .rundir import RunDirectory, RunError
-from .tasks import TASKS, generator
+from .tasks import TASKS
 
 __all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "build_optimizer", "RunError",
            "Diverged", "RunFailed"]
@@ -100,49 +100,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
-    """The order in which epoch ``epoch`` (0-based) visits the ``n`` training examples."""
-    return torch.randperm(n, generator=generator(seed, 1000 + epoch)).to(device)
-
-
-@torch.no_grad()
-def evaluate(model, task, split: str, batch_size: int, show: bool = False, ranks: Ranks = Ranks()
+def evaluate(model, task, split: str, batch_size: int, show: bool = False, ranks: Ranks | None = None
              ) -> dict[str, float]:
-    """Metrics of ``model`` over a whole split (sums over batches, then one division);
-    ``show``: a progress bar on stderr. With several ``ranks`` each evaluates its part of
-    the split and the sums are added across ranks."""
-    if hasattr(task, "evaluate_split"):                # tasks that evaluate their own way (ptb: carried state)
-        return task.evaluate_split(model, split, batch_size)
-    was_training = model.training
-    model.eval()
-    sums: dict[str, list[float]] = {}
-    part = ranks.shard(task.size(split))
-    device = task.splits[split][0].device
-    starts = range(part.start, part.stop, batch_size)
-    if show:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=split, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
-    for start in starts:
-        x, y = task.batch(split, torch.arange(start, min(part.stop, start + batch_size), device=device))
-        for name, (total, count) in task.statistics(model(x), y).items():
-            entry = sums.setdefault(name, [0.0, 0])
-            entry[0] += float(total)
-            entry[1] += count
-    model.train(was_training)
-    if ranks.world > 1:
-        sums = _add_across(ranks, sums)
-    return {name: total / count for name, (total, count) in sums.items()}
-
-
-def _add_across(ranks: Ranks, sums: dict) -> dict:
-    """``{name: [total, count]}`` of every rank added together."""
-    result: dict[str, list] = {}
-    for part in ranks.gather(sums):
-        for name, (total, count) in part.items():
-            entry = result.setdefault(name, [0.0, 0])
-            entry[0] += total
-            entry[1] += count
-    return result
+    """Metrics of ``model`` over a whole split (``Task.evaluate_split``); ``show``: a progress
+    bar on stderr; ``ranks``: the processes that share the split (default: the task's)."""
+    return task.evaluate_split(model, split, batch_size, show=show, ranks=ranks)
 
 
 def _clone_state(model) -> dict:
@@ -406,18 +368,13 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
         task = task_type(config, data_root(config.get("data_dir")), artifacts).to(device)
     except ValueError as error:                         # settings that do not fit the data, a bad task file
         raise ConfigError(str(error)) from None
-    task.ranks = ranks                                  # tasks with their own steps shard their batches
+    task.ranks = ranks
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
-    model = (task.build_model(config) if hasattr(task, "build_model")    # tasks with their own model (ptb)
-             else build_model(config, task.input_size, task.output_size, task.per_step)).to(device)
+    model = task.build_model(config).to(device)
     optimizer = build_optimizer(config, model)
     metric, mode = task.selection
     n_train, batch_size = task.size("train"), config["batch_size"]
-    steps_per_epoch = max(n_train // batch_size, 1)    # full batches only; the rest differs every epoch
-    # Tasks with their own steps (ptb: bptt chunks with carried state) plan each epoch and
-    # make each step: task.plan_epoch(epoch) -> steps, task.train_step(model, optimizer, position).
-    task_steps = hasattr(task, "train_step")
     # The task's files (e.g. the permutation) identify the run as much as its settings.
     files = {name: hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
              for name, content in task.artifacts().items()}
@@ -441,9 +398,8 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
             raise RunError(f"cannot resume {run_dir} with {ranks.world} process(es): it was trained with "
                            f"{progress.get('world_size', 1)}, and each rank's data order, random state and carried "
                            f"state belong to that number; resume it with the same number of processes")
-        if hasattr(task, "load_carry_state"):
-            saved = progress.get("task_state")
-            task.load_carry_state(saved[ranks.rank] if ranks.world > 1 and saved is not None else saved)
+        saved = progress.get("task_state")
+        task.load_carry_state(saved[ranks.rank] if ranks.world > 1 and saved is not None else saved)
         rng = checkpoint["rng"]
         set_rng_state(rng["ranks"][ranks.rank] if "ranks" in rng else rng)
         old = read_run_config(run_dir)
@@ -458,8 +414,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
     log = (MetricsLog(run_dir / "metrics.jsonl", truncate_to=progress["metrics_bytes"] if resume else None)
            if ranks.main else _NoLog())
     parameters = count_parameters(model)
-    if task_steps:
-        steps_per_epoch = task.plan_epoch(progress["epoch"])
+    steps_per_epoch = task.plan_epoch(progress["epoch"])
     if resume:                                          # recorded once the resume has succeeded
         if log.damage:                                  # shown even with --quiet
             print(f"momentumrnn train: warning: {log.damage}", file=sys.stderr)
@@ -503,7 +458,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
         log.sync()                                      # the rows are on disk before their offset is recorded
         progress["metrics_bytes"] = log.offset
         progress["world_size"] = ranks.world
-        if hasattr(task, "carry_state"):                # every rank's, gathered
+        if task.carries_state:                          # every rank's, gathered
             carried = task.carry_state()
             progress["task_state"] = carried if ranks.world == 1 else ranks.gather(carried)
         rng = rng_state() if ranks.world == 1 else {"ranks": ranks.gather(rng_state())}
@@ -526,8 +481,8 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
 
     def validate() -> None:
         nonlocal best_state
-        restore = optimizer.swap_in_average() if hasattr(optimizer, "swap_in_average") else None   # NT-ASGD
-        values = evaluate(model, task, "val", config["eval_batch_size"], show=show_evaluation, ranks=ranks)
+        restore = optimizer.swap_in_average()
+        values = task.evaluate_split(model, "val", config["eval_batch_size"], show=show_evaluation)
         progress["last_eval_step"] = progress["step"]
         best = progress["best"]
         value = values[metric]
@@ -538,10 +493,8 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
             best_state = _clone_state(model)
         if restore is not None:
             restore()
-        if hasattr(optimizer, "observe"):               # NT-ASGD: start averaging when validation stalls
-            optimizer.observe(value if mode == "min" else -value)
-        if hasattr(task, "after_validation"):           # e.g. ptb: anneal the learning rate
-            task.after_validation(improved, optimizer)
+        optimizer.observe(value if mode == "min" else -value)
+        task.after_validation(improved, optimizer)
         log.write({"split": "val", "epoch": epochs_done(), "step": progress["step"], **values,
                    "best": progress["best"]["value"] if progress["best"] else None, "time": round(elapsed(), 3)})
         best = progress["best"]
@@ -571,9 +524,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
             if progress["epoch"] >= config["epochs"]:
                 stop = "epochs"
                 break
-            order = epoch_order(config["seed"], progress["epoch"], n_train, device)
-            if task_steps:
-                steps_per_epoch = task.plan_epoch(progress["epoch"])
+            steps_per_epoch = task.plan_epoch(progress["epoch"])
             bar = _bar(quiet, progress, config, steps_per_epoch, n_train)
             while progress["position"] < steps_per_epoch:
                 if config.get("max_steps") and progress["step"] >= config["max_steps"]:
@@ -587,23 +538,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
                 if stop:
                     break
                 started = time.perf_counter()
-                if task_steps:
-                    loss, statistics, examples = task.train_step(train_model, optimizer, progress["position"])
-                    examples *= ranks.world
-                else:
-                    index = order[progress["position"] * batch_size:(progress["position"] + 1) * batch_size]
-                    x, y = task.batch("train", index[ranks.shard(index.numel())])
-                    output = train_model(x)
-                    loss = task.loss(output, y)
-                    statistics, examples = task.statistics(output.detach(), y), index.numel()
-                    if ranks.world > 1:              # this rank's share of the batch's loss terms
-                        count = statistics["loss"][1]
-                        loss = loss * (count * ranks.world / ranks.sum([count])[0])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config["clip"]:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
-                    optimizer.step()
+                loss, statistics, examples = task.train_step(train_model, optimizer, progress["position"])
                 with torch.no_grad():
                     names = sorted(statistics)
                     added = ranks.sum([float(statistics[n][0]) for n in names] + [statistics[n][1] for n in names])
@@ -620,7 +555,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
                 if not math.isfinite(loss_value):
                     diverged(f"the training loss is {loss_value}")
                 if bar is not None:
-                    bar.update(batch_size if task_steps else index.numel())
+                    bar.update(min(batch_size, n_train))
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if progress["step"] % config["log_every"] == 0:
                     log_train_window()
@@ -656,8 +591,8 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
     test = None
     if best_state is not None:
         model.load_state_dict(best_state)
-        test = evaluate(model, task, "test", config.get("test_batch_size") or config["eval_batch_size"],
-                        show=show_evaluation, ranks=ranks)
+        test = task.evaluate_split(model, "test", config.get("test_batch_size") or config["eval_batch_size"],
+                                   show=show_evaluation)
         log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"], **test,
                    "time": round(elapsed(), 3)})
     log.close()
@@ -674,7 +609,7 @@ def _train(config: dict, directory, device: torch.device, resume: bool, quiet: b
 def _quick_run_hint(config: dict, task, steps_per_epoch: int) -> str | None:
     """A note when evaluating will take much longer than training (a smoke run on full
     validation and test splits), saying how to make it quick."""
-    if hasattr(task, "train_step"):                     # tasks with their own steps count tokens, not examples
+    if not task.steps_take_examples:                    # ptb's steps are chunks of tokens, not examples
         return None
     steps = config["epochs"] * steps_per_epoch
     if config.get("max_steps"):
