@@ -1,5 +1,10 @@
-"""NT-ASGD: SGD that switches to averaged SGD when validation stops improving.
+"""The optimizers of a training run, under one protocol (``Optimizer``).
 
+``build_optimizer`` makes the configured one: torch's SGD, Adam or RMSprop (``Plain``),
+NT-ASGD (``NTASGD``), or, for the orthogonal models, the two-optimizer recipe
+(``OrthogonalRecipe``).
+
+NT-ASGD is SGD that switches to averaged SGD when validation stops improving, after
 Merity, Keskar and Socher (2018), *Regularizing and Optimizing LSTM Language Models*, as
 the AWD-LSTM scripts (and the MomentumRNN authors' copy of them) run it: train with
 ``torch.optim.SGD``; after each validation, if the value is worse than the best of the
@@ -23,10 +28,107 @@ from typing import Callable
 
 import torch
 
-__all__ = ["NTASGD"]
+__all__ = ["Optimizer", "Plain", "NTASGD", "OrthogonalRecipe", "build_optimizer"]
 
 
-class NTASGD:
+class Optimizer:
+    """What the trainer asks of an optimizer: torch's ``param_groups``, ``zero_grad()``,
+    ``step()``, ``state_dict()`` and ``load_state_dict()``, and two hooks of the optimizers
+    that average the weights (NT-ASGD), here with the defaults of those that do not:
+
+    * ``swap_in_average()``: put the averaged weights into the parameters (for validation)
+      and return a function that puts the trained ones back; None: there is no average.
+    * ``observe(value)``: see the validation value (lower is better) after each validation.
+    """
+
+    def swap_in_average(self) -> Callable[[], None] | None:
+        return None
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+class Plain(Optimizer):
+    """A torch optimizer (SGD, Adam, RMSprop) under the protocol: it keeps no average."""
+
+    def __init__(self, inner: torch.optim.Optimizer):
+        self.inner = inner
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        return self.inner.step(closure)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+def build_optimizer(config: dict, model) -> Optimizer:
+    """The configured optimizer over ``model``'s parameters (two for orthogonal models)."""
+    if "lr_orth" in config:
+        from ..orthogonal import split_orthogonal_parameters
+
+        orthogonal, other = split_orthogonal_parameters(model)
+        return OrthogonalRecipe(_optimizer(config, other),
+                                torch.optim.RMSprop(orthogonal, lr=config["lr_orth"], alpha=config["alpha"]), model)
+    return _optimizer(config, model.parameters())
+
+
+def _optimizer(config: dict, parameters) -> Optimizer:
+    name, lr, decay = config["optimizer"], config["lr"], config["weight_decay"]
+    if name == "rmsprop":
+        return Plain(torch.optim.RMSprop(parameters, lr=lr, alpha=config["alpha"], weight_decay=decay))
+    if name == "adam":
+        return Plain(torch.optim.Adam(parameters, lr=lr, weight_decay=decay))
+    if name == "ntasgd":
+        return NTASGD(parameters, lr=lr, weight_decay=decay, nonmono=config.get("nonmono", 5))
+    return Plain(torch.optim.SGD(parameters, lr=lr, weight_decay=decay))
+
+
+class OrthogonalRecipe(Optimizer):
+    """The two-optimizer recipe of the orthogonal models: ``main`` for every parameter but
+    the orthogonal ones, RMSprop at ``lr_orth`` for those, and the change of base every K
+    steps (``trivialization_step``) after each step. It keeps no average (the hooks of
+    ``main`` are not called)."""
+
+    def __init__(self, main: Optimizer, orthogonal: torch.optim.Optimizer, model):
+        self.main, self.orthogonal, self.model = main, orthogonal, model
+        self.param_groups = main.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.main.zero_grad(set_to_none=set_to_none)
+        self.orthogonal.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        from ..orthogonal import trivialization_step
+
+        self.main.step()
+        self.orthogonal.step()
+        trivialization_step(self.model)
+
+    def state_dict(self) -> dict:
+        return {"main": self.main.state_dict(), "orthogonal": self.orthogonal.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"main", "orthogonal"}:
+            raise ValueError(f"expected the states of two optimizers (main, orthogonal), got keys {sorted(state)}")
+        self.main.load_state_dict(state["main"])
+        self.orthogonal.load_state_dict(state["orthogonal"])
+
+
+class NTASGD(Optimizer):
     """SGD (``lr``, ``weight_decay``) with the non-monotonically triggered switch to
     ``torch.optim.ASGD``. Call ``observe(value)`` after each validation (lower is better);
     ``swap_in_average()`` puts the averaged weights into the parameters and returns a

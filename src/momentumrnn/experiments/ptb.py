@@ -231,6 +231,8 @@ class PTB(Task):
     per_step = True
     selection = ("perplexity", "min")
     needs_data = True
+    steps_take_examples = False             # a step is a chunk of every column of the token stream
+    carries_state = True                    # the TBPTT state, from chunk to chunk
     options = {"bptt": 35, "variable_bptt": False, "emb_size": 200, "tied": False, "dropout": 0.0, "dropouth": 0.0,
                "dropouti": 0.0, "dropoute": 0.0, "wdrop": 0.0, "ar": 0.0, "tar": 0.0, "lr_anneal": 1.0,
                "nonmono": 5, "test_batch_size": None, "restart_counter": "carry", "bptt_cap": True}
@@ -302,7 +304,7 @@ class PTB(Task):
         loss = float(-(counts / counts.sum()).log()[data["valid"]].mean())
         return {"loss": loss, "perplexity": math.exp(loss)}
 
-    # -- hooks of train.train
+    # -- the training protocol (``Task``): chunks of the token stream, the state carried
     def build_model(self, config: dict) -> nn.Module:
         return LanguageModel(config, len(self.vocabulary))
 
@@ -331,7 +333,7 @@ class PTB(Task):
         if position == 0:
             self.state = None
         start, length = self.plan[position]
-        data = self._rows(self.columns("train", config["batch_size"]))      # this rank's columns
+        data = self._rows(self.columns("train", config["batch_size"]), self.ranks)
         x, y = data[:, start:start + length], data[:, start + 1:start + 1 + length]
         out = model(x, self.state)
         self.state = detach_state(out.state)
@@ -353,14 +355,16 @@ class PTB(Task):
         for group, rate in zip(optimizer.param_groups, rates):
             group["lr"] = rate
         tokens = y.numel()
-        return nll.detach(), {"loss": (nll.detach() * tokens, tokens)}, tokens
+        return nll.detach(), {"loss": (nll.detach() * tokens, tokens)}, tokens * self.ranks.world
 
     @torch.no_grad()
-    def evaluate_split(self, model, split: str, batch_size: int) -> dict[str, float]:
-        """Mean NLL per token and perplexity over a whole split, state carried across chunks."""
+    def evaluate_split(self, model, split: str, batch_size: int, show: bool = False, ranks=None) -> dict[str, float]:
+        """Mean NLL per token and perplexity over a whole split, state carried across chunks
+        (no progress bar)."""
+        ranks = self.ranks if ranks is None else ranks
         was_training = model.training
         model.eval()
-        data = self._rows(self.columns(split, min(batch_size, self.size(split) // 2)))
+        data = self._rows(self.columns(split, min(batch_size, self.size(split) // 2)), ranks)
         bptt, state, total, count = self.config["bptt"], None, 0.0, 0
         for start in range(0, data.size(1) - 1 if data.size(0) else 0, bptt):     # a rank may have no column
             length = min(bptt, data.size(1) - 1 - start)
@@ -371,16 +375,15 @@ class PTB(Task):
                                            reduction="sum"))
             count += y.numel()
         model.train(was_training)
-        ranks = getattr(self, "ranks", None)
-        if ranks is not None and ranks.world > 1:                 # the columns of every rank
+        if ranks.world > 1:                                       # the columns of every rank
             total, count = ranks.sum([total, count])
         loss = total / count
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
-    def _rows(self, columns: Tensor) -> Tensor:
+    @staticmethod
+    def _rows(columns: Tensor, ranks) -> Tensor:
         """This rank's part of the batch columns (all of them in a single process)."""
-        ranks = getattr(self, "ranks", None)
-        return columns if ranks is None else columns[ranks.shard(columns.size(0))]
+        return columns[ranks.shard(columns.size(0))]
 
     def after_validation(self, improved: bool, optimizer) -> None:
         """``lr_anneal``: divide the learning rate when validation did not improve on the best."""

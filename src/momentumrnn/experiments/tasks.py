@@ -18,20 +18,28 @@ metrics, and the validation metric used for model selection (``selection``).
 
 Synthetic tasks generate fixed train/val/test sets from ``data_seed``. Speech and Penn
 Treebank tasks register here in the same way (``TASKS[name] = cls``).
+
+A task also declares how the trainer runs it: the training protocol of ``Task``, whose
+defaults are the ordinary run (the toolkit's ``SequenceModel``, seeded batches of
+examples, evaluation by sums over batches).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .data import load_mnist
+from .distributed import Ranks
+from .models import build_model
 
-__all__ = ["Task", "TASKS", "SMNIST", "PSMNIST", "Copy", "Adding", "generator", "draw_permutation", "PERMUTATIONS"]
+__all__ = ["Task", "TASKS", "SMNIST", "PSMNIST", "Copy", "Adding", "generator", "epoch_order", "draw_permutation",
+           "PERMUTATIONS"]
 
 
 def generator(seed: int, stream: int = 0) -> torch.Generator:
@@ -39,9 +47,27 @@ def generator(seed: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + stream)
 
 
+def epoch_order(seed: int, epoch: int, n: int, device) -> Tensor:
+    """The order in which epoch ``epoch`` (0-based) visits the ``n`` training examples."""
+    return torch.randperm(n, generator=generator(seed, 1000 + epoch)).to(device)
+
+
 class Task:
     """A benchmark. Subclasses set the class attributes and implement ``_build``,
-    ``batch`` and ``statistics``."""
+    ``batch``, ``loss`` and ``statistics``.
+
+    The training protocol, what the trainer (``train.py``) calls; each hook has the
+    ordinary run as its default, and a task that trains another way overrides it (``ptb.PTB``):
+
+    * ``build_model(config)``: the model to train.
+    * ``plan_epoch(epoch)``: prepare epoch ``epoch`` and return its number of steps.
+    * ``train_step(model, optimizer, position)``: make one step (forward, backward, clip,
+      optimizer step); return the loss, the batch's statistics and its examples.
+    * ``evaluate_split(model, split, batch_size, show, ranks)``: the metrics of a whole split.
+    * ``after_validation(improved, optimizer)``: react to a validation (ptb: anneal the rate).
+    * ``carry_state()``, ``load_carry_state(saved)``: the state a task carries from step to
+      step (``carries_state``), saved with each checkpoint and given back on resume.
+    """
 
     name: ClassVar[str]
     #: One line for ``momentumrnn list``.
@@ -56,6 +82,14 @@ class Task:
     options: ClassVar[dict] = {}
     #: Whether the task reads files under the data root.
     needs_data: ClassVar[bool] = False
+    #: Whether a training step takes ``batch_size`` examples of the split (False where a
+    #: step is something else: ptb's chunk of every column of a token stream).
+    steps_take_examples: ClassVar[bool] = True
+    #: Whether the task carries state from step to step (ptb's TBPTT state): the trainer
+    #: then saves ``carry_state()`` with every checkpoint.
+    carries_state: ClassVar[bool] = False
+    #: The processes that share the run (the trainer sets them; one process by default).
+    ranks: Ranks = Ranks()
 
     def __init__(self, config: dict, root=None, artifacts: dict | None = None):
         self.config = config
@@ -97,6 +131,86 @@ class Task:
     def statistics(self, output: Tensor, y: Tensor) -> dict[str, tuple[Tensor, int]]:
         """Metric name -> (sum over the batch, count); a metric is sum / count over a split."""
         raise NotImplementedError
+
+    # -- the training protocol: what the trainer calls, with the ordinary run as default
+    def build_model(self, config: dict) -> nn.Module:
+        """The model to train: here the toolkit's ``SequenceModel`` of ``config["model"]``."""
+        return build_model(config, self.input_size, self.output_size, self.per_step)
+
+    def plan_epoch(self, epoch: int) -> int:
+        """Prepare epoch ``epoch`` (0-based) and return its number of steps: here a seeded
+        order of the training examples, in full batches (the rest differs every epoch)."""
+        self.order = epoch_order(self.config["seed"], epoch, self.size("train"), self.splits["train"][0].device)
+        return max(self.size("train") // self.config["batch_size"], 1)
+
+    def train_step(self, model, optimizer, position: int) -> tuple[Tensor, dict, int]:
+        """Make step ``position`` of the planned epoch (forward, backward, clip, optimizer
+        step) and return ``(loss, statistics of the batch, examples over all ranks)``. Here
+        this rank's part of the batch ``position``, its loss weighted by its share of the
+        batch's loss terms (so that the gradients averaged across ranks are the global mean's)."""
+        batch_size, ranks = self.config["batch_size"], self.ranks
+        index = self.order[position * batch_size:(position + 1) * batch_size]
+        x, y = self.batch("train", index[ranks.shard(index.numel())])
+        output = model(x)
+        loss = self.loss(output, y)
+        statistics = self.statistics(output.detach(), y)
+        if ranks.world > 1:
+            count = statistics["loss"][1]
+            loss = loss * (count * ranks.world / ranks.sum([count])[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config["clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config["clip"])
+        optimizer.step()
+        return loss, statistics, index.numel()
+
+    @torch.no_grad()
+    def evaluate_split(self, model, split: str, batch_size: int, show: bool = False, ranks: Ranks | None = None
+                       ) -> dict[str, float]:
+        """Metrics of ``model`` over a whole split; ``show``: a progress bar on stderr;
+        ``ranks`` (default: the task's) each evaluate their part and the sums are added.
+        Here sums of ``statistics`` over batches, then one division."""
+        ranks = self.ranks if ranks is None else ranks
+        was_training = model.training
+        model.eval()
+        sums: dict[str, list[float]] = {}
+        part = ranks.shard(self.size(split))
+        device = self.splits[split][0].device
+        starts = range(part.start, part.stop, batch_size)
+        if show:
+            from tqdm import tqdm
+            starts = tqdm(starts, desc=split, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
+        for start in starts:
+            x, y = self.batch(split, torch.arange(start, min(part.stop, start + batch_size), device=device))
+            for name, (total, count) in self.statistics(model(x), y).items():
+                entry = sums.setdefault(name, [0.0, 0])
+                entry[0] += float(total)
+                entry[1] += count
+        model.train(was_training)
+        if ranks.world > 1:
+            sums = _add_across(ranks, sums)
+        return {name: total / count for name, (total, count) in sums.items()}
+
+    def after_validation(self, improved: bool, optimizer) -> None:
+        """React to a validation (``improved``: on the best so far); here nothing."""
+
+    def carry_state(self):
+        """The state carried from step to step, picklable, for the checkpoint (``carries_state``)."""
+        return None
+
+    def load_carry_state(self, saved) -> None:
+        """Take back the carried state of a checkpoint (None when it holds none); here nothing."""
+
+
+def _add_across(ranks: Ranks, sums: dict) -> dict:
+    """``{name: [total, count]}`` of every rank added together."""
+    result: dict[str, list] = {}
+    for part in ranks.gather(sums):
+        for name, (total, count) in part.items():
+            entry = result.setdefault(name, [0.0, 0])
+            entry[0] += total
+            entry[1] += count
+    return result
 
 
 class SMNIST(Task):

@@ -1,21 +1,27 @@
 """One training run: a model on a task, selected on validation, checkpointed, resumable.
 
-Read top to bottom, ``train`` is the whole story:
+``train`` locks the run directory and runs a ``Trainer``; read top to bottom, the
+``Trainer`` is the whole story:
 
-1. resolve the device, build the task's data (in memory) and the model, seed everything;
+1. resolve the device, build the task's data (in memory) and its model
+   (``Task.build_model``), seed everything;
 2. start a fresh run directory, or resume the latest checkpoint of an existing one;
-3. loop over epochs; each epoch visits the training set in a seeded permutation of its
-   own (full batches only), so a run resumed mid-epoch sees exactly the batches an
-   uninterrupted run sees;
-4. validate at the end of each epoch (or every ``eval_every`` steps), keep the weights
-   with the best validation metric, checkpoint every epoch and every
-   ``checkpoint_every`` steps;
+3. loop over epochs; each epoch is the task's plan (``Task.plan_epoch``) and each step the
+   task's (``Task.train_step``); by default an epoch visits the training set in a seeded
+   permutation of its own (full batches only), so a run resumed mid-epoch sees exactly the
+   batches an uninterrupted run sees;
+4. validate at the end of each epoch (or every ``eval_every`` steps; ``Task.evaluate_split``
+   with the optimizer's average, if it keeps one), keep the weights with the best
+   validation metric, checkpoint every epoch and every ``checkpoint_every`` steps;
 5. stop at ``epochs``, ``max_steps`` or the time budget (then validate once more and
    evaluate test with the best-validation weights), or on Ctrl-C/SIGTERM (checkpoint
    and exit; ``--resume`` continues), or when the training loss or the weights stop being
    finite (``Diverged``: no checkpoint of the bad weights, the last good one is kept),
    or when a file of the run cannot be written, e.g. a full disk (``RunFailed``: the last
    complete checkpoint is kept, and ``--resume`` continues from it).
+
+The trainer asks nothing of a task but the hooks ``tasks.Task`` declares, and nothing of
+an optimizer but ``optim.Optimizer``.
 
 Run directory: ``config.json``, ``metrics.jsonl`` (one JSON object a line),
 ``summary.json``, ``checkpoints/`` (see ``checkpoint.py``), task files such as
@@ -47,12 +53,13 @@ from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, 
 from .config import DEFAULTS, RESUMABLE, ConfigError, check_config, fingerprint, identity, parse_device
 from .data import data_root
 from .distributed import Ranks, from_environment
-from .models import build_model, count_parameters
+from .models import count_parameters
+from .optim import build_optimizer
 from .rundir import RunDirectory, RunError
-from .tasks import TASKS, generator
+from .tasks import TASKS
 
-__all__ = ["train", "read_run_config", "resume_config", "resolve_device", "evaluate", "RunError", "Diverged",
-           "RunFailed"]
+__all__ = ["train", "Trainer", "read_run_config", "resume_config", "resolve_device", "evaluate", "build_optimizer",
+           "RunError", "Diverged", "RunFailed"]
 
 
 class Diverged(RuntimeError):
@@ -99,102 +106,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
-    """The order in which epoch ``epoch`` (0-based) visits the ``n`` training examples."""
-    return torch.randperm(n, generator=generator(seed, 1000 + epoch)).to(device)
-
-
-class OrthogonalRecipe:
-    """The two-optimizer recipe of the orthogonal models: ``main`` for every parameter but
-    the orthogonal ones, RMSprop at ``lr_orth`` for those, and the change of base every K
-    steps (``trivialization_step``) after each step. Quacks like one optimizer."""
-
-    def __init__(self, main: torch.optim.Optimizer, orthogonal: torch.optim.Optimizer, model):
-        self.main, self.orthogonal, self.model = main, orthogonal, model
-        self.param_groups = main.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.main.zero_grad(set_to_none=set_to_none)
-        self.orthogonal.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        from ..orthogonal import trivialization_step
-
-        self.main.step()
-        self.orthogonal.step()
-        trivialization_step(self.model)
-
-    def state_dict(self) -> dict:
-        return {"main": self.main.state_dict(), "orthogonal": self.orthogonal.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != {"main", "orthogonal"}:
-            raise ValueError(f"expected the states of two optimizers (main, orthogonal), got keys {sorted(state)}")
-        self.main.load_state_dict(state["main"])
-        self.orthogonal.load_state_dict(state["orthogonal"])
-
-
-def build_optimizer(config: dict, model) -> torch.optim.Optimizer | OrthogonalRecipe:
-    """The configured optimizer over ``model``'s parameters (two for orthogonal models)."""
-    if "lr_orth" in config:
-        from ..orthogonal import split_orthogonal_parameters
-
-        orthogonal, other = split_orthogonal_parameters(model)
-        return OrthogonalRecipe(_optimizer(config, other),
-                                torch.optim.RMSprop(orthogonal, lr=config["lr_orth"], alpha=config["alpha"]), model)
-    return _optimizer(config, model.parameters())
-
-
-def _optimizer(config: dict, parameters) -> torch.optim.Optimizer:
-    name, lr, decay = config["optimizer"], config["lr"], config["weight_decay"]
-    if name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr, alpha=config["alpha"], weight_decay=decay)
-    if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
-    if name == "ntasgd":
-        from .optim import NTASGD
-        return NTASGD(parameters, lr=lr, weight_decay=decay, nonmono=config.get("nonmono", 5))
-    return torch.optim.SGD(parameters, lr=lr, weight_decay=decay)
-
-
-@torch.no_grad()
-def evaluate(model, task, split: str, batch_size: int, show: bool = False, ranks: Ranks = Ranks()
+def evaluate(model, task, split: str, batch_size: int, show: bool = False, ranks: Ranks | None = None
              ) -> dict[str, float]:
-    """Metrics of ``model`` over a whole split (sums over batches, then one division);
-    ``show``: a progress bar on stderr. With several ``ranks`` each evaluates its part of
-    the split and the sums are added across ranks."""
-    if hasattr(task, "evaluate_split"):                # tasks that evaluate their own way (ptb: carried state)
-        return task.evaluate_split(model, split, batch_size)
-    was_training = model.training
-    model.eval()
-    sums: dict[str, list[float]] = {}
-    part = ranks.shard(task.size(split))
-    device = task.splits[split][0].device
-    starts = range(part.start, part.stop, batch_size)
-    if show:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=split, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
-    for start in starts:
-        x, y = task.batch(split, torch.arange(start, min(part.stop, start + batch_size), device=device))
-        for name, (total, count) in task.statistics(model(x), y).items():
-            entry = sums.setdefault(name, [0.0, 0])
-            entry[0] += float(total)
-            entry[1] += count
-    model.train(was_training)
-    if ranks.world > 1:
-        sums = _add_across(ranks, sums)
-    return {name: total / count for name, (total, count) in sums.items()}
-
-
-def _add_across(ranks: Ranks, sums: dict) -> dict:
-    """``{name: [total, count]}`` of every rank added together."""
-    result: dict[str, list] = {}
-    for part in ranks.gather(sums):
-        for name, (total, count) in part.items():
-            entry = result.setdefault(name, [0.0, 0])
-            entry[0] += total
-            entry[1] += count
-    return result
+    """Metrics of ``model`` over a whole split (``Task.evaluate_split``); ``show``: a progress
+    bar on stderr; ``ranks``: the processes that share the split (default: the task's)."""
+    return task.evaluate_split(model, split, batch_size, show=show, ranks=ranks)
 
 
 def _clone_state(model) -> dict:
@@ -373,7 +289,7 @@ def train(config: dict, run_dir, *, resume: bool = False, quiet: bool = False, c
         directory = RunDirectory(run_dir, resume=resume, command=command) if ranks.main else _Follower(run_dir)
         with directory:
             try:
-                summary = _train(config, directory, device, resume, quiet or not ranks.main, command, ranks)
+                summary = Trainer(config, directory, device, resume, quiet or not ranks.main, command, ranks).run()
             except (OSError, SafetensorError) as error:
                 raise RunFailed(_write_failure(Path(run_dir), error)) from error
     except BaseException:
@@ -436,297 +352,306 @@ def _read_artifacts(run_dir: Path) -> dict:
     return artifacts
 
 
-def _train(config: dict, directory, device: torch.device, resume: bool, quiet: bool, command: list | None,
-           ranks: Ranks) -> dict:
-    run_dir = directory.path
-    if config.get("threads"):
-        torch.set_num_threads(config["threads"])
-    say = _printer(quiet)
+class Trainer:
+    """One run of ``config`` in a locked run directory: ``Trainer(...).run()`` returns the summary.
 
-    # -- the run directory (locked by now)
-    if resume:
-        if not has_checkpoint(run_dir):
-            raise RunError(f"cannot resume {run_dir}: it has no checkpoint "
-                           f"({run_dir / 'checkpoints' / 'latest'} does not exist); delete the folder to start again")
-    elif ranks.main and ((run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()):
-        raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    The trainer owns the loop, the run directory (config, metrics, checkpoints, summary),
+    the stop decisions and the selection on validation. It calls the task only through
+    the hooks ``tasks.Task`` declares (``build_model``, ``plan_epoch``, ``train_step``,
+    ``evaluate_split``, ``after_validation``, ``carry_state``/``load_carry_state``) and the
+    optimizer only through ``optim.Optimizer`` (``swap_in_average``, ``observe``)."""
 
-    # -- data, model, optimizer
-    task_type = TASKS[config["task"]]
-    artifacts = _read_artifacts(run_dir) if resume else {}
-    try:
-        task = task_type(config, data_root(config.get("data_dir")), artifacts).to(device)
-    except ValueError as error:                         # settings that do not fit the data, a bad task file
-        raise ConfigError(str(error)) from None
-    task.ranks = ranks                                  # tasks with their own steps shard their batches
-    torch.manual_seed(config["seed"])
-    random.seed(config["seed"])
-    model = (task.build_model(config) if hasattr(task, "build_model")    # tasks with their own model (ptb)
-             else build_model(config, task.input_size, task.output_size, task.per_step)).to(device)
-    optimizer = build_optimizer(config, model)
-    metric, mode = task.selection
-    n_train, batch_size = task.size("train"), config["batch_size"]
-    steps_per_epoch = max(n_train // batch_size, 1)    # full batches only; the rest differs every epoch
-    # Tasks with their own steps (ptb: bptt chunks with carried state) plan each epoch and
-    # make each step: task.plan_epoch(epoch) -> steps, task.train_step(model, optimizer, position).
-    task_steps = hasattr(task, "train_step")
-    # The task's files (e.g. the permutation) identify the run as much as its settings.
-    files = {name: hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
-             for name, content in task.artifacts().items()}
-    print_ = fingerprint(config, files)
-    run_identity = {**identity(config), **files}
+    def __init__(self, config: dict, directory, device: torch.device, resume: bool, quiet: bool,
+                 command: list | None, ranks: Ranks):
+        self.config, self.directory, self.resume, self.quiet, self.ranks = config, directory, resume, quiet, ranks
+        run_dir = self.run_dir = directory.path
+        if config.get("threads"):
+            torch.set_num_threads(config["threads"])
+        say = self.say = _printer(quiet)
 
-    progress = {"step": 0, "epoch": 0, "position": 0, "train_time": 0.0, "window": {}, "window_examples": 0,
-                "window_time": 0.0, "best": None, "last_eval_step": None, "metrics_bytes": 0}
-    best_state = None
-    record = {"config": config, **_environment(device, ranks), "command": command,
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
-    if resume:
-        checkpoint = load_checkpoint(run_dir, fingerprint=print_, identity=run_identity)
-        _load_weights(model, checkpoint["model_state"], f"checkpoint {checkpoint['path'] / 'model.safetensors'}")
+        # -- the run directory (locked by now)
+        if resume:
+            if not has_checkpoint(run_dir):
+                raise RunError(f"cannot resume {run_dir}: it has no checkpoint ({run_dir / 'checkpoints' / 'latest'} "
+                               f"does not exist); delete the folder to start again")
+        elif ranks.main and ((run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()):
+            raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+
+        # -- data, model, optimizer
+        artifacts = _read_artifacts(run_dir) if resume else {}
         try:
-            optimizer.load_state_dict(checkpoint["optimizer_state"])
+            task = self.task = TASKS[config["task"]](config, data_root(config.get("data_dir")), artifacts).to(device)
+        except ValueError as error:                     # settings that do not fit the data, a bad task file
+            raise ConfigError(str(error)) from None
+        task.ranks = ranks
+        torch.manual_seed(config["seed"])
+        random.seed(config["seed"])
+        model = self.model = task.build_model(config).to(device)
+        self.optimizer = build_optimizer(config, model)
+        self.metric, self.mode = task.selection
+        self.n_train, self.batch_size = task.size("train"), config["batch_size"]
+        # The task's files (e.g. the permutation) identify the run as much as its settings.
+        files = {name: hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
+                 for name, content in task.artifacts().items()}
+        self.fingerprint, self.identity = fingerprint(config, files), {**identity(config), **files}
+
+        self.progress = {"step": 0, "epoch": 0, "position": 0, "train_time": 0.0, "window": {}, "window_examples": 0,
+                         "window_time": 0.0, "best": None, "last_eval_step": None, "metrics_bytes": 0}
+        self.best_state = None
+        record = {"config": config, **_environment(device, ranks), "command": command,
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
+        if resume:
+            record, entry = self._load(device, command)
+        elif ranks.main:
+            for name, content in task.artifacts().items():
+                atomic_write_text(run_dir / name, json.dumps(content))
+            (run_dir / "metrics.jsonl").touch()
+        truncate_to = self.progress["metrics_bytes"] if resume else None
+        self.log = MetricsLog(run_dir / "metrics.jsonl", truncate_to=truncate_to) if ranks.main else _NoLog()
+        self.parameters = count_parameters(model)
+        self.steps_per_epoch = task.plan_epoch(self.progress["epoch"])
+        if resume:                                      # recorded once the resume has succeeded
+            if self.log.damage:                         # shown even with --quiet
+                print(f"momentumrnn train: warning: {self.log.damage}", file=sys.stderr)
+                entry["metrics_damage"] = self.log.damage
+            record["resumed"] = record.get("resumed", []) + [entry]
+        if ranks.main:
+            atomic_write_json(run_dir / "config.json", record)
+        self.train_model = model
+        if ranks.world > 1:                             # gradients averaged across ranks in the backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                       else None)
+        say(f"{config['model']} on {config['task']}: {self.parameters:,} parameters, {self.n_train:,} training "
+            f"examples, {self.steps_per_epoch} steps per epoch, device {device}")
+        self.show_evaluation = not quiet and sys.stderr.isatty()
+        if not resume:
+            hint = _quick_run_hint(config, task, self.steps_per_epoch)
+            if hint:
+                say(hint)
+
+        self.session_start, self.time_before = time.perf_counter(), self.progress["train_time"]
+        # One-time costs inside the training time (building the CPU step kernels on first use),
+        # summed over sessions, so that a report can say so.
+        self.build_before = cpu_kernels.build_seconds()
+        self.built_earlier = (self.progress.get("one_time_s") or {}).get(_BUILD, 0.0)
+        self.last_checkpoint_step = self.progress["step"]
+
+    def _load(self, device: torch.device, command: list | None) -> tuple[dict, dict]:
+        """Continue from the latest checkpoint: weights, optimizer, progress, carried state, RNG.
+        Returns the run's record and the entry of this resume."""
+        run_dir, ranks = self.run_dir, self.ranks
+        checkpoint = load_checkpoint(run_dir, fingerprint=self.fingerprint, identity=self.identity)
+        _load_weights(self.model, checkpoint["model_state"], f"checkpoint {checkpoint['path'] / 'model.safetensors'}")
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         except (ValueError, KeyError) as error:
-            raise CheckpointError(f"optimizer state in {checkpoint['path'] / 'state.pt'} does not fit: {error}") from None
-        progress, best_state = checkpoint["progress"], checkpoint["best_state"]
+            raise CheckpointError(f"optimizer state in {checkpoint['path'] / 'state.pt'} does not fit: "
+                                  f"{error}") from None
+        progress = self.progress = checkpoint["progress"]
+        self.best_state = checkpoint["best_state"]
         if progress.get("world_size", 1) != ranks.world:
             raise RunError(f"cannot resume {run_dir} with {ranks.world} process(es): it was trained with "
                            f"{progress.get('world_size', 1)}, and each rank's data order, random state and carried "
                            f"state belong to that number; resume it with the same number of processes")
-        if hasattr(task, "load_carry_state"):
-            saved = progress.get("task_state")
-            task.load_carry_state(saved[ranks.rank] if ranks.world > 1 and saved is not None else saved)
+        saved = progress.get("task_state")
+        self.task.load_carry_state(saved[ranks.rank] if ranks.world > 1 and saved is not None else saved)
         rng = checkpoint["rng"]
         set_rng_state(rng["ranks"][ranks.rank] if "ranks" in rng else rng)
         old = read_run_config(run_dir)
-        record = {**old, "config": config, **_environment(device, ranks)}
         entry = {"at_step": progress["step"], "command": command,
                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        say(f"resuming {run_dir} at step {progress['step']} (epoch {progress['epoch'] + 1}) from {checkpoint['path']}")
-    elif ranks.main:
-        for name, content in task.artifacts().items():
-            atomic_write_text(run_dir / name, json.dumps(content))
-        (run_dir / "metrics.jsonl").touch()
-    log = (MetricsLog(run_dir / "metrics.jsonl", truncate_to=progress["metrics_bytes"] if resume else None)
-           if ranks.main else _NoLog())
-    parameters = count_parameters(model)
-    if task_steps:
-        steps_per_epoch = task.plan_epoch(progress["epoch"])
-    if resume:                                          # recorded once the resume has succeeded
-        if log.damage:                                  # shown even with --quiet
-            print(f"momentumrnn train: warning: {log.damage}", file=sys.stderr)
-            entry["metrics_damage"] = log.damage
-        record["resumed"] = old.get("resumed", []) + [entry]
-    if ranks.main:
-        atomic_write_json(run_dir / "config.json", record)
-    train_model = model
-    if ranks.world > 1:                                 # gradients averaged across ranks in the backward
-        from torch.nn.parallel import DistributedDataParallel
+        self.say(f"resuming {run_dir} at step {progress['step']} (epoch {progress['epoch'] + 1}) from "
+                 f"{checkpoint['path']}")
+        return {**old, "config": self.config, **_environment(device, ranks)}, entry
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    say(f"{config['model']} on {config['task']}: {parameters:,} parameters, {n_train:,} training examples, "
-        f"{steps_per_epoch} steps per epoch, device {device}")
-    show_evaluation = not quiet and sys.stderr.isatty()
-    if not resume:
-        hint = _quick_run_hint(config, task, steps_per_epoch)
-        if hint:
-            say(hint)
+    # -- the loop
+    def run(self) -> dict:
+        config, progress = self.config, self.progress
+        if not self.resume:
+            self.checkpoint()                           # step 0: a run can always be resumed
+        self.directory.started()
+        stop = None
+        self.model.train()
+        with StopSignals() as signals:
+            while stop is None:
+                if progress["epoch"] >= config["epochs"]:
+                    stop = "epochs"
+                    break
+                self.steps_per_epoch = self.task.plan_epoch(progress["epoch"])
+                bar = _bar(self.quiet, progress, config, self.steps_per_epoch, self.n_train)
+                while progress["position"] < self.steps_per_epoch:
+                    stop = self._stop(signals)
+                    if stop:
+                        break
+                    self.step(bar)
+                if bar is not None:
+                    bar.close()
+                if stop is None:                        # the epoch is complete
+                    if progress["last_eval_step"] != progress["step"]:
+                        self.validate()
+                    progress["epoch"] += 1
+                    progress["position"] = 0
+                    self.checkpoint()
+            if stop == "interrupted":
+                self.checkpoint()
+                summary = self.close("interrupted", stop, None)
+                self.say(f"stopped by {signals.requested} at step {progress['step']}; checkpoint saved. Continue "
+                         f"with: momentumrnn train --out {self.run_dir} --resume")
+                return summary
 
-    session_start, time_before = time.perf_counter(), progress["train_time"]
-    # One-time costs inside the training time (building the CPU step kernels on first use),
-    # summed over sessions, so that a report can say so.
-    build_before, built_earlier = cpu_kernels.build_seconds(), (progress.get("one_time_s") or {}).get(_BUILD, 0.0)
+        # -- finish: validate the last weights, checkpoint, then test with the best-validation weights
+        if progress["last_eval_step"] != progress["step"]:
+            self.validate()
+        self.checkpoint()
+        if progress["window"]:                          # rows after the checkpoint: a resume drops them
+            self.log_train_window()
+        test = None
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            batch_size = config.get("test_batch_size") or config["eval_batch_size"]
+            test = self.task.evaluate_split(self.model, "test", batch_size, show=self.show_evaluation)
+            self.log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"],
+                            **test, "time": round(self.elapsed(), 3)})
+        summary = self.close("finished", stop, test)
+        if test is not None:
+            best = progress["best"]
+            self.say(f"finished ({stop}) after {progress['step']} steps, {self.elapsed():.0f} s: best val "
+                     f"{self.metric} {best['value']:.4f} at step {best['step']}; test at best val: "
+                     + " ".join(f"{k} {v:.4f}" for k, v in test.items()))
+        return summary
 
-    def summarize(status: str, stop, test) -> dict:
-        built = built_earlier + cpu_kernels.build_seconds() - build_before
-        progress["one_time_s"] = {_BUILD: round(built, 2)} if built else {}
-        return _summary(config, task, parameters, progress, epochs_done(), elapsed(), status, stop, test)
+    def _stop(self, signals: StopSignals) -> str | None:
+        """Why the run stops before the next step (None: it goes on); every rank agrees."""
+        config, stop = self.config, None
+        if config.get("max_steps") and self.progress["step"] >= config["max_steps"]:
+            stop = "max_steps"
+        elif config.get("time_budget") and self.elapsed() >= config["time_budget"]:
+            stop = "time_budget"
+        elif signals.requested:
+            stop = "interrupted"
+        if self.ranks.world > 1:                        # every rank stops at the same step
+            stop = _agree(self.ranks, stop)
+        return stop
 
-    def elapsed() -> float:
-        return time_before + time.perf_counter() - session_start
+    def step(self, bar) -> None:
+        """One training step (the task's), then the logging, validation and checkpoint it is due."""
+        config, progress, ranks = self.config, self.progress, self.ranks
+        started = time.perf_counter()
+        loss, statistics, examples = self.task.train_step(self.train_model, self.optimizer, progress["position"])
+        with torch.no_grad():
+            names = sorted(statistics)
+            added = ranks.sum([float(statistics[n][0]) for n in names] + [statistics[n][1] for n in names])
+            for i, name in enumerate(names):
+                entry = progress["window"].setdefault(name, [0.0, 0])
+                entry[0] += added[i]
+                entry[1] += int(added[len(names) + i])
+        progress["step"] += 1
+        progress["position"] += 1
+        progress["window_examples"] += examples
+        progress["window_time"] += time.perf_counter() - started
+        loss_value = (float(loss.detach()) if ranks.world == 1 else              # after the step: no extra wait
+                      added[names.index("loss")] / added[len(names) + names.index("loss")])
+        if not math.isfinite(loss_value):
+            self.diverged(f"the training loss is {loss_value}")
+        if bar is not None:
+            bar.update(min(self.batch_size, self.n_train))
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if progress["step"] % config["log_every"] == 0:
+            self.log_train_window()
+        if config.get("eval_every") and progress["step"] % config["eval_every"] == 0:
+            self.validate()
+        if config["checkpoint_every"] and progress["step"] % config["checkpoint_every"] == 0:
+            self.checkpoint()
 
-    def epochs_done() -> float:
-        return round(progress["epoch"] + progress["position"] / steps_per_epoch, 4)
-
-    def checkpoint() -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            diverged("the weights are not finite")
-        progress["train_time"] = elapsed()
-        log.sync()                                      # the rows are on disk before their offset is recorded
-        progress["metrics_bytes"] = log.offset
-        progress["world_size"] = ranks.world
-        if hasattr(task, "carry_state"):                # every rank's, gathered
-            carried = task.carry_state()
-            progress["task_state"] = carried if ranks.world == 1 else ranks.gather(carried)
-        rng = rng_state() if ranks.world == 1 else {"ranks": ranks.gather(rng_state())}
-        if ranks.main:
-            save_checkpoint(run_dir, model_state=model.state_dict(), best_state=best_state,
-                            optimizer_state=optimizer.state_dict(), progress=progress, rng=rng,
-                            fingerprint=print_, identity=run_identity)
-        last_checkpoint["step"] = progress["step"]
-
-    def diverged(what: str) -> None:
-        """Stop: keep the last checkpoint (good weights), record the run as diverged."""
-        log.close()
-        summary = summarize("diverged", f"{what} at step {progress['step']}", None)
-        if ranks.main:
-            atomic_write_json(run_dir / "summary.json", summary)
-        raise Diverged(f"training diverged: {what} at step {progress['step']} (epoch {epochs_done():.2f}). "
-                       f"The run stops here; its last checkpoint, at step {last_checkpoint['step']}, holds finite "
-                       f"weights. A resume would repeat the same steps: start a new run with a lower --lr, "
-                       f"clipping (--clip) or other settings.")
-
-    def validate() -> None:
-        nonlocal best_state
-        restore = optimizer.swap_in_average() if hasattr(optimizer, "swap_in_average") else None   # NT-ASGD
-        values = evaluate(model, task, "val", config["eval_batch_size"], show=show_evaluation, ranks=ranks)
+    def validate(self) -> None:
+        """Validate (with the optimizer's average, if it keeps one), keep the best weights, log."""
+        progress, metric, mode = self.progress, self.metric, self.mode
+        restore = self.optimizer.swap_in_average()
+        values = self.task.evaluate_split(self.model, "val", self.config["eval_batch_size"], show=self.show_evaluation)
         progress["last_eval_step"] = progress["step"]
         best = progress["best"]
         value = values[metric]
         improved = not math.isnan(value) and (best is None or (value > best["value"] if mode == "max"
                                                                  else value < best["value"]))
         if improved:
-            progress["best"] = {"value": value, "step": progress["step"], "epoch": epochs_done(), "metrics": values}
-            best_state = _clone_state(model)
+            progress["best"] = {"value": value, "step": progress["step"], "epoch": self.epochs_done(),
+                                "metrics": values}
+            self.best_state = _clone_state(self.model)
         if restore is not None:
             restore()
-        if hasattr(optimizer, "observe"):               # NT-ASGD: start averaging when validation stalls
-            optimizer.observe(value if mode == "min" else -value)
-        if hasattr(task, "after_validation"):           # e.g. ptb: anneal the learning rate
-            task.after_validation(improved, optimizer)
-        log.write({"split": "val", "epoch": epochs_done(), "step": progress["step"], **values,
-                   "best": progress["best"]["value"] if progress["best"] else None, "time": round(elapsed(), 3)})
+        self.optimizer.observe(value if mode == "min" else -value)
+        self.task.after_validation(improved, self.optimizer)
+        self.log.write({"split": "val", "epoch": self.epochs_done(), "step": progress["step"], **values,
+                        "best": progress["best"]["value"] if progress["best"] else None,
+                        "time": round(self.elapsed(), 3)})
         best = progress["best"]
-        say(f"epoch {epochs_done():.2f} step {progress['step']}: val "
-            + " ".join(f"{k} {v:.4f}" for k, v in values.items())
-            + (f" | best {metric} {best['value']:.4f} at step {best['step']}" if best else "")
-            + f" | {elapsed():.0f} s")
+        self.say(f"epoch {self.epochs_done():.2f} step {progress['step']}: val "
+                 + " ".join(f"{k} {v:.4f}" for k, v in values.items())
+                 + (f" | best {metric} {best['value']:.4f} at step {best['step']}" if best else "")
+                 + f" | {self.elapsed():.0f} s")
 
-    def log_train_window() -> None:
+    def log_train_window(self) -> None:
+        progress = self.progress
         window = progress["window"]
-        row = {"split": "train", "epoch": epochs_done(), "step": progress["step"],
-               **{k: total / count for k, (total, count) in window.items()},
-               "lr": optimizer.param_groups[0]["lr"],
-               "examples_per_s": round(progress["window_examples"] / max(progress["window_time"], 1e-9), 1),
-               "time": round(elapsed(), 3)}
-        log.write(row)
+        self.log.write({"split": "train", "epoch": self.epochs_done(), "step": progress["step"],
+                        **{k: total / count for k, (total, count) in window.items()},
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "examples_per_s": round(progress["window_examples"] / max(progress["window_time"], 1e-9), 1),
+                        "time": round(self.elapsed(), 3)})
         progress["window"], progress["window_examples"], progress["window_time"] = {}, 0, 0.0
 
-    last_checkpoint = {"step": progress["step"]}
-    if not resume:
-        checkpoint()                                   # step 0: a run can always be resumed
-    directory.started()
-    stop = None
-    model.train()
-    with StopSignals() as signals:
-        while stop is None:
-            if progress["epoch"] >= config["epochs"]:
-                stop = "epochs"
-                break
-            order = epoch_order(config["seed"], progress["epoch"], n_train, device)
-            if task_steps:
-                steps_per_epoch = task.plan_epoch(progress["epoch"])
-            bar = _bar(quiet, progress, config, steps_per_epoch, n_train)
-            while progress["position"] < steps_per_epoch:
-                if config.get("max_steps") and progress["step"] >= config["max_steps"]:
-                    stop = "max_steps"
-                elif config.get("time_budget") and elapsed() >= config["time_budget"]:
-                    stop = "time_budget"
-                elif signals.requested:
-                    stop = "interrupted"
-                if ranks.world > 1:                      # every rank stops at the same step
-                    stop = _agree(ranks, stop)
-                if stop:
-                    break
-                started = time.perf_counter()
-                if task_steps:
-                    loss, statistics, examples = task.train_step(train_model, optimizer, progress["position"])
-                    examples *= ranks.world
-                else:
-                    index = order[progress["position"] * batch_size:(progress["position"] + 1) * batch_size]
-                    x, y = task.batch("train", index[ranks.shard(index.numel())])
-                    output = train_model(x)
-                    loss = task.loss(output, y)
-                    statistics, examples = task.statistics(output.detach(), y), index.numel()
-                    if ranks.world > 1:              # this rank's share of the batch's loss terms
-                        count = statistics["loss"][1]
-                        loss = loss * (count * ranks.world / ranks.sum([count])[0])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config["clip"]:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
-                    optimizer.step()
-                with torch.no_grad():
-                    names = sorted(statistics)
-                    added = ranks.sum([float(statistics[n][0]) for n in names] + [statistics[n][1] for n in names])
-                    for i, name in enumerate(names):
-                        entry = progress["window"].setdefault(name, [0.0, 0])
-                        entry[0] += added[i]
-                        entry[1] += int(added[len(names) + i])
-                progress["step"] += 1
-                progress["position"] += 1
-                progress["window_examples"] += examples
-                progress["window_time"] += time.perf_counter() - started
-                loss_value = (float(loss.detach()) if ranks.world == 1 else          # after the step: no extra wait
-                              added[names.index("loss")] / added[len(names) + names.index("loss")])
-                if not math.isfinite(loss_value):
-                    diverged(f"the training loss is {loss_value}")
-                if bar is not None:
-                    bar.update(batch_size if task_steps else index.numel())
-                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-                if progress["step"] % config["log_every"] == 0:
-                    log_train_window()
-                if config.get("eval_every") and progress["step"] % config["eval_every"] == 0:
-                    validate()
-                if config["checkpoint_every"] and progress["step"] % config["checkpoint_every"] == 0:
-                    checkpoint()
-            if bar is not None:
-                bar.close()
-            if stop is None:                          # the epoch is complete
-                if progress["last_eval_step"] != progress["step"]:
-                    validate()
-                progress["epoch"] += 1
-                progress["position"] = 0
-                checkpoint()
+    # -- the run directory
+    def checkpoint(self) -> None:
+        progress, ranks = self.progress, self.ranks
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self.diverged("the weights are not finite")
+        progress["train_time"] = self.elapsed()
+        self.log.sync()                                 # the rows are on disk before their offset is recorded
+        progress["metrics_bytes"] = self.log.offset
+        progress["world_size"] = ranks.world
+        if self.task.carries_state:                     # every rank's, gathered
+            carried = self.task.carry_state()
+            progress["task_state"] = carried if ranks.world == 1 else ranks.gather(carried)
+        rng = rng_state() if ranks.world == 1 else {"ranks": ranks.gather(rng_state())}
+        if ranks.main:
+            save_checkpoint(self.run_dir, model_state=self.model.state_dict(), best_state=self.best_state,
+                            optimizer_state=self.optimizer.state_dict(), progress=progress, rng=rng,
+                            fingerprint=self.fingerprint, identity=self.identity)
+        self.last_checkpoint_step = progress["step"]
 
-        if stop == "interrupted":
-            checkpoint()
-            log.close()
-            summary = summarize("interrupted", stop, None)
-            if ranks.main:
-                atomic_write_json(run_dir / "summary.json", summary)
-            say(f"stopped by {signals.requested} at step {progress['step']}; checkpoint saved. Continue with: "
-                f"momentumrnn train --out {run_dir} --resume")
-            return summary
+    def diverged(self, what: str) -> None:
+        """Stop: keep the last checkpoint (good weights), record the run as diverged."""
+        step = self.progress["step"]
+        self.close("diverged", f"{what} at step {step}", None)
+        raise Diverged(f"training diverged: {what} at step {step} (epoch {self.epochs_done():.2f}). The run stops "
+                       f"here; its last checkpoint, at step {self.last_checkpoint_step}, holds finite weights. A "
+                       f"resume would repeat the same steps: start a new run with a lower --lr, clipping (--clip) "
+                       f"or other settings.")
 
-    # -- finish: validate the last weights, checkpoint, then test with the best-validation weights
-    if progress["last_eval_step"] != progress["step"]:
-        validate()
-    checkpoint()
-    if progress["window"]:                             # rows after the checkpoint: a resume drops them
-        log_train_window()
-    test = None
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        test = evaluate(model, task, "test", config.get("test_batch_size") or config["eval_batch_size"],
-                        show=show_evaluation, ranks=ranks)
-        log.write({"split": "test", "epoch": progress["best"]["epoch"], "step": progress["best"]["step"], **test,
-                   "time": round(elapsed(), 3)})
-    log.close()
-    summary = summarize("finished", stop, test)
-    if ranks.main:
-        atomic_write_json(run_dir / "summary.json", summary)
-    if test is not None:
-        say(f"finished ({stop}) after {progress['step']} steps, {elapsed():.0f} s: best val {metric} "
-            f"{progress['best']['value']:.4f} at step {progress['best']['step']}; test at best val: "
-            + " ".join(f"{k} {v:.4f}" for k, v in test.items()))
-    return summary
+    def close(self, status: str, stop, test) -> dict:
+        """Close the metrics log and write the summary; return it."""
+        self.log.close()
+        built = self.built_earlier + cpu_kernels.build_seconds() - self.build_before
+        self.progress["one_time_s"] = {_BUILD: round(built, 2)} if built else {}
+        summary = _summary(self.config, self.task, self.parameters, self.progress, self.epochs_done(), self.elapsed(),
+                           status, stop, test)
+        if self.ranks.main:
+            atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def elapsed(self) -> float:
+        return self.time_before + time.perf_counter() - self.session_start
+
+    def epochs_done(self) -> float:
+        return round(self.progress["epoch"] + self.progress["position"] / self.steps_per_epoch, 4)
 
 
 def _quick_run_hint(config: dict, task, steps_per_epoch: int) -> str | None:
     """A note when evaluating will take much longer than training (a smoke run on full
     validation and test splits), saying how to make it quick."""
-    if hasattr(task, "train_step"):                     # tasks with their own steps count tokens, not examples
+    if not task.steps_take_examples:                    # ptb's steps are chunks of tokens, not examples
         return None
     steps = config["epochs"] * steps_per_epoch
     if config.get("max_steps"):
