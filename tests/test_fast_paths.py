@@ -451,3 +451,21 @@ def test_input_drive_equals_linear(bias):
     for a, b_ in zip(torch.autograd.grad(ours, inputs, seed), torch.autograd.grad(theirs, inputs, seed), strict=True):
         torch.testing.assert_close(a, b_, **TOL[torch.float32])
         assert a.is_contiguous()
+
+
+def test_experimental_paths_warn_and_auto_never_takes_them():
+    import warnings
+
+    from momentumrnn import LAYERS, ORTHOGONAL_LAYERS
+    from momentumrnn.paths import EXPERIMENTAL_IMPLS, choose_path
+
+    with pytest.warns(UserWarning, match=r"NesterovLSTM\(impl='triton-loop'\) is experimental"):
+        mrnn.NesterovLSTM(3, 4, impl="triton-loop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mrnn.NesterovLSTM(3, 4)
+    for layer in [*LAYERS.values(), *ORTHOGONAL_LAYERS.values()]:
+        for device in ("cpu", "cuda"):
+            for projections in (False, True) if layer.recurrence_type.name == "lstm" else (False,):
+                path = choose_path("auto", layer.rule_type, device, projections, layer.recurrence_type.name)
+                assert path not in EXPERIMENTAL_IMPLS, (layer.__name__, device, path)

@@ -28,10 +28,10 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from .autocast import autocast_boundary
 from .base import RuleModule
 from .checks import (InputError, check_hidden, check_packed_sequence, check_rule_state, expect_input,
-                     expect_positive_int, expect_tensor, zero_rule_state)
+                     expect_positive_int, expect_tensor, stacklevel_outside, zero_rule_state)
 from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
-from .paths import check_impl, choose_path, is_exporting
+from .paths import check_impl, choose_path, is_exporting, warn_if_experimental
 from .projection import input_drive
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
@@ -90,6 +90,7 @@ class RecurrentLayer(RuleModule):
             warnings.warn("dropout acts between layers: with num_layers=1 it does nothing", stacklevel=2)
         check_impl(impl, self.rule_type, type(self).__name__, projections=self.proj_size > 0,
                    recurrence=self.recurrence_type.name)
+        warn_if_experimental(impl, type(self).__name__, stacklevel=stacklevel_outside(("momentumrnn",)) + 1)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)

@@ -14,8 +14,9 @@ Paths (``impl``), all equal to the per-step reference to rounding, values and gr
 * ``"triton-loop"`` (the Nesterov RNN and LSTM, and the orthogonal layers' modReLU
   recurrence; CUDA): one GEMM and one Triton kernel a step, forward and backward, the steps
   replayed as CUDA graphs, or for small hidden sizes one persistent kernel per call
-  (``momentumrnn.triton_loop``, its engines). Chosen explicitly: ``"auto"`` does not take it
-  until it has been measured against the other paths on a GPU.
+  (``momentumrnn.triton_loop``, its engines). Experimental (``EXPERIMENTAL_IMPLS``): chosen
+  explicitly, with a warning; ``"auto"`` does not take it until it has been measured against
+  the other paths on a GPU.
 
 Under ``torch.func`` transforms (``jvp``, and any two at once, as in per-sample gradients),
 ``torch.jit.trace`` (and the ONNX exporter built on it) and ``torch.export``, every ``impl``
@@ -51,11 +52,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import warnings
 
 import torch
 
 __all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "LOOP_ENGINES",
-           "KERNEL_RECURRENCES", "allowed_paths", "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
+           "KERNEL_RECURRENCES", "EXPERIMENTAL_IMPLS", "allowed_paths", "warn_if_experimental", "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
            "loop_engine", "loop_engine_override"]
 
 #: Every value of a layer's ``impl``.
@@ -81,6 +83,21 @@ AUTO_WITH_PROJECTIONS = {"momentum": "fused", "restart": "fused", "adam": "fused
 #: ``impl="auto"`` takes there on every device.
 ORTHOGONAL_IMPLS = ("auto", "triton-loop", "reference")
 AUTO_ORTHOGONAL = "reference"
+
+
+#: Paths that have not run on a GPU yet, with what they lack: ``"auto"`` never takes them,
+#: and choosing one explicitly warns once per call site (``warn_if_experimental``).
+EXPERIMENTAL_IMPLS = {
+    "triton-loop": "its kernels have run under Triton's interpreter and compile for sm_90, but have not been "
+                   "timed or checked on a GPU",
+}
+
+
+def warn_if_experimental(impl: str, layer_name: str, stacklevel: int = 3) -> None:
+    """A ``UserWarning`` when ``impl`` is one of ``EXPERIMENTAL_IMPLS``."""
+    if impl in EXPERIMENTAL_IMPLS:
+        warnings.warn(f"{layer_name}(impl={impl!r}) is experimental: {EXPERIMENTAL_IMPLS[impl]}; impl='auto' takes "
+                      f"the measured paths", UserWarning, stacklevel=stacklevel)
 
 
 #: The recurrences (by name) that torch's fused kernels and the library's loops implement;

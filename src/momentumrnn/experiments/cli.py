@@ -55,7 +55,7 @@ _CONFIG_FLAGS = [
     ("--base-change-gradient", str, "orthogonal models: the gradient on the step after a change of base: clean "
                                     "(at A = 0, default) or authors (at the absorbed A, as the authors' code; "
                                     "paper preset)"),
-    ("--impl", str, "momentumrnn models: computation path, auto (default), loop, triton-loop (CUDA), reference, ... "
+    ("--impl", str, "momentumrnn models: computation path, auto (default), loop, triton-loop (CUDA, experimental), reference, ... "
                     "(every path gives the same numbers to rounding)"),
     ("--val-size", int, "validation examples (MNIST: held out of the training set, default 5000)"),
     ("--train-size", int, "training examples of a synthetic task (default 20000)"),
