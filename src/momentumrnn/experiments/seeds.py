@@ -284,13 +284,18 @@ def _plot_bands(task, groups, curves, metric, step, common, path) -> None:
     plt.close(figure)
 
 
+#: Keys that split groups but make no axis of a heatmap: how long the runs ran.
+_BUDGETS = ("epochs", "max_steps", "time_budget")
+
+
 def _heatmaps(groups: list[Group]) -> list[tuple[str, list[str]]]:
-    """(model, [key1, key2]) for every model whose groups differ in exactly two settings."""
+    """(model, [key1, key2]) for every model whose groups differ in exactly two settings,
+    neither of them a budget."""
     result = []
     for model in sorted({g.model for g in groups}):
         same = [g for g in groups if g.model == model]
         keys = _varying(same)
-        if len(same) > 2 and len(keys) == 2:
+        if len(same) > 2 and len(keys) == 2 and not set(keys) & set(_BUDGETS):
             result.append((model, keys))
     return result
 
