@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         "plus the --control runs, as `momentumrnn train` subprocesses, --jobs-per-device at a time on each "
         "device. Any other train flag (--max-steps, --preset, --lr, ...) is passed to every run. --resume "
         "continues a stopped sweep: finished runs are skipped, interrupted ones resumed.")
-    sweep.add_argument("--task", required=True)
+    sweep.add_argument("--task", required=True, help="the task of every run: smnist, psmnist, copy, adding, "
+                       "speech, timit or ptb (see `momentumrnn list`)")
     sweep.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated model names")
     sweep.add_argument("--seeds", default="0", metavar="0-2|0,3,7", help="seeds (default 0)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -204,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--control", action="append", default=[], choices=["mu0", "gain"],
                        help="for every point with momentum mu > 0: mu0 adds mu = 0 with the same s; gain adds "
                        "mu = 0 with s / (1 - mu), the same steady-state input gain (repeatable)")
-    sweep.add_argument("--out", required=True, metavar="SWEEP_DIR")
-    sweep.add_argument("--devices", default="cpu", metavar="cpu|cuda:0,cuda:1",
-                       help="where the runs go (default cpu)")
+    sweep.add_argument("--out", required=True, metavar="SWEEP_DIR",
+                       help="sweep directory to create (or to resume): one run directory per run, logs/ and "
+                       "sweep.json")
+    sweep.add_argument("--devices", metavar="cpu|cuda:0,cuda:1",
+                       help="where the runs go (default: every visible GPU, else cpu; as train's --device)")
     sweep.add_argument("--jobs-per-device", type=int, default=1, metavar="N",
                        help="runs at a time on each device (default 1; small RNNs share a GPU well)")
     sweep.add_argument("--preset", choices=["paper", "small"], help="as for train")
@@ -365,7 +368,7 @@ def _sweep(args, command) -> int:
         raise ConfigError(f"--models takes model names separated by commas, got {args.models!r}")
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device must be >= 1, got {args.jobs_per_device}")
-    devices = parse_devices(args.devices)
+    devices = parse_devices(args.devices if args.devices is not None else _default_devices())
     sweep = plan_sweep(args.task, models, parse_seeds(args.seeds), parse_grid(args.grid, flag_types),
                        args.control, args.train_flags, args.preset, overrides_of)
     for note in sweep.notes if not args.quiet else ():
@@ -377,6 +380,14 @@ def _sweep(args, command) -> int:
     check_devices(devices)
     return run_sweep(sweep, args.out, devices=devices, jobs_per_device=args.jobs_per_device, resume=args.resume,
                      command=command, quiet=args.quiet)
+
+
+def _default_devices() -> str:
+    """Every visible GPU, else the CPU: where ``train`` goes by default, for each run."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ",".join(f"cuda:{i}" for i in range(count)) if count else "cpu"
 
 
 def _train(args, parser, command) -> int:
