@@ -91,3 +91,18 @@ def test_docs_build_strictly(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "index.html").exists()
     assert "mnist" in (tmp_path / "site" / "toolkit" / "presets" / "index.html").read_text()
+
+def test_the_api_page_documents_every_public_class():
+    """Every class in momentumrnn.__all__ has a ``:::`` entry on docs/api.md or is a listed
+    member of one, and each layer page's classes have a section of their own."""
+    import momentumrnn as mrnn
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    documented = {line.split()[1].rsplit(".", 1)[-1] for line in text.splitlines() if line.startswith("::: ")}
+    for members in re.findall(r"members: \[([^\]]*)\]", text):
+        documented |= {m.strip() for m in members.split(",")}
+    classes = {name for name in mrnn.__all__ if isinstance(getattr(mrnn, name), type)}
+    assert classes - documented == set()
+    for title in ("### Momentum", "### Adam", "### RMSProp", "### Nesterov (SRLSTM)", "### Restart",
+                  "### Orthogonal (DTRIV)"):
+        assert title in text
