@@ -91,6 +91,17 @@ def test_docs_build_strictly(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "index.html").exists()
     assert "mnist" in (tmp_path / "site" / "toolkit" / "presets" / "index.html").read_text()
+    # equations typeset by the bundled KaTeX, nothing fetched from elsewhere
+    page = (tmp_path / "site" / "layers" / "momentum" / "index.html").read_text()
+    assert 'class="arithmatex"' in page and "assets/katex/katex.min.js" in page
+    assert (tmp_path / "site" / "assets" / "katex" / "fonts" / "KaTeX_Main-Regular.woff2").exists()
+    scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', page)
+    assert not [url for url in scripts if "katex" in url or "mathjax" in url.lower()], scripts
+    # the layer tables have a header row with words in it
+    for name in ("momentum", "adam", "rmsprop", "nesterov", "restart"):
+        html = (tmp_path / "site" / "layers" / name / "index.html").read_text()
+        assert "<th></th>" not in html, name
+
 
 def test_the_api_page_documents_every_public_class():
     """Every class in momentumrnn.__all__ has a ``:::`` entry on docs/api.md or is a listed
