@@ -161,8 +161,9 @@ def _run(module, x_dtype, hx_dtypes, autocast_dtype, cell):
 def test_output_dtypes_are_torchs(cls, autocast_dtype):
     """Each layer and cell returns, for every combination of input and state dtypes, the
     dtypes torch's layer or cell of the same recurrence returns under the same autocast.
-    torch's CPU nn.LSTM on float32 input takes oneDNN's path, which fails or differs by
-    processor; the reference is torch's path without oneDNN (that of its LSTMCell too)."""
+    torch's CPU nn.LSTM on float32 input takes oneDNN's path, which raises on a processor
+    without bfloat16 instructions; the reference is torch's path without oneDNN (that of
+    its LSTMCell too)."""
     cell = cls in CELL_CLASSES
     ours, twin = _ours(cls), _torch_twin(cls)
     for x_dtype, hx_dtypes in _cases(cls, autocast_dtype):

@@ -20,12 +20,13 @@ torch's ``nn.RNN``/``LSTM``/``GRU`` and their cells, ``tests/test_autocast.py``)
   since the zero state takes the input's dtype).
 * GRU: the autocast dtype promoted with the hidden state's dtype, ``h_t = (1 - z) n + z h_{t-1}``.
 
-(torch's CPU ``nn.LSTM`` on float32 input takes oneDNN's path where one is built, whose
-result depends on the processor; the dtypes above are those of torch's LSTMCell and of
-nn.LSTM's path without oneDNN.) A model whose parameters autocast leaves alone (float64)
-is left alone too, as torch's are: it computes and returns its own dtype. Autocast
-therefore changes the dtypes at the layer's boundary, not its arithmetic: values equal
-float32's, at float32's speed.
+(torch's CPU ``nn.LSTM`` on float32 input takes oneDNN's path: on a processor without
+bfloat16 instructions (AVX2) it raises "could not create a primitive descriptor" in torch
+2.13 (measured); its dtype elsewhere was not measured. The dtypes above are those of
+torch's LSTMCell and of nn.LSTM's path without oneDNN.) A model whose parameters autocast
+leaves alone (float64) is left alone too, as torch's are: it computes and returns its own
+dtype. Autocast therefore changes the dtypes at the layer's boundary, not its arithmetic:
+values equal float32's, at float32's speed.
 """
 
 from __future__ import annotations
