@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sweep directory to create (or to resume): one run directory per run, logs/ and "
                        "sweep.json")
     sweep.add_argument("--devices", metavar="cpu|cuda:0,cuda:1",
-                       help="where the runs go (default: every visible GPU, else cpu; as train's --device)")
+                       help="where the runs go (default: every visible GPU, else cpu)")
     sweep.add_argument("--jobs-per-device", type=int, default=1, metavar="N",
                        help="runs at a time on each device (default 1; small RNNs share a GPU well)")
     sweep.add_argument("--preset", choices=["paper", "small"], help="as for train")
