@@ -41,10 +41,13 @@ def on_page_markdown(markdown, page, config, files):
         markdown = markdown.replace("<!-- differences -->", "\n".join(rows))
     if "<!-- recipes -->" not in markdown:
         return markdown
-    from momentumrnn.experiments.presets import RECIPES
+    from momentumrnn.experiments.presets import EXPERIMENT_TASK, RECIPE_NOTES, RECIPES
 
-    rows = ["| experiment | model | H | settings |", "|---|---|---|---|"]
+    rows = ["| task | model | H | settings |", "|---|---|---|---|"]
     for recipe in RECIPES:
         settings = ", ".join(f"{k} {v}" for k, v in recipe.settings.items())
-        rows.append(f"| {recipe.experiment} | `{recipe.model}` | {', '.join(map(str, recipe.hidden))} | {settings} |")
+        note = RECIPE_NOTES.get((recipe.experiment, recipe.model))
+        settings += f" (note: {note})" if note else ""
+        rows.append(f"| {EXPERIMENT_TASK[recipe.experiment]} | `{recipe.model}` | "
+                    f"{', '.join(map(str, recipe.hidden))} | {settings} |")
     return markdown.replace("<!-- recipes -->", "\n".join(rows))

@@ -91,3 +91,29 @@ def test_docs_build_strictly(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "index.html").exists()
     assert "mnist" in (tmp_path / "site" / "toolkit" / "presets" / "index.html").read_text()
+    # equations typeset by the bundled KaTeX, nothing fetched from elsewhere
+    page = (tmp_path / "site" / "layers" / "momentum" / "index.html").read_text()
+    assert 'class="arithmatex"' in page and "assets/katex/katex.min.js" in page
+    assert (tmp_path / "site" / "assets" / "katex" / "fonts" / "KaTeX_Main-Regular.woff2").exists()
+    scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', page)
+    assert not [url for url in scripts if "katex" in url or "mathjax" in url.lower()], scripts
+    # the layer tables have a header row with words in it
+    for name in ("momentum", "adam", "rmsprop", "nesterov", "restart"):
+        html = (tmp_path / "site" / "layers" / name / "index.html").read_text()
+        assert "<th></th>" not in html, name
+
+
+def test_the_api_page_documents_every_public_class():
+    """Every class in momentumrnn.__all__ has a ``:::`` entry on docs/api.md or is a listed
+    member of one, and each layer page's classes have a section of their own."""
+    import momentumrnn as mrnn
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    documented = {line.split()[1].rsplit(".", 1)[-1] for line in text.splitlines() if line.startswith("::: ")}
+    for members in re.findall(r"members: \[([^\]]*)\]", text):
+        documented |= {m.strip() for m in members.split(",")}
+    classes = {name for name in mrnn.__all__ if isinstance(getattr(mrnn, name), type)}
+    assert classes - documented == set()
+    for title in ("### Momentum", "### Adam", "### RMSProp", "### Nesterov (SRLSTM)", "### Restart",
+                  "### Orthogonal (DTRIV)"):
+        assert title in text

@@ -204,6 +204,21 @@ def test_list_paper_shows_the_remaining_differences_with_their_reasons(capsys):
     from momentumrnn.experiments.presets import REMAINING_DIFFERENCES
 
     assert main(["list", "--preset", "paper"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())             # rows are wrapped
     assert REMAINING_DIFFERENCES and all(what in out and why in out for what, why in REMAINING_DIFFERENCES)
     assert "base_change_gradient=authors" in out and "permutation=authors" in out and "bptt_cap=False" in out
+
+
+def test_list_paper_speaks_of_tasks_in_rows_a_terminal_holds(capsys):
+    """The recipes by task name (smnist, not the authors' mnist), rows of at most 100
+    characters, and a word on the Penn Treebank MomentumLSTM's momentum 0."""
+    from momentumrnn.experiments.cli import main
+
+    assert main(["list", "--preset", "paper"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 100
+    tasks = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")
+             and not line.startswith("  - ")}
+    assert tasks == {"smnist", "psmnist", "timit", "ptb"}
+    ptb = "\n".join(lines[next(i for i, line in enumerate(lines) if "ptb      momentum-lstm" in line):])
+    assert "momentum=0.0" in ptb and "note: momentum=0.0 is the authors' setting" in ptb

@@ -218,6 +218,65 @@ def test_a_run_stopped_from_outside_makes_the_sweep_exit_1(tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
 
+def test_sweep_devices_default_to_every_visible_gpu_else_the_cpu(monkeypatch):
+    """As train picks CUDA when there is one: no --devices means every GPU, else the CPU."""
+    import torch
+
+    from momentumrnn.experiments import cli
+
+    parsed = cli.build_parser().parse_args(["sweep", "--task", "adding", "--models", "lstm", "--out", "x"])
+    assert parsed.devices is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli._default_devices() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert cli._default_devices() == "cuda:0,cuda:1"
+
+
+def test_the_progress_line_counts_the_runs_as_they_are(tmp_path, monkeypatch):
+    """Two slots, three runs: when the first ends, the freed slot takes the third before the
+    line is printed, so the line says 2 running, 0 waiting (not 1 running, 1 waiting)."""
+    import momentumrnn.experiments.sweep as sweep_module
+
+    alive, ends = set(), {"a": 1, "b": 6, "c": 3}        # polls until each run ends
+
+    class Process:
+        def __init__(self, name):
+            self.name, self.polls, self.returncode = name, 0, None
+            alive.add(name)
+
+        def poll(self):
+            self.polls += 1
+            if self.polls >= ends[self.name]:
+                self.returncode = 0
+                alive.discard(self.name)
+            return self.returncode
+
+    class Log:
+        def close(self):
+            pass
+
+    finished = set()
+    monkeypatch.setattr(sweep_module, "_launch", lambda sweep, point, out, device, threads: (
+        Process(point.name), Log(), time.time()))
+    monkeypatch.setattr(sweep_module, "_run_status", lambda run_dir: "finished" if run_dir.name in finished and
+                        run_dir.name not in alive else "new")
+    monkeypatch.setattr(sweep_module, "_lock_is_free", lambda run_dir: True)
+    monkeypatch.setattr(sweep_module.time, "sleep", lambda seconds: finished.update(alive))
+    plan = type("Plan", (), {"points": [type("Point", (), {"name": n})() for n in "abc"], "train_flags": []})()
+    lines = []
+
+    def say(line):
+        if "running" in line:
+            running = int(line.split(" running")[0].split()[-1])
+            lines.append(line.strip())
+            assert running == len(alive), (line, alive)
+
+    assert sweep_module._schedule(plan, tmp_path, ["cpu"], 2, say) == 0
+    assert lines[0] == "1 finished, 2 running, 0 failed, 0 stopped, 0 waiting"
+    assert lines[-1] == "3 finished, 0 running, 0 failed, 0 stopped, 0 waiting"
+
+
 def test_resume_names_a_lock_that_cannot_be_used_instead_of_waiting(finished, tmp_path):
     out = tmp_path / "sweep"
     shutil.copytree(finished, out)

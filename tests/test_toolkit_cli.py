@@ -29,6 +29,30 @@ def test_python_dash_m_and_the_light_library_import():
     assert result.returncode == 0, result.stderr
 
 
+def test_list_names_the_classes_in_rows_a_terminal_holds(capsys):
+    """Models by class name, no empty option list, no row longer than 100 characters."""
+    from momentumrnn.experiments.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "momentumrnn.AdamGRU" in out and "momentumrnn.MomentumLSTM" in out
+    assert "momentumrnn.MomentumOrthogonalRNN" in out and "LAYERS['" not in out.replace("ORTHOGONAL_LAYERS", "")
+    assert "[]" not in out and max(map(len, out.splitlines())) <= 100
+
+
+def test_train_help_is_grouped(capsys):
+    from momentumrnn.experiments.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    titles = [line[:-1] for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["options", "model", "rule", "orthogonal models", "task", "optimization", "evaluation",
+                      "run directory", "devices and distributed", "PTB only"]
+    assert out.index("--momentum MOMENTUM") > out.index("\nrule:") and out.index("--bptt BPTT") > out.index(
+        "\nPTB only:")
+
+
 def test_console_script_is_declared():
     text = (REPO / "pyproject.toml").read_text()
     assert 'momentumrnn = "momentumrnn.experiments.cli:main"' in text

@@ -14,6 +14,8 @@ step (zero velocity, step counter 1): carry it to run the rule over time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Literal, overload
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,6 +65,21 @@ class RecurrentCell(RuleModule):
     def hyperparameters(self) -> dict:
         """Hyperparameters in force (tensors for the learnable ones)."""
         return self._hyperparameters("")
+
+    if TYPE_CHECKING:       # a call's result by return_rule_state (h: Tensor, LSTM (h, c))
+        @overload
+        def __call__(self, input: Tensor, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: Literal[False] = False) -> Any: ...
+
+        @overload
+        def __call__(self, input: Tensor, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: Literal[True]) -> tuple[Any, RuleState]: ...
+
+        @overload
+        def __call__(self, input: Tensor, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: bool) -> Any: ...
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     @autocast_boundary
     def forward(self, input: Tensor, hx=None, *, rule_state: RuleState | None = None,
@@ -136,67 +153,153 @@ class MomentumRNNCell(_RNNCell):
     """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``h_t = tanh(v_t + U h_{t-1} + b_hh)``."""
     rule_type = MomentumRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, momentum: float = 0.6,
+                     step_size: float = 0.6) -> None: ...
+
 
 class AdamRNNCell(_RNNCell):
     """Adam rule on the RNN drive (see ``AdamRule``)."""
     rule_type = AdamRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, momentum: float = 0.6,
+                     step_size: float = 0.6, beta: float = 0.1) -> None: ...
 
 
 class RMSPropRNNCell(_RNNCell):
     """RMSProp rule on the RNN drive (see ``RMSPropRule``)."""
     rule_type = RMSPropRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, step_size: float = 0.6,
+                     beta: float = 0.9) -> None: ...
+
 
 class NesterovRNNCell(_RNNCell):
     """NAG with restart (see ``NesterovRule``); coupled to h."""
     rule_type = NesterovRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, step_size: float = 1.0,
+                     restart: int = 2) -> None: ...
 
 
 class RestartRNNCell(_RNNCell):
     """Input-only restarted momentum (see ``RestartRule``)."""
     rule_type = RestartRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, step_size: float = 1.0,
+                     restart: int = 2) -> None: ...
+
 
 class MomentumLSTMCell(RecurrentCell):
     """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``gates = v_t + U h_{t-1} + b_hh``; LSTM."""
     recurrence_type, rule_type = LSTMRecurrence, MomentumRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, momentum: float = 0.6, step_size: float = 0.6) -> None: ...
 
 
 class AdamLSTMCell(RecurrentCell):
     """Adam rule on the four gate drives (see ``AdamRule``)."""
     recurrence_type, rule_type = LSTMRecurrence, AdamRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, momentum: float = 0.6, step_size: float = 0.6,
+                     beta: float = 0.1) -> None: ...
+
 
 class RMSPropLSTMCell(RecurrentCell):
     """RMSProp rule on the four gate drives (see ``RMSPropRule``)."""
     recurrence_type, rule_type = LSTMRecurrence, RMSPropRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, step_size: float = 0.6, beta: float = 0.9) -> None: ...
 
 
 class NesterovLSTMCell(RecurrentCell):
     """The paper's SRLSTM cell: NAG with scheduled restart (see ``NesterovRule``)."""
     recurrence_type, rule_type = LSTMRecurrence, NesterovRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, step_size: float = 1.0, restart: int = 2) -> None: ...
+
 
 class RestartLSTMCell(RecurrentCell):
     """The authors' Penn Treebank NesterovLSTM: input-only restarted momentum (``RestartRule``)."""
     recurrence_type, rule_type = LSTMRecurrence, RestartRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, step_size: float = 1.0, restart: int = 2) -> None: ...
 
 
 class MomentumGRUCell(RecurrentCell):
     """Momentum on the three GRU input drives (see ``MomentumRule``, ``GRURecurrence``)."""
     recurrence_type, rule_type = GRURecurrence, MomentumRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, momentum: float = 0.6, step_size: float = 0.6) -> None: ...
+
 
 class AdamGRUCell(RecurrentCell):
     """Adam rule on the three GRU input drives."""
     recurrence_type, rule_type = GRURecurrence, AdamRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, momentum: float = 0.6, step_size: float = 0.6,
+                     beta: float = 0.1) -> None: ...
 
 
 class RMSPropGRUCell(RecurrentCell):
     """RMSProp rule on the three GRU input drives."""
     recurrence_type, rule_type = GRURecurrence, RMSPropRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, step_size: float = 0.6, beta: float = 0.9) -> None: ...
+
 
 class RestartGRUCell(RecurrentCell):
     """Input-only restarted momentum on the three GRU input drives."""
     recurrence_type, rule_type = GRURecurrence, RestartRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, step_size: float = 1.0, restart: int = 2) -> None: ...

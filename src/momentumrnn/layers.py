@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -180,6 +181,29 @@ class RecurrentLayer(RuleModule):
         return self._hyperparameters(f"_l{layer}{'_reverse' if reverse else ''}")
 
     # ------------------------------------------------------------------ forward
+    if TYPE_CHECKING:       # a call's result by its input and return_rule_state (h_n: Tensor, LSTM (h_n, c_n))
+        @overload
+        def __call__(self, input: Tensor, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: Literal[False] = False) -> tuple[Tensor, Any]: ...
+
+        @overload
+        def __call__(self, input: PackedSequence, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: Literal[False] = False) -> tuple[PackedSequence, Any]: ...
+
+        @overload
+        def __call__(self, input: Tensor, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: Literal[True]) -> tuple[Tensor, Any, RuleState]: ...
+
+        @overload
+        def __call__(self, input: PackedSequence, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: Literal[True]) -> tuple[PackedSequence, Any, RuleState]: ...
+
+        @overload
+        def __call__(self, input: Tensor | PackedSequence, hx: Any = None, *, rule_state: RuleState | None = None,
+                     return_rule_state: bool) -> tuple[Any, ...]: ...
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
     def forward(self, input, hx=None, *, rule_state: RuleState | None = None, return_rule_state: bool = False):
         """``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``), and the final ``RuleState``
         with ``return_rule_state=True``. Under ``torch.compile`` the call is one opaque op
@@ -479,67 +503,174 @@ class MomentumRNN(_RNNLayer):
     """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``h_t = tanh(v_t + U h_{t-1} + b_hh)``."""
     rule_type = MomentumRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                     bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, impl: str = "auto",
+                     proj_size: int = 0, momentum: float = 0.6, step_size: float = 0.6) -> None: ...
+
 
 class AdamRNN(_RNNLayer):
     """Adam rule (``AdamRule``) on the RNN drive."""
     rule_type = AdamRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                     bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, impl: str = "auto",
+                     proj_size: int = 0, momentum: float = 0.6, step_size: float = 0.6, beta: float = 0.1) -> None: ...
 
 
 class RMSPropRNN(_RNNLayer):
     """RMSProp rule (``RMSPropRule``) on the RNN drive."""
     rule_type = RMSPropRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                     bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, impl: str = "auto",
+                     proj_size: int = 0, step_size: float = 0.6, beta: float = 0.9) -> None: ...
+
 
 class NesterovRNN(_RNNLayer):
     """NAG with scheduled restart (``NesterovRule``), coupled to h."""
     rule_type = NesterovRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                     bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, impl: str = "auto",
+                     proj_size: int = 0, step_size: float = 1.0, restart: int = 2) -> None: ...
 
 
 class RestartRNN(_RNNLayer):
     """Input-only restarted momentum (``RestartRule``)."""
     rule_type = RestartRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                     bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     learnable: bool = False, init: str = "torch", forget_bias: float = 1.0, impl: str = "auto",
+                     proj_size: int = 0, step_size: float = 1.0, restart: int = 2) -> None: ...
+
 
 class MomentumLSTM(RecurrentLayer):
     """``v_t = mu v_{t-1} + s (W x_t + b_ih)``;  ``gates = v_t + U h_{t-1} + b_hh``; LSTM."""
     recurrence_type, rule_type = LSTMRecurrence, MomentumRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, momentum: float = 0.6,
+                     step_size: float = 0.6) -> None: ...
 
 
 class AdamLSTM(RecurrentLayer):
     """Adam rule (``AdamRule``) on the four gate drives."""
     recurrence_type, rule_type = LSTMRecurrence, AdamRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, momentum: float = 0.6,
+                     step_size: float = 0.6, beta: float = 0.1) -> None: ...
+
 
 class RMSPropLSTM(RecurrentLayer):
     """RMSProp rule (``RMSPropRule``) on the four gate drives."""
     recurrence_type, rule_type = LSTMRecurrence, RMSPropRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, step_size: float = 0.6,
+                     beta: float = 0.9) -> None: ...
 
 
 class NesterovLSTM(RecurrentLayer):
     """The paper's SRLSTM: NAG with scheduled restart (``NesterovRule``), coupled to h."""
     recurrence_type, rule_type = LSTMRecurrence, NesterovRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, step_size: float = 1.0,
+                     restart: int = 2) -> None: ...
+
 
 class RestartLSTM(RecurrentLayer):
     """The authors' Penn Treebank NesterovLSTM: input-only restarted momentum (``RestartRule``)."""
     recurrence_type, rule_type = LSTMRecurrence, RestartRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, step_size: float = 1.0,
+                     restart: int = 2) -> None: ...
 
 
 class MomentumGRU(RecurrentLayer):
     """Momentum on the three GRU input drives (``MomentumRule``, ``GRURecurrence``)."""
     recurrence_type, rule_type = GRURecurrence, MomentumRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, momentum: float = 0.6,
+                     step_size: float = 0.6) -> None: ...
+
 
 class AdamGRU(RecurrentLayer):
     """Adam rule on the three GRU input drives."""
     recurrence_type, rule_type = GRURecurrence, AdamRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, momentum: float = 0.6,
+                     step_size: float = 0.6, beta: float = 0.1) -> None: ...
 
 
 class RMSPropGRU(RecurrentLayer):
     """RMSProp rule on the three GRU input drives."""
     recurrence_type, rule_type = GRURecurrence, RMSPropRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, step_size: float = 0.6,
+                     beta: float = 0.9) -> None: ...
+
 
 class RestartGRU(RecurrentLayer):
     """Input-only restarted momentum on the three GRU input drives."""
     recurrence_type, rule_type = GRURecurrence, RestartRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                     device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                     nonlinearity: str | None = None, learnable: bool = False, init: str = "torch",
+                     forget_bias: float = 1.0, impl: str = "auto", proj_size: int = 0, step_size: float = 1.0,
+                     restart: int = 2) -> None: ...

@@ -42,7 +42,7 @@ import math
 import numbers
 import re
 import warnings
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -445,21 +445,49 @@ class MomentumOrthogonalRNN(OrthogonalRNN):
     rule_type = MomentumRule
     orthogonal_defaults = {"momentum": 0.6, "step_size": 0.9}
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, batch_first: bool = False,
+                     dropout: float = 0.0, bidirectional: bool = False, device: torch.device | str | int | None = None,
+                     dtype: torch.dtype | None = None, trivialization: int | float = math.inf, init: str = "cayley",
+                     learnable: bool = False, impl: str = "auto", base_change_gradient: str = "clean",
+                     momentum: float = 0.6, step_size: float = 0.9) -> None: ...
+
 
 class AdamOrthogonalRNN(OrthogonalRNN):
     """Adam rule (``AdamRule``) on ``W x_t``: ``d_t = v_t / sqrt(m_t + 1e-16)``."""
     rule_type = AdamRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, batch_first: bool = False,
+                     dropout: float = 0.0, bidirectional: bool = False, device: torch.device | str | int | None = None,
+                     dtype: torch.dtype | None = None, trivialization: int | float = math.inf, init: str = "cayley",
+                     learnable: bool = False, impl: str = "auto", base_change_gradient: str = "clean",
+                     momentum: float = 0.6, step_size: float = 0.6, beta: float = 0.1) -> None: ...
 
 
 class RMSPropOrthogonalRNN(OrthogonalRNN):
     """RMSProp rule (``RMSPropRule``, Adam with mu = 0) on ``W x_t``."""
     rule_type = RMSPropRule
 
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, batch_first: bool = False,
+                     dropout: float = 0.0, bidirectional: bool = False, device: torch.device | str | int | None = None,
+                     dtype: torch.dtype | None = None, trivialization: int | float = math.inf, init: str = "cayley",
+                     learnable: bool = False, impl: str = "auto", base_change_gradient: str = "clean",
+                     step_size: float = 0.6, beta: float = 0.9) -> None: ...
+
 
 class RestartOrthogonalRNN(OrthogonalRNN):
     """The authors' NesterovDTRIV: input-only restarted momentum (``RestartRule``),
     ``v_t = ((k'-1)/(k'+2)) v_{t-1} + s W x_t``."""
     rule_type = RestartRule
+
+    if TYPE_CHECKING:                       # the constructor's arguments, for type checkers
+        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, batch_first: bool = False,
+                     dropout: float = 0.0, bidirectional: bool = False, device: torch.device | str | int | None = None,
+                     dtype: torch.dtype | None = None, trivialization: int | float = math.inf, init: str = "cayley",
+                     learnable: bool = False, impl: str = "auto", base_change_gradient: str = "clean",
+                     step_size: float = 1.0, restart: int = 2) -> None: ...
 
 
 #: The orthogonal layers by rule name, e.g. ``ORTHOGONAL_LAYERS["momentum"] is MomentumOrthogonalRNN``.

@@ -42,3 +42,14 @@ def catch(layer: torch.nn.Module, x: Tensor) -> str:
 
 
 LAYER: type[mrnn.RecurrentLayer] = mrnn.LAYERS["lstm", "momentum"]
+
+
+def typed_calls(x: Tensor) -> Tensor:
+    layer = mrnn.MomentumGRU(8, 16, momentum=0.3, step_size=0.5)
+    out, h_n = layer(x)
+    out_again, _, state = layer(x, h_n, return_rule_state=True)
+    steps: Tensor = state.steps
+    cell = mrnn.AdamLSTMCell(8, 16, beta=0.2)
+    (h, c), cell_state = cell(x[0], return_rule_state=True)
+    assert isinstance(cell_state, RuleState)
+    return out + out_again + steps.sum() + h

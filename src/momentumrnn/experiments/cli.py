@@ -93,6 +93,59 @@ _CONFIG_FLAGS = [
 ]
 
 
+#: ``momentumrnn train --help`` in groups: (title, description, flags of ``_CONFIG_FLAGS``).
+_TRAIN_GROUPS = [
+    ("model", "the model and its initialization (--model names it)",
+     ["--hidden-size", "--num-layers", "--init", "--forget-bias", "--impl"]),
+    ("rule", "the rule's hyperparameters, for momentumrnn models (default: the layer's; see `momentumrnn list`)",
+     ["--momentum", "--step-size", "--beta", "--restart"]),
+    ("orthogonal models", "dtriv and the *-dtriv models",
+     ["--orthogonal-init", "--trivialization", "--lr-orth", "--base-change-gradient"]),
+    ("task", "the task's data (--task names it; options of each task: `momentumrnn list`)",
+     ["--data-seed", "--train-size", "--val-size", "--test-size", "--delay", "--length", "--permutation-seed",
+      "--permutation", "--normalize", "--train-subset"]),
+    ("optimization", None,
+     ["--seed", "--epochs", "--max-steps", "--batch-size", "--optimizer", "--lr", "--alpha", "--weight-decay",
+      "--clip"]),
+    ("evaluation", None, ["--eval-every", "--eval-batch-size", "--val-subset", "--test-subset"]),
+    ("run directory", "what a run writes into RUN_DIR, and when",
+     ["--log-every", "--checkpoint-every"]),
+    ("devices and distributed", "data-parallel training starts under torchrun (`torchrun --nproc_per_node N -m "
+     "momentumrnn train ...`): each rank takes a shard of --batch-size, on cuda:LOCAL_RANK with CUDA",
+     ["--threads"]),
+    ("PTB only", "word-level language model settings of --task ptb",
+     ["--bptt", "--variable-bptt", "--bptt-cap", "--emb-size", "--tied", "--dropout", "--dropouth", "--dropouti",
+      "--dropoute", "--wdrop", "--ar", "--tar", "--lr-anneal", "--nonmono", "--test-batch-size",
+      "--restart-counter"]),
+]
+
+
+def _add_train_arguments(train: argparse.ArgumentParser) -> None:
+    """``momentumrnn train``'s flags, in argument groups."""
+    groups = {title: train.add_argument_group(title, text) for title, text, _ in _TRAIN_GROUPS}
+    groups["model"].add_argument("--model", help="lstm, momentum-lstm, adam-lstm, ... (see `momentumrnn list`)")
+    groups["task"].add_argument("--task", help="smnist, psmnist, copy, adding, speech, timit or ptb "
+                                "(see `momentumrnn list`)")
+    groups["task"].add_argument("--data-dir", metavar="DIR", help="data root with mnist/, ptb/, fsdd/ "
+                                "(default $MOMENTUMRNN_DATA, else a per-user cache)")
+    groups["task"].add_argument("--no-download", dest="download", action="store_const", const=False,
+                                help="never download missing data files")
+    train.add_argument("--preset", choices=["paper", "small"], help="paper: the authors' settings for this task "
+                       "and model; small: ptb's classic small model (settings: `momentumrnn list --preset NAME`)")
+    groups["optimization"].add_argument("--time-budget", type=_duration, metavar="SECONDS", help="stop training "
+                                        "after this much time (summed over resumes); 90, 90s, 15m, 2h")
+    run_dir = groups["run directory"]
+    run_dir.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or to resume)")
+    run_dir.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest "
+                         "checkpoint")
+    run_dir.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    groups["devices and distributed"].add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when "
+                                                   "available; under torchrun each rank's cuda:LOCAL_RANK)")
+    where = {flag: title for title, _, flags in _TRAIN_GROUPS for flag in flags}
+    for flag, kind, text in _CONFIG_FLAGS:
+        groups[where[flag]].add_argument(flag, type=kind, help=text)
+
+
 def _yes_no(text: str) -> bool:
     value = text.strip().lower()
     if value in ("yes", "true", "1", "on"):
@@ -129,24 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one model on one task into a run directory",
+                                usage="momentumrnn train --task TASK --model MODEL --out RUN_DIR [options]\n"
+                                      "       momentumrnn train --out RUN_DIR --resume [options]",
                                 description="Train one model on one task. Settings: defaults < --preset paper "
                                 "< explicit flags; the run records the resolved configuration in config.json.")
-    train.add_argument("--task", help="smnist, psmnist, copy, adding, speech, timit or ptb (see `momentumrnn list`)")
-    train.add_argument("--model", help="lstm, momentum-lstm, adam-lstm, ... (see `momentumrnn list`)")
-    train.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or to resume)")
-    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--preset", choices=["paper", "small"],
-                       help="paper: the authors' settings for this task and model; small: ptb's classic small model")
-    train.add_argument("--data-dir", metavar="DIR",
-                       help="data root with mnist/, ptb/, fsdd/ (default $MOMENTUMRNN_DATA, else a per-user cache)")
-    train.add_argument("--no-download", dest="download", action="store_const", const=False,
-                       help="never download missing data files")
-    train.add_argument("--time-budget", type=_duration, metavar="SECONDS",
-                       help="stop training after this much time (summed over resumes); 90, 90s, 15m, 2h")
-    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    for flag, kind, text in _CONFIG_FLAGS:
-        train.add_argument(flag, type=kind, help=text)
+    _add_train_arguments(train)
 
     sweep = commands.add_parser(
         "sweep", allow_abbrev=False,          # its unknown flags go to train: --seed must not mean --seeds
@@ -156,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         "plus the --control runs, as `momentumrnn train` subprocesses, --jobs-per-device at a time on each "
         "device. Any other train flag (--max-steps, --preset, --lr, ...) is passed to every run. --resume "
         "continues a stopped sweep: finished runs are skipped, interrupted ones resumed.")
-    sweep.add_argument("--task", required=True)
+    sweep.add_argument("--task", required=True, help="the task of every run: smnist, psmnist, copy, adding, "
+                       "speech, timit or ptb (see `momentumrnn list`)")
     sweep.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated model names")
     sweep.add_argument("--seeds", default="0", metavar="0-2|0,3,7", help="seeds (default 0)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -164,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--control", action="append", default=[], choices=["mu0", "gain"],
                        help="for every point with momentum mu > 0: mu0 adds mu = 0 with the same s; gain adds "
                        "mu = 0 with s / (1 - mu), the same steady-state input gain (repeatable)")
-    sweep.add_argument("--out", required=True, metavar="SWEEP_DIR")
+    sweep.add_argument("--out", required=True, metavar="SWEEP_DIR",
+                       help="sweep directory to create (or to resume): one run directory per run, logs/ and "
+                       "sweep.json")
     sweep.add_argument("--devices", metavar="cpu|cuda:0,cuda:1",
-                       help="local launcher: where the runs go (default cpu)")
+                       help="local launcher: where the runs go (default: every visible GPU, else cpu)")
     sweep.add_argument("--jobs-per-device", type=int, metavar="N",
                        help="local launcher: runs at a time on each device (default 1; small RNNs share a GPU well)")
     sweep.add_argument("--preset", choices=["paper", "small"], help="as for train")
@@ -373,14 +416,22 @@ def _launcher(args):
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: not a setting of --launcher {args.launcher}")
     if args.launcher == "local":
-        return LocalLauncher(parse_devices(args.devices or "cpu"), 1 if args.jobs_per_device is None
-                             else args.jobs_per_device)
+        return LocalLauncher(parse_devices(args.devices if args.devices is not None else _default_devices()),
+                             1 if args.jobs_per_device is None else args.jobs_per_device)
     minutes = None if args.slurm_time is None else max(1, math.ceil(args.slurm_time / 60))
     return SubmititLauncher("slurm" if args.launcher == "slurm" else "local", partition=args.slurm_partition,
                             time_min=minutes, gpus_per_job=args.slurm_gpus_per_job or 0,
                             cpus_per_job=args.slurm_cpus_per_job, setup=args.slurm_setup,
                             points_per_job=1 if args.points_per_job is None else args.points_per_job,
                             wait=not args.no_wait)
+
+
+def _default_devices() -> str:
+    """Every visible GPU, else the CPU: where ``train`` goes by default, for each run."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ",".join(f"cuda:{i}" for i in range(count)) if count else "cpu"
 
 
 def _train(args, parser, command) -> int:
@@ -419,13 +470,14 @@ def _gradients(args) -> int:
 
 
 def _list(preset: str | None) -> int:
+    from .. import ORTHOGONAL_LAYERS, LAYERS
     from .models import MODELS
-    from .presets import NAMED_PRESETS, recipe_table, remaining_differences
+    from .presets import NAMED_PRESETS, recipe_table, remaining_differences, wrapped
     from .tasks import TASKS
 
     if preset == "paper":
-        print("--preset paper: the authors' recipes (experiment, model, hidden sizes, settings); "
-              "trivialization 0 = never change the base")
+        print(wrapped("", "--preset paper: the authors' recipes (task, model, hidden sizes, settings); "
+                      "trivialization 0 = never change the base"))
         print("\n".join(recipe_table()))
         print("where a --preset paper run still differs from the authors' scripts, and why:")
         print("\n".join(remaining_differences()))
@@ -433,22 +485,23 @@ def _list(preset: str | None) -> int:
     if preset is not None:
         for (task, name), (settings, experiment, text) in NAMED_PRESETS.items():
             if name == preset:
-                print(f"--preset {name} ({task}: {text}):")
-                print("  " + ", ".join(f"{k}={v}" for k, v in settings.items())
-                      + f"; rule settings of the paper's {experiment} recipes")
+                print(wrapped("", f"--preset {name} ({task}: {text}):"))
+                print(wrapped("  ", ", ".join(f"{k}={v}" for k, v in settings.items())
+                              + f"; rule settings of the paper's {experiment} recipes"))
         return 0
     print("tasks:")
     for name, task in TASKS.items():
         options = ", ".join(f"{k}={v}" for k, v in task.options.items())
-        print(f"  {name:10s} {task.description} [{options}]")
+        print(wrapped(f"  {name:10s} ", task.description + (f" [{options}]" if options else "")))
     print("models:")
     for name, (recurrence, rule) in MODELS.items():
         if rule is None:
             where = f"torch.nn.{recurrence.upper()}"
         elif recurrence == "orthogonal":
-            where = f"momentumrnn.ORTHOGONAL_LAYERS[{rule!r}] (two optimizers, change of base every K steps)"
+            where = (f"momentumrnn.{ORTHOGONAL_LAYERS[rule].__name__} (ORTHOGONAL_LAYERS[{rule!r}]; two "
+                     f"optimizers, change of base every K steps)")
         else:
-            where = f"momentumrnn.LAYERS[{recurrence!r}, {rule!r}]"
-        print(f"  {name:16s} {where}")
+            where = f"momentumrnn.{LAYERS[recurrence, rule].__name__}"
+        print(wrapped(f"  {name:16s} ", where))
     print("presets: `momentumrnn list --preset paper` (the authors' recipes), `--preset small` (ptb)")
     return 0

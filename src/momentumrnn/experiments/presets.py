@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Recipe", "RECIPES", "TASK_EXPERIMENT", "DEFAULT_HIDDEN", "PUBLISHED", "NAMED_PRESETS", "LOGGED_RULES",
+__all__ = ["Recipe", "RECIPES", "TASK_EXPERIMENT", "EXPERIMENT_TASK", "RECIPE_NOTES", "DEFAULT_HIDDEN", "PUBLISHED", "NAMED_PRESETS", "LOGGED_RULES",
            "REMAINING_DIFFERENCES", "remaining_differences",
            "paper_preset", "published", "named_preset", "recipe_table"]
 
@@ -304,18 +304,43 @@ REMAINING_DIFFERENCES = [
 ]
 
 
+#: The task of each experiment's recipes, the name a user gives ``--task``.
+EXPERIMENT_TASK = {"mnist": "smnist", "pmnist": "psmnist", "timit": "timit", "ptb": "ptb"}
+
+#: A word on recipe settings that look like a slip: (experiment, model) -> note.
+RECIPE_NOTES = {
+    ("ptb", "momentum-lstm"): "momentum=0.0 is the authors' setting, not a missing value: their published "
+                              "Penn Treebank MomentumLSTM (test perplexity 58.62) ran with mu 0 and s .6, so "
+                              "v_t = s u_t, an LSTM whose input drive is scaled by s",
+}
+
+#: Width of ``momentumrnn list`` rows.
+WIDTH = 100
+
+
+def wrapped(head: str, text: str, width: int = WIDTH) -> str:
+    """``head`` then ``text`` wrapped at ``width``, continued under the text's first column."""
+    import textwrap
+
+    lines = textwrap.wrap(text, max(20, width - len(head)), break_on_hyphens=False) or [""]
+    return "\n".join([head + lines[0], *(" " * len(head) + line for line in lines[1:])])
+
+
 def remaining_differences() -> list[str]:
-    """``REMAINING_DIFFERENCES``, one line each (``momentumrnn list --preset paper``)."""
-    return [f"  - {what} (kept: {why})" for what, why in REMAINING_DIFFERENCES]
+    """``REMAINING_DIFFERENCES``, one item each, wrapped (``momentumrnn list --preset paper``)."""
+    return [wrapped("  - ", f"{what} (kept: {why})") for what, why in REMAINING_DIFFERENCES]
 
 
 def recipe_table() -> list[str]:
-    """The recipes, one line each (``momentumrnn list --preset paper``)."""
+    """The recipes, one item each, wrapped (``momentumrnn list --preset paper``), by task
+    name; a note under a setting that needs one."""
     lines = []
     for recipe in RECIPES:
         sizes = ", ".join(map(str, recipe.hidden))
         settings = ", ".join(f"{k}={v}" for k, v in recipe.settings.items())
-        lines.append(f"  {recipe.experiment:7s} {recipe.model:15s} H {sizes:12s} {settings}")
+        head = f"  {EXPERIMENT_TASK[recipe.experiment]:8s} {recipe.model:15s} H {sizes:12s} "
+        note = RECIPE_NOTES.get((recipe.experiment, recipe.model))
+        lines.append(wrapped(head, settings) + ("\n" + wrapped(" " * len(head) + "note: ", note) if note else ""))
     return lines
 
 

@@ -411,7 +411,12 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
                 say(f"FAILED {point.name}: {error}")
         return None
 
+    def progress():
+        say(f"  {len(done)} finished, {len(running)} running, {len(failed)} failed, "
+            f"{len(unfinished)} stopped, {len(pending)} waiting")
+
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ended = False               # a run ended since the last progress line
     try:
         while pending or running:
             free = [i for i in range(len(slots)) if i not in running]
@@ -422,6 +427,9 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
                 if point is None:                       # the runs left are held by exiting processes
                     break
                 running[slot] = _launch(sweep, point, out, slots[slot], threads) + (point,)
+            if ended:                                   # counted once the freed slots took their next runs
+                progress()
+                ended = False
             time.sleep(0.1)
             for slot, (process, log, started, point) in list(running.items()):
                 if process.poll() is None:
@@ -442,10 +450,11 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
                     failed.append(point.name)
                     say(f"FAILED {point.name} (exit status {process.returncode}, run {status}); the end of "
                         f"{out / 'logs' / (point.name + '.log')}:\n" + _tail(out / "logs" / (point.name + ".log")))
-                say(f"  {len(done)} finished, {len(running)} running, {len(failed)} failed, "
-                    f"{len(unfinished)} stopped, {len(pending)} waiting")
+                ended = True
             if stop["signal"] and not running:
                 break
+        if ended:
+            progress()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
