@@ -6,6 +6,8 @@ float64 ``atol=1e-10, rtol=1e-9``; float32 ``atol=1e-5, rtol=1e-4``) and with ea
 float64 to ``atol=1e-12``.
 """
 
+import pathlib
+import tempfile
 import warnings
 
 import pytest
@@ -189,3 +191,29 @@ def test_without_a_backward_the_kernels_keep_one_step(key, time):
     for field in ("velocity", "second_moment", "steps"):
         a, b = getattr(kept[2], field), getattr(recorded[2], field)
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_a_failed_build_names_its_cause_at_the_users_line(monkeypatch):
+    command = ("Error building extension 'momentumrnn_cpu': [1/2] c++ -MMD -MF lstm_steps.o.d -O3 -fno-math-errno "
+               "-c lstm_steps.cpp -o lstm_steps.o\nFAILED: lstm_steps.o\n/bin/sh: 1: c++: not found\n")
+
+    def fail(**kwargs):
+        raise RuntimeError(command)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fail)
+    monkeypatch.setattr(cpu_kernels, "build_directory", lambda: pathlib.Path(tempfile.mkdtemp()))
+    cpu_kernels._build.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning) as caught:
+            mrnn.AdamLSTM(2, 3, impl="loop")(torch.randn(5, 1, 2))                # this line
+    finally:
+        cpu_kernels._build.cache_clear()
+    warning = next(w for w in caught if "could not be built" in str(w.message))
+    assert warning.filename == __file__
+    assert "(/bin/sh: 1: c++: not found)" in str(warning.message) and "-MMD" not in str(warning.message)
+
+
+def test_the_first_build_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kwargs: None)
+    monkeypatch.setattr(cpu_kernels, "build_directory", lambda: pathlib.Path(tempfile.mkdtemp()))
+    assert cpu_kernels._build.__wrapped__() is True
+    assert "momentumrnn: building the CPU step kernels once (about 20 s" in capsys.readouterr().err

@@ -10,9 +10,10 @@ per step over the states and the drive, and over their adjoint. They are registe
 torch ops ``momentumrnn_cpu::*``.
 
 They are compiled by ``torch.utils.cpp_extension`` the first time a loop needs them (about
-20 seconds; the build is cached under torch's extensions directory, by torch version) and
-need a C++ compiler and ninja. Where the build fails, the loops run as torch ops, as they do
-with ``paths.loop_engine_override("torch")``, and one warning says why. Builds in several
+20 seconds, announced by one line on stderr; the build is cached under torch's extensions
+directory, by torch version) and need a C++ compiler and ninja. Where the build fails, the
+loops run as torch ops, as they do with ``paths.loop_engine_override("torch")``, and one
+warning at the user's line says why (the compiler's error, or the missing tool). Builds in several
 processes at once wait for one another; one killed while building does not block the next.
 """
 
@@ -86,20 +87,36 @@ def _exclusive(directory: Path):
 @functools.lru_cache(maxsize=None)
 def _build() -> bool:
     from torch.utils import cpp_extension
+
+    from .checks import stacklevel_outside
     directory = build_directory()
     started = time.perf_counter()
     try:
         with _exclusive(directory):
+            if not (directory / f"{_name()}.so").exists():      # the first use on this machine
+                print(f"momentumrnn: building the CPU step kernels once (about 20 s; kept in {directory})",
+                      file=sys.stderr, flush=True)
             cpp_extension.load(name=_name(), sources=[str(SOURCE)], extra_cflags=_flags(), is_python_module=False,
                                build_directory=str(directory), verbose=False)
     except Exception as error:      # no compiler, no ninja, a failed build: the loops keep their torch ops
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        warnings.warn(f"momentumrnn: the CPU step kernels could not be built ({first_line}); the LSTM loops run "
-                      f"as torch ops instead (correct, slower at small batches)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"momentumrnn: the CPU step kernels could not be built ({build_failure(error)}); the LSTM "
+                      f"loops run as torch ops instead (correct, slower at small batches)", RuntimeWarning,
+                      stacklevel=stacklevel_outside(("momentumrnn", "torch", "functools", "contextlib")))
         return False
     finally:
         _seconds["build"] = time.perf_counter() - started
     return True
+
+
+def build_failure(error: BaseException) -> str:
+    """The cause of a failed build in one line: the compiler's first ``error:`` line, or a
+    missing tool, rather than the whole compile command the exception starts with."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for pattern in ("error:", "Ninja is required", "command not found", "No such file", "not found"):
+        hit = next((line for line in lines if pattern in line), None)
+        if hit is not None:
+            return hit[hit.index("error:"):] if pattern == "error:" else hit[:300]
+    return (lines[0][:300] if lines else type(error).__name__)
 
 
 def build_seconds() -> float:

@@ -189,7 +189,7 @@ def seed_section(task: str, groups: list[Group], thresholds: tuple[float, ...] |
               f"the threshold counts as later than any), the range of the seeds that reached it and how many did. "
               f"Shared settings: {common}.", ""]
     figure = f"{safe_name(task)}_seeds.png"
-    _plot_bands(task, groups, curves, metric, step, common, out / figure)
+    _plot_bands(task, groups, curves, metric, step, common, out / figure, baseline)
     lines += [f"![{task}: validation {metric}, mean and range over seeds]({figure})", ""]
     for model, keys in _heatmaps(groups):
         name = f"{safe_name(task)}_{safe_name(model)}_heatmap.png"
@@ -254,7 +254,7 @@ def _common_settings(groups: list[Group]) -> str:
     return ", ".join(parts) or "none of note"
 
 
-def _plot_bands(task, groups, curves, metric, step, common, path) -> None:
+def _plot_bands(task, groups, curves, metric, step, common, path, baseline=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,6 +275,8 @@ def _plot_bands(task, groups, curves, metric, step, common, path) -> None:
                               color=line.get_color(), linewidth=0)
     if step:
         axis.axvline(step, color="gray", linestyle=":", linewidth=1, label=f"equal step {step:,}")
+    if baseline is not None:
+        axis.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="input-blind baseline")
     axis.set(title=f"{task}: validation {metric}, mean over seeds (band: min to max)\n{common}",
              xlabel="optimizer step", ylabel=f"validation {metric}")
     axis.grid(alpha=0.3)
