@@ -65,3 +65,24 @@ def pytest_configure(config):
     else:
         # Triton's interpreter (tests/test_triton_kernels.py) must be chosen before triton is imported.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+#: The modules of the slow tier: end-to-end runs (training, sweeps, the docs' examples,
+#: distributed), PyTorch's own suites, compilers (Triton, torch.compile, mypy) and exhaustive
+#: grids. ``pytest -m "not slow"`` runs the rest, the core contract: every layer on every path
+#: against the references, the plain cells, packed input and rule state, validation, the
+#: presets and the command line's basics (docs/development.md). Single slow tests of the core
+#: modules carry ``@pytest.mark.slow`` themselves.
+SLOW_MODULES = {
+    "test_authors_training", "test_autocast", "test_benchmarks", "test_compile", "test_cpu_kernels", "test_cuda",
+    "test_distributed", "test_docs", "test_evidence", "test_gradcheck", "test_gradient_command", "test_gradients",
+    "test_orthogonal", "test_ptb", "test_run_safety", "test_speech", "test_sweep", "test_toolkit_data",
+    "test_toolkit_tasks", "test_toolkit_train", "test_torch_contract", "test_torch_module_inputs",
+    "test_torch_nn_checks", "test_torch_suite_plugin", "test_triton_kernels", "test_triton_loop", "test_typing",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

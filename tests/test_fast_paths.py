@@ -260,6 +260,7 @@ def test_modifying_the_output_in_place_is_detected(key):
         out.mul_(2.0).sum().backward()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "nesterov"), ("rnn", "nesterov"), ("gru", "rmsprop")],
                          ids=layer_id)
 def test_loop_backward_over_several_chunks(key):
@@ -371,6 +372,7 @@ def test_fused_input_widths(key, input_size):
     assert_same_values_and_gradients(fast, ref, lambda m: m(x, return_rule_state=True), [x], torch.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [("lstm", "adam"), ("lstm", "rmsprop"), ("gru", "adam"), ("gru", "rmsprop"),
                                  ("rnn", "adam")], ids=layer_id)
 def test_adam_loop_over_several_chunks_learnable_and_carried(key):

@@ -104,6 +104,7 @@ def test_adam_scan_keeps_the_initial_state():
     assert torch.equal(v0, copies[0]) and torch.equal(m0, copies[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.5, "learnable"])
 def test_adam_scan_keeping_or_recomputing_the_states(keep, momentum):
