@@ -439,6 +439,21 @@ def test_torch_export_equals_eager(which):
         program.module()(torch.randn(9, 2, 3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam"), ("lstm", "nesterov"),
+                                   mrnn.MomentumOrthogonalRNN], ids=lambda w: getattr(w, "__name__", str(w)))
+def test_strict_torch_export_is_refused_by_dynamo(which):
+    """``torch.export.export(..., strict=True)`` traces the layer's Python with dynamo, which
+    stops at the layer's check for ``torch.func`` transforms (torch 2.13: "Attempted to call
+    function marked as skipped"); the default, ``strict=False``, exports (above). If this
+    starts to pass, the docs' statement of the condition (``docs/torch-tools.md``) is out of date."""
+    from torch._dynamo.exc import Unsupported
+    layer = make(which)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    with pytest.raises(Unsupported, match="marked as skipped"):
+        torch.export.export(Outputs(layer), (x,), strict=True)
+    torch.export.export(torch.nn.LSTM(3, 4).double(), (x,), strict=True)     # torch's layer exports
+
+
 TIME = torch.export.Dim("T", min=1, max=100_000)
 
 
