@@ -84,6 +84,21 @@ def test_dynamic_lengths_compile_once_with_inductor():
     assert counter.frame_count == 1
 
 
+def test_a_length_of_one_compiles_one_graph_more():
+    """torch specializes a size of 1 even where the dimension is dynamic: with
+    ``dynamic=True`` lengths 5 and 9 share a graph and length 1 compiles its own; later
+    lengths reuse the dynamic one."""
+    torch._dynamo.reset()
+    layer = mrnn.MomentumLSTM(3, 8)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True, dynamic=True)
+    frames = []
+    for time in (5, 9, 1, 3):
+        compiled(torch.randn(time, 2, 3))
+        frames.append(counter.frame_count)
+    assert frames == [1, 1, 2, 2], frames
+
+
 @pytest.mark.parametrize("which", [("lstm", "adam"), ("gru", "momentum"), mrnn.AdamOrthogonalRNN], ids=name)
 def test_arguments_and_layouts(which):
     """Two layers, both directions, batch_first; unbatched; hx and a carried rule state that

@@ -359,6 +359,32 @@ def test_torch_func_vmap_over_an_ensemble_runs_one_call_per_model(monkeypatch):
     torch.testing.assert_close(got, want, **TOL)
 
 
+@pytest.mark.parametrize("cls", [mrnn.MomentumOrthogonalRNN, mrnn.OrthogonalRNN])
+def test_torch_func_vmap_over_an_ensemble_of_orthogonal_layers(cls):
+    """An orthogonal layer's class is made per instance by its parametrization, so
+    ``stack_module_state`` refuses a list of them; parameters and buffers stacked by name
+    (the buffers hold each model's ``base``) give each model's output and gradients."""
+    models = [cls(3, 4, dtype=torch.float64) for _ in range(3)]
+    with pytest.raises(RuntimeError, match="same class"):
+        torch.func.stack_module_state(models)
+    params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+              for name, _ in models[0].named_parameters()}
+    buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models])
+               for name, _ in models[0].named_buffers()}
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    want = torch.stack([model(x)[0] for model in models])
+
+    def outputs(p, b):
+        return torch.func.functional_call(models[0], (p, b), (x,))[0]
+    torch.testing.assert_close(torch.func.vmap(outputs)(params, buffers), want, **TOL)
+    grads = torch.func.grad(lambda p: torch.func.vmap(outputs)(p, buffers).pow(2).sum())(params)
+    for i, model in enumerate(models):
+        model.zero_grad()
+        model(x)[0].pow(2).sum().backward()
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(grads[name][i], parameter.grad, **TOL)
+
+
 def test_double_backward_through_a_vmapped_call_fails_loudly():
     layer = make(("lstm", "adam"))
     xs = torch.randn(2, 5, 1, 3, dtype=torch.float64, requires_grad=True)
@@ -411,6 +437,21 @@ def test_torch_export_equals_eager(which):
     torch.testing.assert_close(program.module()(x2), layer(x2)[0], **TOL)
     with pytest.raises(Exception):                   # the sequence length is fixed at export: loud
         program.module()(torch.randn(9, 2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("which", [("lstm", "momentum"), ("lstm", "adam"), ("lstm", "nesterov"),
+                                   mrnn.MomentumOrthogonalRNN], ids=lambda w: getattr(w, "__name__", str(w)))
+def test_strict_torch_export_is_refused_by_dynamo(which):
+    """``torch.export.export(..., strict=True)`` traces the layer's Python with dynamo, which
+    stops at the layer's check for ``torch.func`` transforms (torch 2.13: "Attempted to call
+    function marked as skipped"); the default, ``strict=False``, exports (above). If this
+    starts to pass, the docs' statement of the condition (``docs/torch-tools.md``) is out of date."""
+    from torch._dynamo.exc import Unsupported
+    layer = make(which)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    with pytest.raises(Unsupported, match="marked as skipped"):
+        torch.export.export(Outputs(layer), (x,), strict=True)
+    torch.export.export(torch.nn.LSTM(3, 4).double(), (x,), strict=True)     # torch's layer exports
 
 
 TIME = torch.export.Dim("T", min=1, max=100_000)

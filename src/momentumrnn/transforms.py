@@ -9,6 +9,8 @@ its backward runs the kept graph backward. The gradients are those of ``loss.bac
 the same path. A backward that comes batched (``jacrev``, ``vmap`` of a ``vjp``) runs the kept
 graph once per batch entry. Under ``vmap`` the mapped dimension joins the batch of one call
 where the parameters are shared; mapped parameters (an ensemble) make one call per entry.
+Mapped buffers (an ensemble of orthogonal layers, whose ``base`` is a buffer) take the
+reference path.
 
 Where the call needs more than one transform (``vmap`` of ``grad`` for per-sample gradients,
 Hessians, a second ``grad``), forward mode (``jvp``), or dropout under ``vmap`` (whose
@@ -36,7 +38,12 @@ def _only_transform():
 def runs_below(module, input, hx, rule_state) -> bool:
     """Whether this call runs below the transform, on the layer's path: under one gradient
     transform or one ``vmap`` (not with dropout in training, whose randomness ``vmap``
-    governs), with tensor input and state (packed input takes the reference path)."""
+    governs), with tensor input and state (packed input takes the reference path). Buffers
+    that the transform wraps (an orthogonal layer's ``base``, mapped in an ensemble from
+    ``torch.func.functional_call``) are not among the op's arguments, so such a call takes the
+    reference path, in plain torch ops that the transform sees through."""
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(buffer) for buffer in module.buffers()):
+        return False
     only = _only_transform()
     if only == torch._C._functorch.TransformType.Vmap:
         if module.training and module.dropout > 0:
