@@ -128,12 +128,13 @@ class OrthogonalRecipe(Optimizer):
         self.orthogonal.load_state_dict(state["orthogonal"])
 
 
-class NTASGD(Optimizer):
+class NTASGD(Plain):
     """SGD (``lr``, ``weight_decay``) with the non-monotonically triggered switch to
     ``torch.optim.ASGD``. Call ``observe(value)`` after each validation (lower is better);
     ``swap_in_average()`` puts the averaged weights into the parameters and returns a
     function that puts the trained ones back (None before the switch). ``param_groups``,
-    ``state``, ``step`` and ``zero_grad`` are those of the optimizer in use."""
+    ``state``, ``step`` and ``zero_grad`` are those of the optimizer in use (``inner``, as
+    for ``Plain``)."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, nonmono: int = 5):
         if lr <= 0 or weight_decay < 0 or nonmono < 1:
@@ -148,20 +149,6 @@ class NTASGD(Optimizer):
     @property
     def averaging(self) -> bool:
         return isinstance(self.inner, torch.optim.ASGD)
-
-    @property
-    def param_groups(self):
-        return self.inner.param_groups
-
-    @property
-    def state(self):
-        return self.inner.state
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.inner.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None):
-        return self.inner.step(closure)
 
     def _switch(self) -> None:
         lr = self.inner.param_groups[0]["lr"]

@@ -34,7 +34,7 @@ from pathlib import Path
 from .checkpoint import atomic_write_json
 from .config import ConfigError
 from .rundir import RunError
-from .sweep_runs import die_with_parent, run_directory, run_status, start_command
+from .sweep_runs import die_with_parent, run_directory, run_status, sort_points, start_command
 
 __all__ = ["SubmititLauncher", "run_points", "job_state", "alive_jobs", "LAUNCHERS", "ALIVE"]
 
@@ -103,15 +103,8 @@ class SubmititLauncher:
         """Submit the points that need a job, then follow every job of the sweep."""
         jobs = _read_jobs(out)
         alive = self._alive_points(out, jobs)
-        done, failed, to_submit = [], [], []
-        for point in sweep.points:
-            status = run_status(run_directory(out, point.name))
-            if status == "finished":
-                done.append(point.name)
-            elif status == "diverged":
-                failed.append(point.name)
-            elif point.name not in alive:
-                to_submit.append(point.name)
+        done, failed, rest = sort_points(out, sweep.points)
+        to_submit = [point.name for point in rest if point.name not in alive]
         say(f"sweep {out}: {len(sweep.points)} runs, {len(done)} finished, {len(failed)} failed before, "
             f"{len(alive)} in jobs still queued or running, {len(to_submit)} to submit ({self.name}, "
             f"{self.points_per_job} per job)")

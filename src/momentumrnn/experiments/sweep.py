@@ -54,7 +54,7 @@ from .checkpoint import atomic_write_json
 from .config import MAX_SEED, ConfigError, identity, parse_device, resolve_config
 from .models import rule_hyperparameters
 from .rundir import LockHeld, RunError, hold_lock
-from .sweep_runs import die_with_parent, run_directory, run_status, start_command
+from .sweep_runs import die_with_parent, run_directory, run_status, sort_points, start_command
 
 __all__ = ["Point", "Sweep", "LocalLauncher", "plan_sweep", "run_sweep", "parse_seeds", "parse_grid", "CONTROLS"]
 
@@ -378,15 +378,8 @@ def _schedule(sweep: Sweep, out: Path, devices: list[str], jobs_per_device: int,
     if cpu_jobs and "--threads" not in sweep.train_flags:
         threads = max(1, (os.cpu_count() or 1) // cpu_jobs)
     slots = [device for device in devices for _ in range(jobs_per_device)]
-    pending, running, done, failed, unfinished = [], {}, [], [], []
-    for point in sweep.points:
-        status = run_status(run_directory(out, point.name))
-        if status == "finished":
-            done.append(point.name)
-        elif status == "diverged":
-            failed.append(point.name)
-        else:
-            pending.append(point)
+    running, unfinished = {}, []
+    done, failed, pending = sort_points(out, sweep.points)
     say(f"sweep {out}: {len(sweep.points)} runs, {len(done)} finished, {len(failed)} failed before, "
         f"{len(pending)} to run on {', '.join(devices)} ({jobs_per_device} per device)")
     stop = {"signal": None}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .checkpoint import has_checkpoint
 
-__all__ = ["run_directory", "run_status", "start_command", "die_with_parent"]
+__all__ = ["run_directory", "run_status", "sort_points", "start_command", "die_with_parent"]
 
 
 def run_directory(out, name: str) -> Path:
@@ -34,6 +34,20 @@ def run_status(run_dir: Path) -> str:
     if has_checkpoint(run_dir):
         return "resume"
     return "stale" if run_dir.exists() else "new"
+
+
+def sort_points(out, points) -> tuple[list[str], list[str], list]:
+    """The names of the points whose runs finished and diverged, and the other points."""
+    done, failed, rest = [], [], []
+    for point in points:
+        status = run_status(run_directory(out, point.name))
+        if status == "finished":
+            done.append(point.name)
+        elif status == "diverged":
+            failed.append(point.name)
+        else:
+            rest.append(point)
+    return done, failed, rest
 
 
 def start_command(run_dir: Path, fresh: list[str]) -> list[str] | None:
