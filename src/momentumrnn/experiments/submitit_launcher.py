@@ -36,10 +36,7 @@ from .config import ConfigError
 from .rundir import RunError
 from .sweep_runs import die_with_parent, run_directory, run_status, sort_points, start_command
 
-__all__ = ["SubmititLauncher", "run_points", "job_state", "alive_jobs", "LAUNCHERS", "ALIVE"]
-
-#: ``--launcher`` values: the local scheduler of ``sweep.py`` and submitit's two.
-LAUNCHERS = ("local", "slurm", "local-submitit")
+__all__ = ["SubmititLauncher", "run_points", "job_state", "alive_jobs", "ALIVE"]
 #: Scheduler states of a job that will still run its points (Slurm's, and ours for a local job).
 ALIVE = ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "RUNNING", "COMPLETING")
 
