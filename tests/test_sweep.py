@@ -259,8 +259,12 @@ def test_the_progress_line_counts_the_runs_as_they_are(tmp_path, monkeypatch):
     finished = set()
     monkeypatch.setattr(sweep_module, "_launch", lambda sweep, point, out, device, threads: (
         Process(point.name), Log(), time.time()))
-    monkeypatch.setattr(sweep_module, "_run_status", lambda run_dir: "finished" if run_dir.name in finished and
-                        run_dir.name not in alive else "new")
+    import momentumrnn.experiments.sweep_runs as sweep_runs
+
+    def status(run_dir):
+        return "finished" if run_dir.name in finished and run_dir.name not in alive else "new"
+    monkeypatch.setattr(sweep_module, "run_status", status)
+    monkeypatch.setattr(sweep_runs, "run_status", status)
     monkeypatch.setattr(sweep_module, "_lock_is_free", lambda run_dir: True)
     monkeypatch.setattr(sweep_module.time, "sleep", lambda seconds: finished.update(alive))
     plan = type("Plan", (), {"points": [type("Point", (), {"name": n})() for n in "abc"], "train_flags": []})()
