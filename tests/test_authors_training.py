@@ -19,12 +19,7 @@ from momentumrnn.experiments.train import build_optimizer
 from toolkit_helpers import HAVE_MNIST, SHARED_DATA, cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------ DTRIV: the change of base

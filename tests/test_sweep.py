@@ -3,6 +3,7 @@
 The sweeps run real ``momentumrnn train`` subprocesses on a tiny adding task (a few steps);
 the grouped report is checked on hand-made run directories whose curves are known."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -11,6 +12,7 @@ import statistics
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,27 +192,42 @@ def test_a_control_equal_to_a_grid_point_runs_once_and_says_so(tmp_path, capsys)
             in captured.err)
 
 
+@contextlib.contextmanager
+def signal_a_run_mid_way(out: Path, names: list[str], signum: int):
+    """While the block runs, send ``signum`` to the train process of the first run of ``names``
+    found with a checkpoint and no summary yet (its pid from the run's lock), as from outside
+    the sweep; yields a dict that gets the run's ``name``."""
+    caught: dict = {}
+
+    def watch():
+        deadline = time.time() + 200
+        while time.time() < deadline:
+            for name in names:
+                run = out / name
+                try:
+                    if (run / "checkpoints" / "latest").exists() and not (run / "summary.json").exists():
+                        os.kill(json.loads((run / ".lock").read_text())["pid"], signum)
+                        caught["name"] = name
+                        return
+                except (OSError, ValueError, KeyError):
+                    pass
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield caught
+    finally:
+        watcher.join()
+    assert caught, "no run was caught mid-way"
+
+
 def test_a_run_stopped_from_outside_makes_the_sweep_exit_1(tmp_path, capsys):
     out = tmp_path / "sweep"
     run = out / "lstm_seed=0"
-
-    def stop_the_run():                                  # SIGTERM to the train process, not to the sweep
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if (run / "checkpoints" / "latest").exists():
-                    os.kill(json.loads((run / ".lock").read_text())["pid"], signal.SIGTERM)
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.05)
-
-    import threading
-    stopper = threading.Thread(target=stop_the_run)
-    stopper.start()
-    status = main(["sweep", "--task", "adding", "--models", "lstm", "--out", str(out), "--max-steps", "100000",
-                   *TINY])
-    stopper.join()
+    with signal_a_run_mid_way(out, [run.name], signal.SIGTERM):    # to the train process, not to the sweep
+        status = main(["sweep", "--task", "adding", "--models", "lstm", "--out", str(out), "--max-steps", "100000",
+                       *TINY])
     err = capsys.readouterr().err
     assert status == 1, err
     assert "STOPPED lstm_seed=0 from outside the sweep" in err and "all 1 runs finished" not in err
@@ -475,28 +492,8 @@ def test_a_submitit_sweep_with_a_run_killed_mid_way_resumes(tmp_path, capsys):
     pytest.importorskip("submitit")
     out = tmp_path / "sweep"
     args = [*ON_ONE_MACHINE, "--launcher", "local-submitit", "--points-per-job", "3", "--out", out]
-    killed = {}
-
-    def kill_one_run():                                 # a run dies mid-way, as on a lost node: no checkpoint
-        deadline = time.time() + 200
-        while time.time() < deadline and not killed:
-            for name in NAMES:
-                run = out / name
-                try:
-                    if (run / "checkpoints" / "latest").exists() and not (run / "summary.json").exists():
-                        os.kill(json.loads((run / ".lock").read_text())["pid"], signal.SIGKILL)
-                        killed["name"] = name
-                        return
-                except (OSError, ValueError, KeyError):
-                    pass
-            time.sleep(0.02)
-
-    import threading
-    killer = threading.Thread(target=kill_one_run)
-    killer.start()
-    status = sweep(*args)
-    killer.join()
-    assert killed, "no run was caught mid-way"
+    with signal_a_run_mid_way(out, NAMES, signal.SIGKILL) as killed:   # as on a lost node: no checkpoint
+        status = sweep(*args)
     jobs = json.loads((out / "jobs.json").read_text())
     assert [len(job["points"]) for job in jobs] == [3, 3] and all(j["launcher"] == "local-submitit" for j in jobs)
     record = json.loads((out / "sweep.json").read_text())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .presets import published
 from .rundir import safe_name
-from .seeds import beats, task_baseline
+from .seeds import beats, selection, task_baseline
 from .tasks import TASKS
 
 __all__ = ["load_run", "write_report", "table", "ReportError", "NotARun"]
@@ -106,9 +106,8 @@ def table(runs: list[dict]) -> str:
     for run, label in zip(runs, _labels(runs)):
         c, s = run["config"], run["summary"]
         settings = _settings(c)
-        metric, mode = TASKS[c["task"]].selection if c["task"] in TASKS else (None, None)
-        metric, mode = (s.get("selection") or {}).get("metric", metric), (s.get("selection") or {}).get("mode", mode)
-        baseline = task_baseline(run, metric) if metric else None
+        metric, mode = selection(run)
+        baseline = task_baseline(run, metric)
         baseline_text = "–" if baseline is None else _format(metric, baseline) + (
             "" if s.get("best_val") is None or beats(s["best_val"], baseline, mode) else " ✗ not beaten")
         paper = published(c["task"], c["model"], c["hidden_size"], c)
@@ -214,8 +213,6 @@ def write_report(run_dirs, out_dir, thresholds: tuple[float, ...] | None = None
     from .seeds import group_runs, seed_section
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} is a file, not a directory: choose a folder for report.md and the figures")
     runs, skipped, failed = [], [], []
     paths, controls, reached_twice = _expand(run_dirs)
     for run_dir in paths:

@@ -34,7 +34,7 @@ from .config import setting
 from .rundir import safe_name
 from .tasks import TASKS
 
-__all__ = ["Group", "group_runs", "task_baseline", "beats", "first_reach", "value_at", "equal_step", "seed_section", "DEFAULT_THRESHOLDS"]
+__all__ = ["Group", "group_runs", "task_baseline", "beats", "selection", "first_reach", "value_at", "equal_step", "seed_section", "DEFAULT_THRESHOLDS"]
 
 #: Validation thresholds of the first-step table when ``--thresholds`` is not given; a
 #: "max" metric reaches t when it is >= t, a "min" metric when it is <= t.
@@ -223,14 +223,15 @@ def beats(value: float, baseline: float, mode: str) -> bool:
     return value > baseline if mode == "max" else value < baseline
 
 
+def selection(run: dict) -> tuple[str, str]:
+    """The metric a run was selected on and its direction ("max" or "min"): its summary's,
+    else its task's (a run without a summary yet)."""
+    recorded = (run.get("summary") or {}).get("selection")
+    return (recorded["metric"], recorded["mode"]) if recorded else TASKS[run["config"]["task"]].selection
+
+
 def _selection(groups: list[Group]) -> tuple[str, str]:
-    for group in groups:
-        for run in group.runs + [r for r, _ in group.left_out]:
-            selection = run["summary"].get("selection")
-            if selection:
-                return selection["metric"], selection["mode"]
-    task = TASKS.get(groups[0].task)
-    return task.selection if task else ("loss", "min")
+    return selection(next(r for g in groups for r in g.runs + [r for r, _ in g.left_out]))
 
 
 def _common_settings(groups: list[Group]) -> str:
