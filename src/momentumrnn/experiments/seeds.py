@@ -225,9 +225,13 @@ def beats(value: float, baseline: float, mode: str) -> bool:
 
 def selection(run: dict) -> tuple[str, str]:
     """The metric a run was selected on and its direction ("max" or "min"): its summary's,
-    else its task's (a run without a summary yet)."""
-    recorded = (run.get("summary") or {}).get("selection")
-    return (recorded["metric"], recorded["mode"]) if recorded else TASKS[run["config"]["task"]].selection
+    else its task's (a run without a summary yet, or a summary that names only the metric)."""
+    recorded = (run.get("summary") or {}).get("selection") or {}
+    if "metric" in recorded and "mode" in recorded:
+        return recorded["metric"], recorded["mode"]
+    task_metric, task_mode = TASKS[run["config"]["task"]].selection
+    metric = recorded.get("metric", task_metric)
+    return metric, task_mode if metric == task_metric else "max" if metric == "accuracy" else "min"
 
 
 def _selection(groups: list[Group]) -> tuple[str, str]:
