@@ -471,3 +471,46 @@ def test_experimental_paths_warn_and_auto_never_takes_them():
             for projections in (False, True) if layer.recurrence_type.name == "lstm" else (False,):
                 path = choose_path("auto", layer.rule_type, device, projections, layer.recurrence_type.name)
                 assert path not in EXPERIMENTAL_IMPLS, (layer.__name__, device, path)
+
+
+def test_the_plan_says_what_runs_and_why():
+    from momentumrnn.paths import Plan, plain_ops
+
+    layer = mrnn.MomentumLSTM(3, 4)
+    assert layer.last_plan is None                        # no call yet
+    assert layer.plan.path == layer.path == "fused" and "measured path of rule 'momentum' on CPU" in layer.plan.reason
+    assert mrnn.AdamLSTM(3, 4, proj_size=2).plan.reason.endswith("with LSTM projections")
+    assert mrnn.MomentumLSTM(3, 4, impl="loop").plan == Plan("loop", "impl='loop' chosen")
+    with plain_ops():
+        assert layer.plan == Plan("reference", "paths.plain_ops() needs plain torch ops")
+    layer(torch.randn(5, 2, 3))
+    assert layer.last_plan == layer.plan
+
+
+@pytest.mark.parametrize("proj_size, instead", [(0, "loop"), (2, "reference")])
+def test_last_plan_tells_a_call_that_left_the_planned_path(proj_size, instead):
+    """A non-finite carried velocity keeps a call off torch's fused kernel (it would spread
+    to every sequence); ``last_plan`` says where the call went and why."""
+    layer = mrnn.MomentumLSTM(3, 4, proj_size=proj_size)
+    velocity = torch.zeros(1, 2, 16)
+    velocity[0, 1, 0] = float("nan")
+    layer(torch.randn(5, 2, 3), rule_state=mrnn.RuleState(velocity, None, torch.zeros(2, dtype=torch.long)))
+    assert layer.path == "fused" and layer.last_plan.path == instead
+    assert "carried velocity has non-finite entries" in layer.last_plan.reason
+    layer(torch.randn(5, 2, 3))
+    assert layer.last_plan == layer.plan
+
+
+def test_path_overrides_hold_in_their_own_thread_only():
+    import threading
+
+    from momentumrnn.paths import loop_engine, loop_engine_override, scan_backend, scan_backend_override
+
+    probe, seen = torch.zeros(1), {}
+    expected = {"scan": scan_backend(probe), "engine": loop_engine(probe)}
+    with scan_backend_override("triton"), loop_engine_override("torch"):
+        other = threading.Thread(target=lambda: seen.update(scan=scan_backend(probe), engine=loop_engine(probe)))
+        other.start()
+        other.join()
+        assert (scan_backend(probe), loop_engine(probe)) == ("triton", "torch")
+    assert seen == expected

@@ -102,7 +102,8 @@ def test_a_user_rule_and_recurrence_run_on_auto_as_their_equations(layer_type, p
             if "momentum" in name or "step_size" in name:
                 value.mul_(torch.empty_like(value).uniform_(0.8, 1.2))
     out, hidden, rule_state = layer(pack_padded_sequence(x, lengths), rule_state=carried, return_rule_state=True)
-    assert layer.path == path                            # what impl="auto" took, by declared capabilities
+    assert layer.path == path == layer.last_plan.path    # what impl="auto" took, by declared capabilities
+    assert ("declared capabilities" if path == "loop" else "has no kernel") in layer.last_plan.reason
     out, _ = pad_packed_sequence(out)
     expected, h_n, v_n = reference(layer, x, lengths, velocity0)
     mask = (torch.arange(6)[:, None] < torch.tensor(lengths))[..., None]

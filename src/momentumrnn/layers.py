@@ -11,7 +11,8 @@ zero on every call unless carried explicitly::
 
 Computation paths (``impl``: "auto", "fused", "fused-drive", "loop", "triton-loop", "reference"), all
 equal to rounding, values and gradients, are described and chosen in ``momentumrnn.paths``;
-``layer.path`` tells which one a layer takes. Each path is one ``_run_*`` method with the
+``layer.plan`` tells which one a layer takes and why, ``layer.last_plan`` what the last call
+ran. Each path is one ``_run_*`` method with the
 same signature, run per layer and direction.
 """
 
@@ -32,7 +33,7 @@ from .checks import (InputError, check_hidden, check_packed_sequence, check_rule
                      expect_positive_int, expect_tensor, stacklevel_outside, zero_rule_state)
 from .fused import drive_kernel, fused_direction
 from .loops import adam_loop, gru_loop, lstm_loop, rnn_loop
-from .paths import check_impl, choose_path, is_exporting, warn_if_experimental
+from .paths import Plan, check_impl, is_exporting, plan, plan_for_call, warn_if_experimental
 from .projection import input_drive
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
@@ -170,11 +171,20 @@ class RecurrentLayer(RuleModule):
         """No-op, for code written against cuDNN-backed torch layers."""
 
     @property
+    def plan(self) -> Plan:
+        """The computation path ``impl`` resolves to on the weights' device, and why
+        (``momentumrnn.paths.plan``). What a call ran in the end is ``last_plan``."""
+        return plan(self.impl, self.rule_type, self.weight_ih_l0.device, self.proj_size > 0, self.recurrence.name)
+
+    @property
     def path(self) -> str:
         """The computation path ``impl`` resolves to on the weights' device: "fused",
-        "fused-drive", "loop", "triton-loop" or "reference" (``momentumrnn.paths``)."""
-        return choose_path(self.impl, self.rule_type, self.weight_ih_l0.device, self.proj_size > 0,
-                           self.recurrence.name)
+        "fused-drive", "loop", "triton-loop" or "reference" (``plan.path``)."""
+        return self.plan.path
+
+    #: The plan the last call ran (None before the first call): ``plan`` at the time of the
+    #: call, or the path it took instead for its input and why (``paths.plan_for_call``).
+    last_plan: Plan | None = None
 
     def hyperparameters(self, layer: int = 0, reverse: bool = False) -> dict:
         """Hyperparameters in force for one layer and direction (tensors where learnable)."""
@@ -251,8 +261,11 @@ class RecurrentLayer(RuleModule):
             mask = torch.arange(steps_in_call, device=x.device)[:, None] < lengths.to(x.device)[None, :]
 
         final_states, final_rules = [], []
+        current = plan_for_call(self.plan, rules.get("velocity") if rule_state is not None else None,
+                                self.proj_size > 0)
+        self.last_plan = current
         run = {"reference": self._run_reference, "fused": self._run_fused, "fused-drive": self._run_fused_drive,
-               "loop": self._run_loop, "triton-loop": self._run_triton_loop}[self.path]
+               "loop": self._run_loop, "triton-loop": self._run_triton_loop}[current.path]
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
@@ -379,15 +392,9 @@ class RecurrentLayer(RuleModule):
         return outputs, carry[:count], dict(zip(fields, carry[count:]))
 
     def _run_fused(self, x, weights, hp, state, rules, steps, mask, lengths, carried, wanted):
-        """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``).
-        A carried velocity enters as weight columns that the whole batch multiplies (by zero
-        for the other sequences), so a non-finite one would reach every sequence (0 * inf =
-        nan): such a call takes the loop path (with projections the reference), which keeps
-        sequences apart."""
+        """Momentum and restart rules through torch's fused kernel (``momentumrnn.fused``); a
+        carried velocity must be finite (``paths.plan_for_call`` sends other calls elsewhere)."""
         velocity = rules["velocity"] if carried else None
-        if velocity is not None and not bool(torch.isfinite(velocity).all()):
-            apart = self._run_loop if weights[4] is None else self._run_reference
-            return apart(x, weights, hp, state, rules, steps, mask, lengths, carried, wanted)
         output, state, velocity = fused_direction(self.recurrence, self.rule, x, weights, hp, state,
                                                   velocity, steps, lengths, wanted)
         return output, state, {"velocity": velocity}
@@ -419,7 +426,7 @@ class RecurrentLayer(RuleModule):
             output, h_n, v_n = rnn_loop(u, state[0], weight_hh, bias_hh, recurrence.nonlinearity, mask,
                                         coefficient, velocity, scale)
             return output, (h_n,), {"velocity": v_n}
-        settings = self.rule.chunk_kernel_settings(hp, u, mask) if isinstance(self.rule, AdamRule) else None
+        settings = self.rule.chunk_kernel_settings(hp, u, mask)
         if settings is not None:
             # Adam/RMSProp on the CPU: the drive made chunk by chunk inside the loop (no tensor of all steps)
             kind = recurrence.nonlinearity if recurrence.name == "rnn" else recurrence.name

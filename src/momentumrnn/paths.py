@@ -25,6 +25,8 @@ passes, in-place buffers and Triton kernels are opaque to those tools, which wou
 record constants. Under one ``torch.func.grad`` or one ``vmap`` alone the layer runs below
 the transform (``momentumrnn.transforms``), where its path is chosen here as always.
 
+``plan`` makes the choice and returns it as a ``Plan`` (the path and the reason for it;
+``layer.plan``), and ``plan_for_call`` the one a call runs (``layer.last_plan``).
 ``impl="auto"`` looks the path up in ``AUTO`` by device and rule (a rule or recurrence the
 table does not name gets the fastest path its declared capabilities allow,
 ``allowed_paths``; a recurrence outside ``KERNEL_RECURRENCES`` the reference), as measured with
@@ -50,6 +52,7 @@ Adam's states) run as Triton kernels on CUDA when Triton can be imported
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 import warnings
@@ -57,7 +60,7 @@ import warnings
 import torch
 
 __all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "LOOP_ENGINES",
-           "KERNEL_RECURRENCES", "EXPERIMENTAL_IMPLS", "allowed_paths", "warn_if_experimental", "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
+           "KERNEL_RECURRENCES", "EXPERIMENTAL_IMPLS", "allowed_paths", "warn_if_experimental", "Plan", "plan", "plan_for_call", "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
            "loop_engine", "loop_engine_override"]
 
 #: Every value of a layer's ``impl``.
@@ -170,26 +173,55 @@ def plain_ops_required() -> bool:
     """Whether the call must run in plain torch ops: inside ``plain_ops()``, or under a tool
     that must see them: a ``torch.func`` transform, ``torch.jit.trace`` (the ONNX exporter's
     ``dynamo=False`` mode) or ``torch.export`` (the ONNX exporter's default mode)."""
-    return (getattr(_plain, "depth", 0) > 0 or torch.jit.is_tracing() or is_exporting()
-            or torch._C._functorch.peek_interpreter_stack() is not None)
+    return bool(_plain_ops_tool())
 
 
-def choose_path(impl: str, rule_type, device: torch.device | str, projections: bool = False,
-                recurrence: str = "") -> str:
+def _plain_ops_tool() -> str:
+    """What requires plain torch ops now (see ``plain_ops_required``), in words; "" if nothing."""
+    if getattr(_plain, "depth", 0) > 0:
+        return "paths.plain_ops()"
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if is_exporting():
+        return "torch.export"
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "a torch.func transform"
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a layer's call runs: the computation ``path`` and why it was chosen."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def plan(impl: str, rule_type, device: torch.device | str, projections: bool = False,
+         recurrence: str = "") -> Plan:
     """The path a layer with this ``impl``, rule and ``recurrence`` (by name) takes on
-    ``device`` (with LSTM ``projections`` or not)."""
-    if plain_ops_required():
-        return "reference"
+    ``device`` (with LSTM ``projections`` or not), and why."""
+    tool = _plain_ops_tool()
+    if tool:
+        return Plan("reference", f"{tool} needs plain torch ops")
     if impl != "auto":
-        return impl
+        return Plan(impl, f"impl={impl!r} chosen")
     if recurrence == "modrelu":
-        return AUTO_ORTHOGONAL
+        return Plan(AUTO_ORTHOGONAL, "impl='auto': the orthogonal layers' measured path on every device")
     allowed = allowed_paths(rule_type, projections, recurrence or "lstm")
+    if allowed == ["reference"] and recurrence not in ("", *KERNEL_RECURRENCES):
+        return Plan("reference", f"impl='auto': the recurrence {recurrence!r} has no kernel")
     kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
     measured = (AUTO_WITH_PROJECTIONS if projections else AUTO[kind]).get(rule_type.name)
+    where = "with LSTM projections" if projections else f"on {kind.upper()}"
     if measured in allowed:
-        return measured
-    return _fastest_declared(allowed, kind)
+        return Plan(measured, f"impl='auto': the measured path of rule {rule_type.name!r} {where}")
+    return Plan(_fastest_declared(allowed, kind),
+                f"impl='auto': rule {rule_type.name!r} is not in the measured table; the fastest path its declared "
+                f"capabilities allow {where}")
 
 
 def _fastest_declared(allowed: list[str], kind: str) -> str:
@@ -204,20 +236,50 @@ def _fastest_declared(allowed: list[str], kind: str) -> str:
     return next((path for path in preference if path in allowed), "reference")
 
 
-_override: list[str] = []
+def choose_path(impl: str, rule_type, device: torch.device | str, projections: bool = False,
+                recurrence: str = "") -> str:
+    """``plan(...).path``."""
+    return plan(impl, rule_type, device, projections, recurrence).path
+
+
+def plan_for_call(planned: Plan, carried_velocity: torch.Tensor | None, projections: bool = False) -> Plan:
+    """The plan a call runs, given the rule state it carries in. On ``"fused"`` a carried
+    velocity enters as weight columns that the whole batch multiplies (by zero for the other
+    sequences), so a non-finite one would reach every sequence (0 * inf = nan): such a call
+    takes the loop (with LSTM projections the reference), which keeps sequences apart."""
+    if planned.path != "fused" or carried_velocity is None or bool(torch.isfinite(carried_velocity).all()):
+        return planned
+    return Plan("reference" if projections else "loop",
+                f"{planned.path} planned ({planned.reason}), but the carried velocity has non-finite entries, "
+                f"which torch's kernel would spread to every sequence")
+
+
+_overrides = threading.local()       # per thread: the stacks of scan_backend_override, loop_engine_override
+
+
+def _stack(name: str) -> list[str]:
+    if not hasattr(_overrides, name):
+        setattr(_overrides, name, [])
+    return getattr(_overrides, name)
 
 
 @contextlib.contextmanager
-def scan_backend_override(backend: str):
-    """Within the block, run the scans with ``backend`` ("triton" or "torch") on every device
-    (tests run the Triton kernels on the CPU under Triton's interpreter this way)."""
-    if backend not in ("triton", "torch"):
-        raise ValueError(f"backend must be 'triton' or 'torch', got {backend!r}")
-    _override.append(backend)
+def _overriding(name: str, value: str):
+    stack = _stack(name)
+    stack.append(value)
     try:
         yield
     finally:
-        _override.pop()
+        stack.pop()
+
+
+def scan_backend_override(backend: str):
+    """Within the block (in this thread), run the scans with ``backend`` ("triton" or
+    "torch") on every device (tests run the Triton kernels on the CPU under Triton's
+    interpreter this way)."""
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"backend must be 'triton' or 'torch', got {backend!r}")
+    return _overriding("scan", backend)
 
 
 @functools.lru_cache(maxsize=None)
@@ -231,42 +293,36 @@ def triton_available() -> bool:
 
 def scan_backend(tensor: torch.Tensor) -> str:
     """"triton" for CUDA tensors when Triton can be imported, else "torch"."""
-    if _override:
-        return _override[-1]
+    override = _stack("scan")
+    if override:
+        return override[-1]
     return "triton" if tensor.is_cuda and triton_available() else "torch"
 
 
 #: How the loop path runs an LSTM's steps and Adam's states: the C++ step kernels, or torch ops.
 LOOP_ENGINES = ("cpp", "torch")
 
-_engine_override: list[str] = []
-
-
-@contextlib.contextmanager
 def loop_engine_override(engine: str):
-    """Within the block, the loops run an LSTM's steps and Adam's states with ``engine``:
+    """Within the block (in this thread), the loops run an LSTM's steps and Adam's states with ``engine``:
     "torch" (torch ops) or "cpp" (the C++ step kernels where they apply, as by default, but an
     error where they cannot be built)."""
     if engine not in LOOP_ENGINES:
         raise ValueError(f"engine must be one of {LOOP_ENGINES}, got {engine!r}")
-    _engine_override.append(engine)
-    try:
-        yield
-    finally:
-        _engine_override.pop()
+    return _overriding("engine", engine)
 
 
 def loop_engine(tensor: torch.Tensor, supported: bool = True) -> str:
     """"cpp" where the C++ step kernels take the caller's case (``supported``: an LSTM loop
     without a mask, or Adam's chunked states), ``tensor`` is a float32/float64 CPU tensor and
     the kernels build; else "torch"."""
-    engine = _engine_override[-1] if _engine_override else "cpp"
+    override = _stack("engine")
+    engine = override[-1] if override else "cpp"
     if engine == "torch" or not supported or tensor.device.type != "cpu" \
             or tensor.dtype not in (torch.float32, torch.float64):
         return "torch"
     from . import cpu_kernels
     if cpu_kernels.available():
         return "cpp"
-    if _engine_override:
+    if override:
         raise RuntimeError("loop_engine_override('cpp'): the CPU step kernels could not be built (see the warning)")
     return "torch"

@@ -99,6 +99,11 @@ class Rule:
         """Return ``(pre_t, new_state)`` from ``u_t`` and ``recurrent = U h_{t-1} + b_hh``."""
         raise NotImplementedError
 
+    def chunk_kernel_settings(self, hp: dict, u: Tensor, mask: Tensor | None) -> dict | None:
+        """The keyword arguments of the loops' chunked kernel for Adam's states
+        (``loops.adam_loop``) where this rule runs on it; None (the default) where it does not."""
+        return None
+
     def drives(self, u: Tensor, state: dict[str, Tensor], hp: dict, steps: Tensor, mask: Tensor | None = None):
         """All time steps of an input-only rule at once: ``u`` (T, B, G*H) -> ``d`` (T, B, G*H)
         and the final state. ``steps`` (B,) counts steps already taken; where ``mask``
