@@ -123,7 +123,7 @@ class RecurrentCell(RuleModule):
         hx = state if self.recurrence.state_tensors == 2 else state[0]
         if not return_rule_state:
             return hx
-        return hx, RuleState(rules["velocity"], rules.get("second_moment"), steps)
+        return hx, RuleState.of(rules, steps)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

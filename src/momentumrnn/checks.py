@@ -165,13 +165,18 @@ def check_rule_state(rule_state, fields: tuple[str, ...], shape: tuple[int, ...]
 
     if not isinstance(rule_state, RuleState):
         raise TypeError(f"rule_state must be a momentumrnn.RuleState, got {type(rule_state).__name__}")
+    extra = rule_state.extra
+    if extra is not None and not (isinstance(extra, dict) and all(isinstance(k, str) for k in extra)):
+        raise TypeError(f"rule_state.extra must be None or a dict of tensors by field name, got {type(extra).__name__}")
+    given = {"velocity": rule_state.velocity, "second_moment": rule_state.second_moment, **(extra or {})}
+    for field, tensor in given.items():
+        if field not in fields and tensor is not None:
+            where = f"rule_state.{field}" if field in ("velocity", "second_moment") else f"rule_state.extra[{field!r}]"
+            raise InputError(f"{where} must be None for this rule (its state fields: {', '.join(fields) or 'none'}), "
+                             f"got a tensor")
     state = {}
-    for field in ("velocity", "second_moment"):
-        tensor = getattr(rule_state, field)
-        if field not in fields:
-            if tensor is not None:
-                raise InputError(f"rule_state.{field} must be None for this rule, got a tensor")
-            continue
+    for field in fields:
+        tensor = given.get(field)
         expect_tensor(f"rule_state.{field}", tensor)
         expect_shape(f"rule_state.{field}", tensor, shape)
         expect_like(f"rule_state.{field}", tensor, like)

@@ -35,7 +35,6 @@ from torch import Tensor
 from torch.nn.utils.stateless import _reparametrize_module
 
 from .autocast import autocast_boundary
-from .second_order import flatten_tensors
 from .state import RuleState
 
 __all__ = ["compiled_call", "layer_call", "layer_backward", "kept_graphs"]
@@ -107,7 +106,7 @@ def layer_call(key: int, input: Tensor, tensors: list[Tensor], hx_count: int, ru
     rule_state = None
     if rule:
         fields = dict(zip(module.rule_type.state_fields, rule))
-        rule_state = RuleState(fields.get("velocity"), fields.get("second_moment"), rule[-1])
+        rule_state = RuleState.of(fields, rule[-1])
     keep = any(grad_of)
     own = all(given is parameter for given, (_, parameter) in zip(parameters, named))
     with contextlib.ExitStack() as stack:
@@ -117,7 +116,7 @@ def layer_call(key: int, input: Tensor, tensors: list[Tensor], hx_count: int, ru
         if not own:                 # other parameters than the module's own (torch.func.functional_call)
             stack.enter_context(_reparametrize_module(module, {name: p for (name, _), p in zip(named, parameters)}))
         result = module._forward(x, hx, rule_state=rule_state, return_rule_state=return_rule_state)
-    outputs, _ = flatten_tensors(result)                 # output, hidden state(s), rule state's tensors
+    outputs = module._flatten_outputs(result)           # output, hidden state(s), rule state's tensors
     key_tensor = torch.tensor(0)
     if keep:
         graph_key = next(_keys)
@@ -208,8 +207,10 @@ def _plain(module, input, hx, rule_state) -> bool:
         if not isinstance(rule_state, RuleState):
             return False
         fields = module.rule_type.state_fields
-        if any(isinstance(getattr(rule_state, field), Tensor) != (field in fields)
-               for field in ("velocity", "second_moment")) or not isinstance(rule_state.steps, Tensor):
+        if not isinstance(rule_state.extra, (dict, type(None))):
+            return False
+        given = rule_state.fields()
+        if set(given) != set(fields) or not all(isinstance(t, Tensor) for t in (*given.values(), rule_state.steps)):
             return False
     return isinstance(input, Tensor) and all(isinstance(h, Tensor) for h in hidden)
 

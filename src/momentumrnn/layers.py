@@ -305,7 +305,7 @@ class RecurrentLayer(RuleModule):
             output = output.transpose(0, 1)
         result = (output, hidden_out if self.recurrence.state_tensors == 2 else hidden_out[0])
         if return_rule_state:
-            result += (RuleState(rules_out.get("velocity"), rules_out.get("second_moment"), steps_out),)
+            result += (RuleState.of(rules_out, steps_out),)
         return result
 
     def _output_shapes(self, input: Tensor, return_rule_state: bool) -> list[tuple[tuple[int, ...], torch.dtype]]:
@@ -337,8 +337,17 @@ class RecurrentLayer(RuleModule):
         result = (output, hidden if count == 2 else hidden[0])
         if return_rule_state:
             fields = dict(zip(self.rule_type.state_fields, flat[1 + count:-1]))
-            result += (RuleState(fields.get("velocity"), fields.get("second_moment"), flat[-1]),)
+            result += (RuleState.of(fields, flat[-1]),)
         return result
+
+    def _flatten_outputs(self, result) -> list[Tensor]:
+        """The flat list ``_pack_outputs`` takes, from ``forward``'s result for a tensor input."""
+        output, hidden = result[:2]
+        flat = [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+        if len(result) == 3:
+            fields = result[2].fields()
+            flat += [fields[f] for f in self.rule_type.state_fields] + [result[2].steps]
+        return flat
 
     def _time_major(self, input):
         """Return ``(x, lengths, packed, unbatched)`` with x shaped (time, batch, features)."""

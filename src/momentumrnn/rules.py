@@ -75,6 +75,10 @@ class Rule:
     defaults: ClassVar[dict[str, float | int]]
     #: Hyperparameters that ``learnable=True`` turns into trainable parameters.
     learnable: ClassVar[tuple[str, ...]]
+    #: The range of each hyperparameter a layer can learn, into which ``learnable=True``
+    #: maps a free parameter (``momentumrnn.hyperparameters.RANGES``): "unit" (0, 1),
+    #: "positive" (0, inf) or "real". A rule that learns others adds them.
+    ranges: ClassVar[dict[str, str]] = {"momentum": "unit", "step_size": "positive"}
     #: Names of the state tensors the rule carries from step to step.
     state_fields: ClassVar[tuple[str, ...]] = ("velocity",)
     #: True when the rule needs ``U h_{t-1} + b_hh`` (only additive recurrences allow it).

@@ -47,10 +47,14 @@ def differentiable_twice(module, forward, *args):
 
 
 def flatten_tensors(value):
-    """The tensors in ``value`` (a tensor, None, or a tuple, NamedTuple, PackedSequence or list
-    of these), in order, and a function that rebuilds ``value`` from replacements for them."""
+    """The tensors in ``value`` (a tensor, None, or a tuple, NamedTuple, PackedSequence, list
+    or dict of these), in order, and a function that rebuilds ``value`` from replacements for
+    them."""
     if isinstance(value, Tensor):
         return [value], lambda tensors: tensors[0]
+    if isinstance(value, dict):
+        found, rebuild_values = flatten_tensors(tuple(value.values()))
+        return found, lambda tensors: dict(zip(value, rebuild_values(tensors)))
     if not isinstance(value, (tuple, list)):
         return [], lambda tensors: value
     parts = [flatten_tensors(item) for item in value]

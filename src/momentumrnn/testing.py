@@ -7,7 +7,7 @@ against the contract every rule of the library keeps.
 What it checks, in float64 on the CPU, at small sizes:
 
 1. the declarations: ``name``, ``defaults`` (valid by ``Rule.validate``), ``learnable`` and
-   ``neutral`` naming hyperparameters of ``defaults``, ``state_fields`` (each one the layers
+   ``neutral`` naming hyperparameters of ``defaults``, ``state_fields`` (names the layers
    carry across calls in ``RuleState``), and ``commutes_with_input_weights`` only with
    ``parallel`` and a single ``velocity`` field;
 2. one step (``drive``, or ``preactivation`` for a rule coupled to h): shapes, dtypes, and
@@ -28,15 +28,14 @@ import numbers
 
 import torch
 
+from .hyperparameters import learnable_range
 from .paths import allowed_paths
 from .recurrences import LSTMRecurrence, Recurrence
 from .rules import Rule
-from .state import RuleState
+from .state import NAMED_FIELDS, RuleState
 
 __all__ = ["check_rule"]
 
-#: The state fields ``RuleState`` carries across calls.
-CARRIED_FIELDS = ("velocity", "second_moment")
 TOLERANCE = 1e-10
 
 
@@ -80,17 +79,20 @@ def _check_declarations(rule_type, name: str) -> None:
     learnable = getattr(rule_type, "learnable", None)
     assert isinstance(learnable, tuple) and set(learnable) <= set(defaults), \
         f"{name}.learnable must be a tuple of names in defaults, got {learnable!r}"
-    unsupported = sorted(set(learnable) - {"momentum", "step_size"})
-    assert not unsupported, (f"{name}.learnable names {unsupported}: only momentum and step_size can be learnable "
-                             f"(they have a range the layers map a free parameter into)")
+    for hyperparameter in learnable:
+        try:
+            learnable_range(rule_type, hyperparameter)
+        except ValueError as error:
+            raise AssertionError(str(error)) from None
     assert rule_type.neutral is None or set(rule_type.neutral) <= set(defaults), \
         f"{name}.neutral must name hyperparameters of defaults, got {rule_type.neutral!r}"
     fields = rule_type.state_fields
     assert isinstance(fields, tuple) and all(isinstance(f, str) for f in fields), \
         f"{name}.state_fields must be a tuple of names, got {fields!r}"
-    foreign = [f for f in fields if f not in CARRIED_FIELDS]
-    assert not foreign, (f"{name}.state_fields {foreign}: a layer's RuleState carries only {CARRIED_FIELDS} across "
-                         f"calls; name the rule's state after them")
+    taken = [f for f in fields if not f.isidentifier() or (hasattr(RuleState, f) and f not in NAMED_FIELDS)]
+    assert not taken and len(set(fields)) == len(fields), \
+        (f"{name}.state_fields {fields!r}: each field needs a distinct identifier that is not an attribute of "
+         f"RuleState {taken or ''}".rstrip())
     if rule_type.commutes_with_input_weights:
         assert rule_type.parallel and fields == ("velocity",) and not rule_type.couples_to_hidden, \
             (f"{name}.commutes_with_input_weights needs parallel = True, state_fields = ('velocity',) and a drive "
@@ -178,9 +180,8 @@ def _check_in_layers(rule_type, recurrence, name: str, generator) -> None:
     x = torch.randn(6, 3, 2, dtype=torch.float64, generator=generator)
     lengths = [6, 4, 2]
     stacks, width = 4, recurrence.gates * 3
-    carried = RuleState(*(0.1 * torch.rand(stacks, 3, width, dtype=torch.float64, generator=generator)
-                          if f in rule_type.state_fields else None for f in CARRIED_FIELDS),
-                        torch.tensor([0, 3, 1]))
+    carried = RuleState.of({f: 0.1 * torch.rand(stacks, 3, width, dtype=torch.float64, generator=generator)
+                            for f in rule_type.state_fields}, torch.tensor([0, 3, 1]))
     results = {}
     for path in ["reference"] + [p for p in paths if p != "reference"]:
         torch.manual_seed(0)
