@@ -1,4 +1,4 @@
-"""Which method computes the rule filters fastest? (``momentumrnn.scan.linear_scan``)
+"""Which method computes the rule filters fastest? (``momentumrnn.ops.linear_scan``)
 
 Times forward and forward+backward (median of ``--repeats`` after a warm-up) of
 ``y_t = mu y_{t-1} + x_t`` for the shapes the layers meet at the benchmark shapes: the
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from momentumrnn.scan import linear_scan
+from momentumrnn.ops.linear_scan import linear_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_time  # noqa: E402  (benchmarks/timing.py)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import momentumrnn as mrnn
-from momentumrnn import cpu_kernels, loops, scan
+from momentumrnn import cpu_kernels, loops
+from momentumrnn.ops import adam_drive
 from momentumrnn.paths import LOOP_ENGINES, loop_engine, loop_engine_override
 from conftest import ACTIVE, layer_id
 from test_fast_paths import assert_same_values_and_gradients, pair
@@ -81,7 +82,7 @@ def test_the_loops_run_their_steps_in_the_kernels(monkeypatch):
         raise AssertionError("a loop took its torch ops")
     monkeypatch.setattr(loops._LSTMActivations, "forward", refuse)
     monkeypatch.setattr(loops._LSTMActivations, "backward", refuse)
-    monkeypatch.setattr(scan.AdamChunks, "_states", refuse)
+    monkeypatch.setattr(adam_drive.AdamChunks, "_states", refuse)
     for key in [("lstm", "adam"), ("lstm", "nesterov"), ("lstm", "momentum"), ("gru", "adam")]:
         layer = mrnn.LAYERS[key](3, 4, impl="loop", **ACTIVE[key[1]])
         layer(torch.randn(9, 2, 3))[0].sum().backward()

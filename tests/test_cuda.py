@@ -188,9 +188,9 @@ def test_torch_scans_on_cuda(key):
 def test_kernels_at_pixel_mnist_length(dtype):
     """The compiled kernels over 784 steps and 2,000 channels (partial last tiles) against
     the step-by-step loops on the CPU in float64."""
-    from momentumrnn import kernels
+    from momentumrnn.ops.adam_drive import triton as kernels
     from momentumrnn.rules import ADAM_EPS, AdamRule
-    from momentumrnn.scan import linear_scan
+    from momentumrnn.ops.linear_scan import linear_scan
 
     T, B, G = 784, 4, 500
     u = torch.randn(T, B, G, dtype=torch.float64)

@@ -1,10 +1,12 @@
-"""The parallel filters (``momentumrnn.scan``) and ``Rule.drives`` against step-by-step loops."""
+"""The parallel filters (``momentumrnn.ops``) and ``Rule.drives`` against step-by-step loops."""
 
 import pytest
 import torch
 
 from momentumrnn.rules import AdamRule, MomentumRule, RestartRule, RMSPropRule
-from momentumrnn.scan import SCAN_METHODS, adam_scan, linear_scan, step_indices
+from momentumrnn.ops.adam_drive import adam_drive_ref, adam_scan
+from momentumrnn.ops.linear_scan import SCAN_METHODS, linear_scan, linear_scan_ref
+from momentumrnn.time_steps import step_indices
 
 TOL = dict(atol=1e-12, rtol=1e-11)
 METHODS = [("matmul", 4), ("matmul", None), ("chunked", None), ("chunked", 2), ("chunked", 4), ("loop", None)]
@@ -29,7 +31,7 @@ def test_linear_scan_equals_the_loop(method, block, kind, T, initial):
     x = torch.randn(T, B, F, dtype=torch.float64, requires_grad=True)
     y0 = torch.randn(B, F, dtype=torch.float64, requires_grad=True) if initial else None
     a = coefficient(kind, T, B)
-    want = linear_scan(a, x, y0, method="sequential")
+    want = linear_scan_ref(a, x, y0)
     got = linear_scan(a, x, y0, method=method, block=block)
     torch.testing.assert_close(got, want, **TOL)
     w = torch.randn_like(want)
@@ -94,6 +96,39 @@ def test_parallel_drives_equal_the_stepwise_loop(rule, hp, masked, learnable, sh
         torch.testing.assert_close(got, want, **TOL)
     for got, want in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5, "learnable"])
+@pytest.mark.parametrize("cpp", [True, False], ids=["cpp", "torch"])
+def test_adam_scan_equals_the_naive_drive(momentum, cpp):
+    """Adam's chunked drive (``ops.adam_drive``: C++ chunk kernels or torch ops) against its
+    step-by-step reference, values and gradients, in float64; the reference against the
+    rule's own step."""
+    from momentumrnn import cpu_kernels
+    from momentumrnn.paths import loop_engine_override
+
+    if cpp and not cpu_kernels.available():
+        pytest.skip("the C++ step kernels are not built here")
+    torch.manual_seed(3)
+    T, B, G = 13, 2, 5
+    u = torch.randn(T, B, G, dtype=torch.float64, requires_grad=True)
+    v0, m0 = torch.randn(B, G, dtype=torch.float64, requires_grad=True), torch.rand(B, G, dtype=torch.float64)
+    m0.requires_grad_(True)
+    mu = torch.tensor(0.5, dtype=torch.float64, requires_grad=True) if momentum == "learnable" else momentum
+    s = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    with loop_engine_override("cpp" if cpp else "torch"):
+        got = adam_scan(u, v0, m0, mu, s, 0.6, 1e-16)
+    want = adam_drive_ref(u, v0, m0, mu, s, 0.6, 1e-16)
+    step, state = AdamRule().drives_stepwise(u, {"velocity": v0, "second_moment": m0},
+                                             {"momentum": mu, "step_size": s, "beta": 0.6}, torch.zeros(B, dtype=torch.long))
+    for a, b, c in zip(got, want, (step, state["velocity"], state["second_moment"])):
+        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(b, c, **TOL)
+    weights = [torch.randn_like(w) for w in want]
+    leaves = [u, v0, m0, s] + ([mu] if momentum == "learnable" else [])
+    for a, b in zip(torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, got)), leaves),
+                    torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, want)), leaves)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
 def test_adam_scan_keeps_the_initial_state():

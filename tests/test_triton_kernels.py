@@ -1,4 +1,4 @@
-"""The Triton kernels (``momentumrnn.kernels``) under Triton's interpreter, on CPU tensors.
+"""The Triton kernels (``triton.py`` of ``momentumrnn.ops.linear_scan`` and ``ops.adam_drive``) under Triton's interpreter, on CPU tensors.
 
 On CUDA they are compiled (``tests/test_cuda.py`` checks them there with ``--device cuda``);
 here ``TRITON_INTERPRET=1`` runs the same kernel code with numpy, so CI exercises the
@@ -16,14 +16,14 @@ import momentumrnn as mrnn
 from conftest import ACTIVE, layer_id
 from momentumrnn.paths import scan_backend_override
 from momentumrnn.rules import ADAM_EPS, AdamRule
-from momentumrnn.scan import linear_scan
+from momentumrnn.ops.linear_scan import linear_scan
 
 pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module")
 def kernels(request):
-    """``momentumrnn.kernels`` in interpreter mode (conftest sets ``TRITON_INTERPRET=1`` for
+    """The Triton kernels in interpreter mode (conftest sets ``TRITON_INTERPRET=1`` for
     CPU runs before anything imports triton)."""
     if request.config.getoption("--device") == "cuda":
         pytest.skip("the interpreter tests run on the CPU; with --device cuda test_cuda.py checks the compiled kernels")
@@ -32,13 +32,17 @@ def kernels(request):
     runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
     if runtime is not None and not runtime.interpret:
         pytest.skip("triton was imported before TRITON_INTERPRET=1 was set")
-    from momentumrnn import kernels
+    from types import SimpleNamespace
+
+    from momentumrnn.ops.adam_drive import triton as adam
+    from momentumrnn.ops.linear_scan import triton as scans
 
     # Small tiles keep the interpreter quick while the shapes below still cross tile boundaries.
-    saved = kernels.TILE_STEPS, kernels.TILE_CHANNELS
-    kernels.TILE_STEPS, kernels.TILE_CHANNELS = 8, 16
-    yield kernels
-    kernels.TILE_STEPS, kernels.TILE_CHANNELS = saved
+    saved = scans.TILE_STEPS, scans.TILE_CHANNELS
+    scans.TILE_STEPS, scans.TILE_CHANNELS = 8, 16
+    yield SimpleNamespace(linear_scan=scans.linear_scan, adam_drive=adam.adam_drive,
+                          adam_drive_of_inputs=adam.adam_drive_of_inputs)
+    scans.TILE_STEPS, scans.TILE_CHANNELS = saved
 
 
 TOL = {torch.float64: dict(atol=1e-12, rtol=1e-11), torch.float32: dict(atol=1e-5, rtol=1e-4)}
@@ -175,23 +179,24 @@ _COMPILE_DEFAULT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from momentumrnn import kernels
+from momentumrnn.ops.adam_drive import triton as adam
+from momentumrnn.ops.linear_scan import triton as scans
 
 cases = []
 for dtype in ("fp32", "fp64"):
     for reverse in (False, True):
         for has_init in (False, True):
-            cases.append((kernels._scan_kernel, dtype, {"REVERSE": reverse, "HAS_INIT": has_init}))
+            cases.append((scans._scan_kernel, dtype, {"REVERSE": reverse, "HAS_INIT": has_init}))
     for lengths in (False, True):
-        cases.append((kernels._adam_forward_kernel, dtype, {"HAS_LENGTHS": lengths, "FP32": dtype == "fp32"}))
+        cases.append((adam._adam_forward_kernel, dtype, {"HAS_LENGTHS": lengths, "FP32": dtype == "fp32"}))
         for mu in (False, True):
             for s in (False, True):
-                cases.append((kernels._adam_backward_kernel, dtype,
+                cases.append((adam._adam_backward_kernel, dtype,
                               {"HAS_LENGTHS": lengths, "NEED_MU": mu, "NEED_S": s, "FP32": dtype == "fp32"}))
 for capability in (80, 90):
     for kernel, dtype, values in cases:
         names = list(kernel.arg_names)
-        values = {**values, "BT": kernels.TILE_STEPS, "BC": kernels.TILE_CHANNELS}
+        values = {**values, "BT": scans.TILE_STEPS, "BC": scans.TILE_CHANNELS}
         signature = {n: "constexpr" if n in values else ("*i64" if n == "len_ptr" else f"*{dtype}")
                      if n.endswith("_ptr") else "i32" for n in names}
         source = ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in values.items()})

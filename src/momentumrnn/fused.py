@@ -6,7 +6,7 @@ coefficients (``Rule.commutes_with_input_weights``: momentum, input-only restart
     v_t = a_t v_{t-1} + s (W x_t + b_ih)
 
 the filter commutes with the input weights. With the filtered input and the filtered bias
-weight (both computed in parallel over time by ``scan.linear_scan``)::
+weight (both computed in parallel over time by ``ops.linear_scan``)::
 
     x~_t = a_t x~_{t-1} + s x_t,     beta_t = a_t beta_{t-1} + s,     x~_0 = beta_0 = 0
 
@@ -54,7 +54,7 @@ from .recurrences import Recurrence
 from .paths import scan_backend
 from .rules import Rule
 from .custom_backward import first_order, unmaterialized
-from .scan import default_block, scan_
+from .ops.linear_scan import default_block, scan_
 
 __all__ = ["fused_direction", "fused_kernel", "drive_kernel"]
 
@@ -213,10 +213,10 @@ class _Filter(torch.autograd.Function):
 
 
 def _scan_in_place(a: Tensor, y: Tensor, triton: bool, reverse: bool) -> Tensor:
-    """The filter's recurrence in place: one Triton kernel (``kernels.scan_``) or the
-    two-level scan of torch ops (``scan.scan_``)."""
+    """The filter's recurrence in place: one Triton kernel (``ops.linear_scan.triton.scan_``)
+    or the two-level scan of torch ops (``ops.linear_scan.scan_``)."""
     if triton:
-        from . import kernels
+        from .ops.linear_scan import triton as kernels
 
         return kernels.scan_(a, y, reverse)
     return scan_(a, y, default_block(y.size(0)), reverse=reverse)

@@ -37,7 +37,7 @@ from .paths import Plan, check_impl, is_exporting, plan, plan_for_call, warn_if_
 from .projection import input_drive
 from .recurrences import GRURecurrence, LSTMRecurrence, RNNRecurrence
 from .rules import AdamRule, MomentumRule, NesterovRule, RestartRule, RMSPropRule
-from .scan import masked, step_indices
+from .time_steps import masked, step_indices
 from .second_order import differentiable_twice
 from .state import RuleState
 from .step import cell_step, over_time

@@ -2,7 +2,7 @@
 
 Used by ``impl="loop"`` (and by ``impl="auto"`` for Adam, RMSProp and Nesterov). The rule's
 part that does not depend on h is computed beforehand (one GEMM for the input drive; the
-rule state by ``Rule.drives``, or for Adam/RMSProp on the CPU by ``scan.AdamChunks`` one
+rule state by ``Rule.drives``, or for Adam/RMSProp on the CPU by ``ops.adam_drive.AdamChunks`` one
 chunk of steps at a time inside the loop, see ``adam_loop``), so only the recurrence itself
 runs step by step. Each loop is one ``torch.autograd.Function`` with a hand-written
 backward (backpropagation through time), which is what makes it tight. Time runs in
@@ -19,7 +19,7 @@ cache-sized chunks of steps:
   GEMMs and sums over whole chunks (or all steps) after their steps.
 
 On the CPU (``paths.loop_engine``) an LSTM loop without a mask runs each chunk's steps in one
-call of the C++ step kernels (``cpu_kernels``), forward and backward, and ``scan.AdamChunks``
+call of the C++ step kernels (``cpu_kernels``), forward and backward, and ``ops.adam_drive.AdamChunks``
 runs Adam's states there too; the per-step torch ops below serve everything else and are
 the kernels' reference in the tests.
 
@@ -45,7 +45,7 @@ from torch import Tensor
 from . import cpu_kernels
 from .paths import loop_engine
 from .custom_backward import first_order, unmaterialized
-from .scan import AdamChunks, _time_chunks, adam_arguments
+from .ops.adam_drive.chunked import AdamChunks, _time_chunks, adam_arguments
 
 __all__ = ["lstm_loop", "rnn_loop", "gru_loop", "adam_loop"]
 
@@ -241,7 +241,7 @@ class _AdditiveLoop(torch.autograd.Function):
 
     plain:     pre_t = A_t + r_t                                       (A = the drive)
     nesterov:  v_t = r_t + scale A_t;  pre_t = v_t + c_t (v_t - v_{t-1})   (A = u, scale = -s)
-    adam:      pre_t = d_t + r_t, d_t Adam's drive of A = u (``scan.AdamChunks``, momentum,
+    adam:      pre_t = d_t + r_t, d_t Adam's drive of A = u (``ops.adam_drive.AdamChunks``, momentum,
                step_size = scale, state v0, m0), made one chunk of steps at a time just
                before the loop needs it, so no drive tensor of all steps exists
 

@@ -56,7 +56,7 @@ from .paths import plain_ops_required
 from .triton_loop import check_device, modrelu_rnn
 from .recurrences import Recurrence
 from .rules import AdamRule, MomentumRule, PlainRule, RestartRule, RMSPropRule
-from .scan import masked, step_indices
+from .time_steps import masked, step_indices
 from .step import over_time
 
 __all__ = [

@@ -39,14 +39,15 @@ keeps its filtered narrow input there (1.12x against 1.29x through identity weig
 Loop engines (``loop_engine``): on the CPU the loop path runs an LSTM's steps (plain drive,
 Adam's and RMSProp's drive, Nesterov) a chunk at a time in the C++ step kernels of
 ``momentumrnn.cpu_kernels`` (built on first use), one GEMM and one fused pass per step, and
-Adam's and RMSProp's states (``scan.AdamChunks``) one fused pass per step; with a mask
+Adam's and RMSProp's states (``ops.adam_drive.AdamChunks``) one fused pass per step; with a mask
 (packed sequences) in the loop, another dtype than float32/float64, the RNN and GRU
 recurrences, or where the kernels cannot be built, one torch op per elementary step.
 
 Scans (``scan_backend``): the rules' input-side recurrences over time (momentum's filter,
 Adam's states) run as Triton kernels on CUDA when Triton can be imported
-(``momentumrnn.kernels``: one launch per call and direction), else as torch ops
-(``momentumrnn.scan``: parallel over blocks of time on CUDA, chunked loops on the CPU).
+(``triton.py`` of ``momentumrnn.ops.linear_scan`` and ``ops.adam_drive``: one launch per call and
+direction), else as torch ops (``ops.linear_scan.parallel``: parallel over blocks of time on
+CUDA, chunked loops on the CPU; ``ops.adam_drive.chunked``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import coefficient_strides
+from .ops.linear_scan.triton import coefficient_strides
 from .step_kernels import CELLS, LSTM, MODRELU, TANH, _rnn_activation, _sigmoid, _tanh
 
 __all__ = ["fits", "persistent_forward", "persistent_backward", "ROWS", "MAX_UNITS", "SHARED_MEMORY"]

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .paths import scan_backend
-from .scan import adam_scan, linear_scan, masked, step_indices
+from .ops.adam_drive import adam_scan
+from .ops.linear_scan import linear_scan
+from .time_steps import masked, step_indices
 
 __all__ = [
     "Rule",
@@ -113,7 +115,7 @@ class Rule:
         and the final state. ``steps`` (B,) counts steps already taken; where ``mask``
         (T, B) is False the state is left unchanged (and ``d`` there is what the step-by-step
         loop gives: one step from the held state). Rules with linear state recurrences
-        (``parallel = True``) compute it with ``scan.linear_scan``, without a loop over time;
+        (``parallel = True``) compute it with ``ops.linear_scan``, without a loop over time;
         ``drives_stepwise`` is the step-by-step reference, equal to rounding."""
         if not self.parallel:
             return self.drives_stepwise(u, state, hp, steps, mask)
@@ -266,7 +268,7 @@ class AdamRule(Rule):
         return v / torch.sqrt(m + ADAM_EPS), {"velocity": v, "second_moment": m}
 
     def chunk_kernel_settings(self, hp: dict, u: Tensor, mask: Tensor | None) -> dict | None:
-        """The arguments of the chunk kernel (``scan.adam_scan``, ``loops.adam_loop``) where it
+        """The arguments of the chunk kernel (``ops.adam_drive.adam_scan``, ``loops.adam_loop``) where it
         applies, on the CPU without a mask; else None (the parallel scans apply)."""
         if mask is not None or u.device.type != "cpu":
             return None
@@ -275,12 +277,12 @@ class AdamRule(Rule):
 
     def drives(self, u, state, hp, steps, mask=None):
         """As ``Rule.drives``. With the Triton backend (``paths.scan_backend``: CUDA), one
-        kernel for the states and the drive (``kernels.adam_drive``; a mask must be the
+        kernel for the states and the drive (``ops.adam_drive.triton``; a mask must be the
         trailing padding of packed sequences, ``t < lengths``, and the drive at its steps is
-        the held state's); on the CPU without a mask, the chunk kernel (``scan.adam_scan``)
+        the held state's); on the CPU without a mask, the chunk kernel (``ops.adam_drive.adam_scan``)
         that keeps each time chunk in cache; else the parallel scans of the base class."""
         if scan_backend(u) == "triton":
-            from . import kernels
+            from .ops.adam_drive import triton as kernels
 
             drive, v, m = kernels.adam_drive(u, state["velocity"], state["second_moment"], hp.get("momentum", 0.0),
                                              hp["step_size"], hp["beta"], ADAM_EPS, _trailing_lengths(mask, u))
@@ -293,10 +295,10 @@ class AdamRule(Rule):
 
     def drives_of_inputs(self, x, weight, bias, state, hp, steps, mask=None):
         """As ``Rule.drives_of_inputs``; on the Triton backend ``u`` is made again in the
-        backward instead of kept (``kernels.adam_drive_of_inputs``)."""
+        backward instead of kept (``ops.adam_drive.triton.adam_drive_of_inputs``)."""
         if scan_backend(x) != "triton":
             return super().drives_of_inputs(x, weight, bias, state, hp, steps, mask)
-        from . import kernels
+        from .ops.adam_drive import triton as kernels
 
         drive, v, m = kernels.adam_drive_of_inputs(x, weight, bias, state["velocity"], state["second_moment"],
                                                    hp.get("momentum", 0.0), hp["step_size"], hp["beta"], ADAM_EPS,

@@ -90,7 +90,7 @@ class Window:
 
     def __init__(self, cell: str, batch: int, hidden: int, coefficient_width: int, has_mask: bool,
                  dtype: torch.dtype, device: torch.device, steps: int):
-        from .kernels import coefficient_strides
+        from .ops.linear_scan.triton import coefficient_strides
         self.cell, self.batch, self.hidden, self.steps = cell, batch, hidden, steps
         self.has_mask, self.fp32 = has_mask, dtype == torch.float32
         lstm, nesterov = cell == "lstm", cell != "modrelu"
