@@ -98,6 +98,34 @@ def test_parallel_drives_equal_the_stepwise_loop(rule, hp, masked, learnable, sh
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
+def adam_case(T, B, G, momentum, seed):
+    """Inputs of Adam's drive in float64, with the leaves to differentiate: u, v0, m0, s (and mu)."""
+    torch.manual_seed(seed)
+    u = torch.randn(T, B, G, dtype=torch.float64, requires_grad=True)
+    v0, m0 = (torch.rand(B, G, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mu = torch.tensor(0.5, dtype=torch.float64, requires_grad=True) if momentum == "learnable" else momentum
+    s = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    return (u, v0, m0, mu, s), [u, v0, m0, s] + ([mu] if momentum == "learnable" else [])
+
+
+def stepwise_adam(u, v0, m0, mu, s):
+    """Adam's drive by the rule's own step: (d, v_T, m_T)."""
+    d, state = AdamRule().drives_stepwise(u, {"velocity": v0, "second_moment": m0},
+                                          {"momentum": mu, "step_size": s, "beta": 0.6},
+                                          torch.zeros(u.size(1), dtype=torch.long))
+    return d, state["velocity"], state["second_moment"]
+
+
+def assert_drives_close(got, want, leaves):
+    """Values to ``TOL`` and the gradients of a random weighting of them to 1e-10."""
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    weights = [torch.randn_like(w) for w in want]
+    for a, b in zip(torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, got)), leaves, retain_graph=True),
+                    torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, want)), leaves, retain_graph=True)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.5, "learnable"])
 @pytest.mark.parametrize("cpp", [True, False], ids=["cpp", "torch"])
 def test_adam_scan_equals_the_naive_drive(momentum, cpp):
@@ -109,26 +137,12 @@ def test_adam_scan_equals_the_naive_drive(momentum, cpp):
 
     if cpp and not cpu_kernels.available():
         pytest.skip("the C++ step kernels are not built here")
-    torch.manual_seed(3)
-    T, B, G = 13, 2, 5
-    u = torch.randn(T, B, G, dtype=torch.float64, requires_grad=True)
-    v0, m0 = torch.randn(B, G, dtype=torch.float64, requires_grad=True), torch.rand(B, G, dtype=torch.float64)
-    m0.requires_grad_(True)
-    mu = torch.tensor(0.5, dtype=torch.float64, requires_grad=True) if momentum == "learnable" else momentum
-    s = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    inputs, leaves = adam_case(13, 2, 5, momentum, seed=3)
     with loop_engine_override("cpp" if cpp else "torch"):
-        got = adam_scan(u, v0, m0, mu, s, 0.6, 1e-16)
-    want = adam_drive_ref(u, v0, m0, mu, s, 0.6, 1e-16)
-    step, state = AdamRule().drives_stepwise(u, {"velocity": v0, "second_moment": m0},
-                                             {"momentum": mu, "step_size": s, "beta": 0.6}, torch.zeros(B, dtype=torch.long))
-    for a, b, c in zip(got, want, (step, state["velocity"], state["second_moment"])):
-        torch.testing.assert_close(a, b, **TOL)
-        torch.testing.assert_close(b, c, **TOL)
-    weights = [torch.randn_like(w) for w in want]
-    leaves = [u, v0, m0, s] + ([mu] if momentum == "learnable" else [])
-    for a, b in zip(torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, got)), leaves),
-                    torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, want)), leaves)):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        got = adam_scan(*inputs, 0.6, 1e-16)
+    want = adam_drive_ref(*inputs, 0.6, 1e-16)
+    assert_drives_close(got, want, leaves)
+    assert_drives_close(want, stepwise_adam(*inputs), leaves)
 
 
 def test_adam_scan_keeps_the_initial_state():
@@ -144,20 +158,5 @@ def test_adam_scan_keeps_the_initial_state():
 @pytest.mark.parametrize("momentum", [0.0, 0.5, "learnable"])
 def test_adam_scan_keeping_or_recomputing_the_states(keep, momentum):
     """Both memory strategies of the Adam kernel against the stepwise rule, over several chunks."""
-    torch.manual_seed(2)
-    T, B, G = 30, 4, 20000                       # 2^18 / (4 * 20000) < 8: chunks of 8 steps
-    u = torch.randn(T, B, G, dtype=torch.float64, requires_grad=True)
-    v0, m0 = (torch.rand(B, G, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    mu = torch.tensor(0.5, dtype=torch.float64, requires_grad=True) if momentum == "learnable" else momentum
-    s = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    got = adam_scan(u, v0, m0, mu, s, 0.6, 1e-16, keep=keep)
-    want, state = AdamRule().drives_stepwise(u, {"velocity": v0, "second_moment": m0},
-                                             {"momentum": mu, "step_size": s, "beta": 0.6}, torch.zeros(B, dtype=torch.long))
-    want = (want, state["velocity"], state["second_moment"])
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, **TOL)
-    weights = [torch.randn_like(w) for w in want]
-    leaves = [u, v0, m0, s] + ([mu] if momentum == "learnable" else [])
-    for a, b in zip(torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, got)), leaves),
-                    torch.autograd.grad(sum((w * g).sum() for w, g in zip(weights, want)), leaves)):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    inputs, leaves = adam_case(30, 4, 20000, momentum, seed=2)   # 2^18 / (4 * 20000) < 8: chunks of 8 steps
+    assert_drives_close(adam_scan(*inputs, 0.6, 1e-16, keep=keep), stepwise_adam(*inputs), leaves)
