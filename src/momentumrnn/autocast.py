@@ -57,7 +57,9 @@ def _cast(value, dtype: torch.dtype, keep_rule_state: bool = False):
     if isinstance(value, PackedSequence):
         return value.to(dtype) if value.data.dtype in _ELIGIBLE else value
     if isinstance(value, RuleState):
-        return value if keep_rule_state else RuleState.of({k: _cast(t, dtype) for k, t in value.fields().items()}, value.steps)
+        if keep_rule_state:
+            return value
+        return RuleState.of({name: _cast(t, dtype) for name, t in value.fields().items()}, value.steps)
     if isinstance(value, (tuple, list)):
         return type(value)(_cast(v, dtype, keep_rule_state) for v in value)
     return value

@@ -61,8 +61,9 @@ import warnings
 import torch
 
 __all__ = ["IMPLS", "AUTO", "AUTO_WITH_PROJECTIONS", "ORTHOGONAL_IMPLS", "AUTO_ORTHOGONAL", "LOOP_ENGINES",
-           "KERNEL_RECURRENCES", "EXPERIMENTAL_IMPLS", "allowed_paths", "warn_if_experimental", "Plan", "plan", "plan_for_call", "choose_path", "check_impl", "plain_ops", "plain_ops_required", "scan_backend", "scan_backend_override",
-           "loop_engine", "loop_engine_override"]
+           "KERNEL_RECURRENCES", "EXPERIMENTAL_IMPLS", "Plan", "plan", "plan_for_call", "choose_path",
+           "allowed_paths", "check_impl", "warn_if_experimental", "plain_ops", "plain_ops_required",
+           "scan_backend", "scan_backend_override", "loop_engine", "loop_engine_override"]
 
 #: Every value of a layer's ``impl``.
 IMPLS = ("auto", "fused", "fused-drive", "loop", "triton-loop", "reference")
@@ -303,10 +304,11 @@ def scan_backend(tensor: torch.Tensor) -> str:
 #: How the loop path runs an LSTM's steps and Adam's states: the C++ step kernels, or torch ops.
 LOOP_ENGINES = ("cpp", "torch")
 
+
 def loop_engine_override(engine: str):
-    """Within the block (in this thread), the loops run an LSTM's steps and Adam's states with ``engine``:
-    "torch" (torch ops) or "cpp" (the C++ step kernels where they apply, as by default, but an
-    error where they cannot be built)."""
+    """Within the block (in this thread), the loops run an LSTM's steps and Adam's states
+    with ``engine``: "torch" (torch ops) or "cpp" (the C++ step kernels where they apply, as by
+    default, but an error where they cannot be built)."""
     if engine not in LOOP_ENGINES:
         raise ValueError(f"engine must be one of {LOOP_ENGINES}, got {engine!r}")
     return _overriding("engine", engine)

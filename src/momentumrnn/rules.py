@@ -268,8 +268,8 @@ class AdamRule(Rule):
         return v / torch.sqrt(m + ADAM_EPS), {"velocity": v, "second_moment": m}
 
     def chunk_kernel_settings(self, hp: dict, u: Tensor, mask: Tensor | None) -> dict | None:
-        """The arguments of the chunk kernel (``ops.adam_drive.adam_scan``, ``loops.adam_loop``) where it
-        applies, on the CPU without a mask; else None (the parallel scans apply)."""
+        """The arguments of the chunk kernel (``ops.adam_drive.adam_scan``, ``loops.adam_loop``)
+        where it applies, on the CPU without a mask; else None (the parallel scans apply)."""
         if mask is not None or u.device.type != "cpu":
             return None
         return {"momentum": hp.get("momentum", 0.0), "step_size": hp["step_size"], "beta": hp["beta"],
@@ -279,8 +279,9 @@ class AdamRule(Rule):
         """As ``Rule.drives``. With the Triton backend (``paths.scan_backend``: CUDA), one
         kernel for the states and the drive (``ops.adam_drive.triton``; a mask must be the
         trailing padding of packed sequences, ``t < lengths``, and the drive at its steps is
-        the held state's); on the CPU without a mask, the chunk kernel (``ops.adam_drive.adam_scan``)
-        that keeps each time chunk in cache; else the parallel scans of the base class."""
+        the held state's); on the CPU without a mask, the chunk kernel
+        (``ops.adam_drive.adam_scan``) that keeps each time chunk in cache; else the parallel
+        scans of the base class."""
         if scan_backend(u) == "triton":
             from .ops.adam_drive import triton as kernels
 

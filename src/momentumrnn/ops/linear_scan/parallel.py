@@ -23,7 +23,8 @@ T states without a Python loop over time steps. Three exact methods:
 All three sum the same terms as the step-by-step recurrence in a different order, so they agree
 with it to rounding (about 1e-16 relative in float64), values and gradients; all are
 differentiable in the coefficient (learnable momentum). ``"sequential"`` is the plain loop,
-the reference (``naive.linear_scan_ref``); ``"loop"`` the same loop in place with a hand-written adjoint.
+the reference (``naive.linear_scan_ref``); ``"loop"`` the same loop in place with a
+hand-written adjoint.
 ``"auto"`` takes ``"triton"`` where ``paths.scan_backend`` says so, else on the CPU
 ``"loop"`` for wide states (more than ``LOOP_MIN_FEATURES`` features) and ``"chunked"``
 otherwise.
