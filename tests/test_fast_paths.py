@@ -478,7 +478,8 @@ def test_the_plan_says_what_runs_and_why():
 
     layer = mrnn.MomentumLSTM(3, 4)
     assert layer.last_plan is None                        # no call yet
-    assert layer.plan.path == layer.path == "fused" and "measured path of rule 'momentum' on CPU" in layer.plan.reason
+    assert layer.plan.path == layer.path == "fused"
+    assert "measured path of rule 'momentum' on CPU" in layer.plan.reason
     assert mrnn.AdamLSTM(3, 4, proj_size=2).plan.reason.endswith("with LSTM projections")
     assert mrnn.MomentumLSTM(3, 4, impl="loop").plan == Plan("loop", "impl='loop' chosen")
     with plain_ops():

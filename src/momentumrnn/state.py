@@ -44,7 +44,7 @@ class RuleState(NamedTuple):
         return {**named, **(self.extra or {})}
 
     def __getattr__(self, name: str) -> Tensor:
-        extra = tuple.__getitem__(self, 3) if len(self) > 3 else None
+        extra = tuple.__getitem__(self, 3)                 # not self.extra: no recursion
         if extra and name in extra:
             return extra[name]
         raise AttributeError(f"{type(self).__name__} has no field {name!r}")
