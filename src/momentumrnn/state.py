@@ -44,9 +44,8 @@ class RuleState(NamedTuple):
         return {**named, **(self.extra or {})}
 
     def __getattr__(self, name: str) -> Tensor:
-        extra = tuple.__getitem__(self, 3)                 # not self.extra: no recursion
-        if extra and name in extra:
-            return extra[name]
+        if self.extra and name in self.extra:               # only names that are not attributes get here
+            return self.extra[name]
         raise AttributeError(f"{type(self).__name__} has no field {name!r}")
 
     def detach(self) -> "RuleState":
