@@ -44,8 +44,10 @@ class RuleState(NamedTuple):
         return {**named, **(self.extra or {})}
 
     def __getattr__(self, name: str) -> Tensor:
-        if self.extra and name in self.extra:               # only names that are not attributes get here
-            return self.extra[name]
+        # By index, not self.extra: torch.compile builds the tuple empty before it fills it.
+        extra = tuple.__getitem__(self, 3) if tuple.__len__(self) > 3 else None
+        if extra and name in extra:
+            return extra[name]
         raise AttributeError(f"{type(self).__name__} has no field {name!r}")
 
     def detach(self) -> "RuleState":
