@@ -161,17 +161,17 @@ def check_cell_hidden(hx, state_tensors: int, batch: int | None, hidden_size: in
 def check_rule_state(rule_state, fields: tuple[str, ...], shape: tuple[int, ...],
                      steps_shape: tuple[int, ...], like: Tensor) -> tuple[dict[str, Tensor], Tensor]:
     """Validate a carried ``RuleState``; return its tensors as a dict and the step counter."""
-    from .state import RuleState
+    from .state import NAMED_FIELDS, RuleState
 
     if not isinstance(rule_state, RuleState):
         raise TypeError(f"rule_state must be a momentumrnn.RuleState, got {type(rule_state).__name__}")
     extra = rule_state.extra
     if extra is not None and not (isinstance(extra, dict) and all(isinstance(k, str) for k in extra)):
         raise TypeError(f"rule_state.extra must be None or a dict of tensors by field name, got {type(extra).__name__}")
-    given = {"velocity": rule_state.velocity, "second_moment": rule_state.second_moment, **(extra or {})}
-    for field, tensor in given.items():
-        if field not in fields and tensor is not None:
-            where = f"rule_state.{field}" if field in ("velocity", "second_moment") else f"rule_state.extra[{field!r}]"
+    given = rule_state.fields()
+    for field in given:
+        if field not in fields:
+            where = f"rule_state.{field}" if field in NAMED_FIELDS else f"rule_state.extra[{field!r}]"
             raise InputError(f"{where} must be None for this rule (its state fields: {', '.join(fields) or 'none'}), "
                              f"got a tensor")
     state = {}

@@ -83,5 +83,6 @@ def read_hyperparameters(module: nn.Module, rule: type[Rule], suffix: str) -> di
     values = dict(module.hyperparameter_values)
     if module.learnable:
         for name in rule.learnable:
-            values[name] = RANGES[learnable_range(rule, name)](getattr(module, name + RAW_SUFFIX + suffix))
+            # every range was checked when the parameters were added (add_hyperparameters)
+            values[name] = RANGES[rule.ranges[name]](getattr(module, name + RAW_SUFFIX + suffix))
     return values

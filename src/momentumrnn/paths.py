@@ -213,9 +213,9 @@ def plan(impl: str, rule_type, device: torch.device | str, projections: bool = F
         return Plan(impl, f"impl={impl!r} chosen")
     if recurrence == "modrelu":
         return Plan(AUTO_ORTHOGONAL, "impl='auto': the orthogonal layers' measured path on every device")
-    allowed = allowed_paths(rule_type, projections, recurrence or "lstm")
-    if allowed == ["reference"] and recurrence not in ("", *KERNEL_RECURRENCES):
+    if recurrence and recurrence not in KERNEL_RECURRENCES:
         return Plan("reference", f"impl='auto': the recurrence {recurrence!r} has no kernel")
+    allowed = allowed_paths(rule_type, projections, recurrence or "lstm")
     kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
     measured = (AUTO_WITH_PROJECTIONS if projections else AUTO[kind]).get(rule_type.name)
     where = "with LSTM projections" if projections else f"on {kind.upper()}"

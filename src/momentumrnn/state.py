@@ -40,8 +40,8 @@ class RuleState(NamedTuple):
 
     def fields(self) -> dict[str, Tensor]:
         """Every field this state holds (not None), by name; ``steps`` apart."""
-        named = {name: getattr(self, name) for name in NAMED_FIELDS if getattr(self, name) is not None}
-        return {**named, **(self.extra or {})}
+        named = {name: getattr(self, name) for name in NAMED_FIELDS}
+        return {name: t for name, t in {**named, **(self.extra or {})}.items() if t is not None}
 
     def __getattr__(self, name: str) -> Tensor:
         # By index, not self.extra: torch.compile builds the tuple empty before it fills it.

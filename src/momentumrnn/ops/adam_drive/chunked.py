@@ -3,14 +3,13 @@ the C++ step kernels on the CPU; the reference is ``naive.adam_drive_ref``."""
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
 from ... import cpu_kernels
 from ...custom_backward import first_order, unmaterialized
 from ...paths import loop_engine
+from ..linear_scan.parallel import _is_zero
 
 __all__ = ["AdamChunks", "adam_scan", "adam_arguments"]
 
@@ -178,7 +177,7 @@ def adam_arguments(momentum, step_size, beta: float, eps: float, like: Tensor):
     """Adam's settings as the chunk kernel takes them: ``momentum`` and ``step_size`` as 0-d
     tensors of ``like``'s dtype and device, and ``(beta, eps, moving)`` with ``moving`` False
     for a fixed momentum of 0 (RMSProp: no velocity recurrence)."""
-    moving = not (isinstance(momentum, numbers.Real) and float(momentum) == 0.0)
+    moving = not _is_zero(momentum)
     momentum = torch.as_tensor(momentum, dtype=like.dtype, device=like.device)
     step_size = torch.as_tensor(step_size, dtype=like.dtype, device=like.device)
     return momentum, step_size, (float(beta), float(eps), moving)
